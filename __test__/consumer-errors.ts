@@ -1,0 +1,18 @@
+// Wrong calls that the published types must refuse. Each line carries @ts-expect-error:
+// if a type became too loose, the directive itself fails the check.
+import mlops = require('mlops-native')
+
+const e = new mlops.AdvancedEnsemble()
+// @ts-expect-error predictions must be an array
+void e.stackingEnsembleSync(5)
+// @ts-expect-error an entry's value is a number
+void e.stackingEnsembleSync([{ value: '1' }])
+// @ts-expect-error actual is required
+void e.updateWithFeedbackSync([1])
+// @ts-expect-error the batch path takes a Float64Array
+void e.stackingBatch([1, 2], ['a'])
+// @ts-expect-error unknown option
+void new mlops.AdvancedEnsemble({ historySize: '10' })
+// @ts-expect-error the strategy literal is fixed
+const s: 'voting' = e.stackingEnsembleSync([1]).strategy
+void s

@@ -1,0 +1,395 @@
+//! napi binding of `core::ensemble`. The object-shaped compat API lives in `mlops.js`
+//! (reading three small JS objects there and crossing once with a `Float64Array` measured
+//! ~10× cheaper than `#[napi(object)]` conversion); this file is the packed protocol.
+
+use super::{plain, range};
+use crate::core::ensemble::{Combined, Ensemble, EnsembleConfig, Entry, Source, STRATEGIES};
+use crate::core::fsutil;
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use parking_lot::Mutex;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Entry stride of the packed input: `[modelId, value, confidence, typeMatch]`.
+const STRIDE: usize = 4;
+/// Fixed header of the packed output before the per-entry arrays.
+const OUT_HEAD: usize = 8;
+/// State files larger than this are refused rather than parsed.
+const MAX_STATE_BYTES: u64 = 512 << 20;
+
+#[napi(object)]
+#[derive(Default)]
+pub struct AdvancedEnsembleOptions {
+    /// Feedback entries kept for statistics (default 1000).
+    pub history_size: Option<u32>,
+    /// Feedback a context needs before its own meta-learner is used (default 10).
+    pub min_samples: Option<u32>,
+    /// Weight kept by the past per new sample in the meta-learner, in (0, 1] (default 0.995).
+    pub forgetting: Option<f64>,
+    /// Prior precision pulling meta-weights toward equal weights (default 5).
+    pub ridge_prior: Option<f64>,
+    /// Weight kept by the past in per-model competence, in (0, 1] (default 0.95).
+    pub competence_decay: Option<f64>,
+    /// Relative score bonus when an entry's predictionType matches the context (default 0.1).
+    pub type_match_bonus: Option<f64>,
+    /// How many latest errors `getStatistics().recentErrors` lists (default 10).
+    pub recent_errors: Option<u32>,
+}
+
+/// Ensemble strategies over base-model predictions that learn from feedback: trained
+/// stacking per context, competence-based dynamic selection, confidence-weighted voting.
+#[napi]
+pub struct AdvancedEnsemble {
+    inner: Arc<Mutex<Ensemble>>,
+    /// Bumped whenever the state is replaced, so the JS layer's name→id caches can tell
+    /// they are stale (ids are only meaningful within one generation).
+    generation: Arc<std::sync::atomic::AtomicU32>,
+    /// The JS layer's packed input and output buffers, registered once (and again when
+    /// they grow) so that each hot call crosses with plain numbers only.
+    io: Mutex<Option<(Float64Array, Float64Array)>>,
+}
+
+fn unpack(input: &[f64], n: usize, models: usize) -> std::result::Result<Vec<Entry>, String> {
+    if input.len() < n * STRIDE {
+        return Err(format!(
+            "packed input holds {} values, {} needed",
+            input.len(),
+            n * STRIDE
+        ));
+    }
+    (0..n)
+        .map(|i| {
+            let s = &input[i * STRIDE..(i + 1) * STRIDE];
+            let id = s[0];
+            if !(id >= 0.0 && (id as usize) < models && id.fract() == 0.0) {
+                return Err(format!("predictions[{i}]: unknown model id {id}"));
+            }
+            Ok(Entry {
+                model: id as u32,
+                value: s[1],
+                confidence: s[2],
+                type_match: s[3] != 0.0,
+            })
+        })
+        .collect()
+}
+
+fn pack(c: &Combined, out: &mut [f64]) -> std::result::Result<(), String> {
+    let n = c.weights.len();
+    if out.len() < OUT_HEAD + 3 * n {
+        return Err(format!(
+            "packed output holds {} values, {} needed",
+            out.len(),
+            OUT_HEAD + 3 * n
+        ));
+    }
+    out[0] = c.prediction;
+    out[1] = c.confidence;
+    out[2] = c.intercept;
+    out[3] = c.samples as f64;
+    out[4] = c.source.map_or(-1.0, |s| s as u8 as f64);
+    out[5] = c.selected.len() as f64;
+    out[OUT_HEAD..OUT_HEAD + n].copy_from_slice(&c.weights);
+    out[OUT_HEAD + n..OUT_HEAD + 2 * n].copy_from_slice(&c.raw);
+    for (j, &i) in c.selected.iter().enumerate() {
+        out[OUT_HEAD + 2 * n + j] = i as f64;
+    }
+    Ok(())
+}
+
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+#[napi]
+impl AdvancedEnsemble {
+    #[napi(constructor, catch_unwind)]
+    pub fn new(env: Env, options: Option<AdvancedEnsembleOptions>) -> Result<Self> {
+        let o = options.unwrap_or_default();
+        let d = EnsembleConfig::default();
+        let config = EnsembleConfig {
+            history_size: o.history_size.map_or(d.history_size, |v| v as usize),
+            min_samples: o.min_samples.map_or(d.min_samples, u64::from),
+            forgetting: o.forgetting.unwrap_or(d.forgetting),
+            ridge_prior: o.ridge_prior.unwrap_or(d.ridge_prior),
+            competence_decay: o.competence_decay.unwrap_or(d.competence_decay),
+            type_match_bonus: o.type_match_bonus.unwrap_or(d.type_match_bonus),
+            recent_errors: o.recent_errors.map_or(d.recent_errors, |v| v as usize),
+        };
+        let e = Ensemble::new(config).map_err(|m| range(&env, format!("options.{m}")))?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(e)),
+            generation: Default::default(),
+            io: Mutex::new(None),
+        })
+    }
+
+    #[napi(js_name = "_generation", getter, skip_typescript)]
+    pub fn generation(&self) -> u32 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    #[napi(js_name = "_internModel", skip_typescript, catch_unwind)]
+    pub fn intern_model(&self, env: Env, name: String) -> Result<u32> {
+        self.inner
+            .lock()
+            .intern_model(&name)
+            .map_err(|m| range(&env, m))
+    }
+
+    #[napi(js_name = "_internContext", skip_typescript, catch_unwind)]
+    pub fn intern_context(
+        &self,
+        env: Env,
+        service: String,
+        prediction_type: String,
+    ) -> Result<u32> {
+        self.inner
+            .lock()
+            .intern_context(&service, &prediction_type)
+            .map_err(|m| range(&env, m))
+    }
+
+    #[napi(js_name = "_setBuffers", skip_typescript, catch_unwind)]
+    pub fn set_buffers(&self, input: Float64Array, output: Float64Array) {
+        *self.io.lock() = Some((input, output));
+    }
+
+    /// Packed combine. `strategy`: 0 stacking, 1 dynamic selection, 2 voting,
+    /// 3 calibrated voting. Returns false when `generation` is stale (the JS layer then
+    /// re-interns and retries).
+    #[napi(js_name = "_combine", skip_typescript, catch_unwind)]
+    pub fn combine(
+        &self,
+        env: Env,
+        strategy: u32,
+        generation: u32,
+        ctx: u32,
+        n: u32,
+    ) -> Result<bool> {
+        if generation != self.generation() {
+            return Ok(false);
+        }
+        let mut io = self.io.lock();
+        let (input, out) = io
+            .as_mut()
+            .ok_or_else(|| plain("packed buffers not registered"))?;
+        let mut e = self.inner.lock();
+        let entries = unpack(input, n as usize, e.models.len()).map_err(|m| range(&env, m))?;
+        // SAFETY: the buffer is private to the JS layer and JS is not running while this
+        // synchronous call executes, so nothing else reads or writes it.
+        let out = unsafe { out.as_mut() };
+        let r = match strategy {
+            0 => e.stacking(ctx, &entries),
+            1 => e.dynamic_selection(ctx, &entries),
+            2 => e.voting(ctx, &entries, false),
+            3 => e.voting(ctx, &entries, true),
+            _ => Err(format!("unknown strategy {strategy}")),
+        }
+        .map_err(|m| range(&env, m))?;
+        pack(&r, out).map_err(|m| range(&env, m))?;
+        Ok(true)
+    }
+
+    /// Packed feedback; writes each strategy's prequential prediction then error to `out`.
+    #[napi(js_name = "_feedback", skip_typescript, catch_unwind)]
+    pub fn feedback(
+        &self,
+        env: Env,
+        generation: u32,
+        ctx: u32,
+        n: u32,
+        actual: f64,
+    ) -> Result<bool> {
+        if generation != self.generation() {
+            return Ok(false);
+        }
+        let mut io = self.io.lock();
+        let (input, out) = io
+            .as_mut()
+            .ok_or_else(|| plain("packed buffers not registered"))?;
+        // SAFETY: as in `_combine`.
+        let out = unsafe { out.as_mut() };
+        let mut e = self.inner.lock();
+        let entries = unpack(input, n as usize, e.models.len()).map_err(|m| range(&env, m))?;
+        let r = e
+            .feedback(ctx, &entries, actual, now_ms())
+            .map_err(|m| range(&env, m))?;
+        if out.len() >= 8 {
+            out[..4].copy_from_slice(&r.predictions);
+            out[4..8].copy_from_slice(&r.errors);
+        }
+        Ok(true)
+    }
+
+    /// Batch stacking for many requests sharing one model set and context: `predictions`
+    /// is row-major (`rows × models.length`), `confidences` (optional) the same shape.
+    #[napi(js_name = "_stackingBatch", skip_typescript, catch_unwind)]
+    pub fn stacking_batch(
+        &self,
+        env: Env,
+        ctx: u32,
+        models: Vec<String>,
+        predictions: &[f64],
+        confidences: Option<&[f64]>,
+    ) -> Result<Float64Array> {
+        let mut e = self.inner.lock();
+        let ids = models
+            .iter()
+            .map(|m| e.intern_model(m))
+            .collect::<std::result::Result<Vec<u32>, String>>()
+            .map_err(|m| range(&env, m))?;
+        let rows = if ids.is_empty() {
+            0
+        } else {
+            predictions.len() / ids.len()
+        };
+        let mut out = vec![0.0; rows];
+        e.stacking_batch(ctx, &ids, predictions, confidences, &mut out)
+            .map_err(|m| range(&env, m))?;
+        Ok(Float64Array::new(out))
+    }
+
+    /// Statistics: the old fields (`performanceWeights`, `historySize`, `recentErrors`,
+    /// `avgError`) with real values, plus per-strategy and per-context errors.
+    #[napi(catch_unwind, ts_return_type = "EnsembleStatistics")]
+    pub fn get_statistics(&self) -> Result<serde_json::Value> {
+        use serde_json::{json, Map, Value};
+        let e = self.inner.lock();
+        let strategy_block = |c: &crate::core::ensemble::ContextState| {
+            let mut m = Map::new();
+            for (name, s) in STRATEGIES.iter().zip(&c.strategies) {
+                m.insert(
+                    (*name).into(),
+                    json!({"mae": s.mae, "rmse": s.rmse(), "count": s.count}),
+                );
+            }
+            Value::Object(m)
+        };
+        let mut contexts = Map::new();
+        for c in &e.contexts {
+            if c.samples == 0 {
+                continue;
+            }
+            contexts.insert(
+                e.context_key(c),
+                json!({
+                    "serviceName": e.services[c.service as usize],
+                    "predictionType": c.prediction_type,
+                    "samples": c.samples,
+                    "metaSamples": c.meta.count,
+                    "bestStrategy": Ensemble::best_strategy(c),
+                    "strategies": strategy_block(c),
+                }),
+            );
+        }
+        let perf: Map<String, Value> = e
+            .performance_weights()
+            .into_iter()
+            .map(|(k, w)| (k, json!(w)))
+            .collect();
+        Ok(json!({
+            "performanceWeights": perf,
+            "historySize": e.history.len(),
+            "recentErrors": e.recent.iter().collect::<Vec<_>>(),
+            "avgError": e.avg_error(),
+            "feedbackCount": e.feedback_count,
+            "bestStrategy": Ensemble::best_strategy(&e.global),
+            "strategies": strategy_block(&e.global),
+            "contexts": contexts,
+        }))
+    }
+
+    /// The whole learned state as a plain object (what `saveState` writes).
+    #[napi(
+        js_name = "toJSON",
+        catch_unwind,
+        ts_return_type = "Record<string, unknown>"
+    )]
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        let text = self.inner.lock().to_json().map_err(plain)?;
+        serde_json::from_str(&text).map_err(|e| plain(e.to_string()))
+    }
+
+    /// Writes the learned state to `path` as JSON, atomically (temp file, fsync, rename),
+    /// off the JS thread. Resolves when the file is durable.
+    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
+    pub fn save_state(&self, path: String) -> Result<AsyncTask<SaveState>> {
+        let text = self.inner.lock().to_json().map_err(plain)?;
+        Ok(AsyncTask::new(SaveState {
+            path: PathBuf::from(path),
+            text,
+        }))
+    }
+
+    /// Replaces the learned state with the one saved at `path`. The file is read and
+    /// checked off the JS thread; a missing, corrupt or foreign file rejects and leaves
+    /// the current state untouched.
+    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
+    pub fn load_state(&self, path: String) -> AsyncTask<LoadState> {
+        AsyncTask::new(LoadState {
+            path: PathBuf::from(path),
+            target: self.inner.clone(),
+            generation: self.generation.clone(),
+            loaded: None,
+        })
+    }
+}
+
+pub struct SaveState {
+    path: PathBuf,
+    text: String,
+}
+
+impl Task for SaveState {
+    type Output = ();
+    type JsValue = bool;
+    fn compute(&mut self) -> Result<()> {
+        fsutil::write_atomic(&self.path, self.text.as_bytes())
+            .map_err(|e| plain(format!("cannot write {}: {e}", self.path.display())))
+    }
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
+        Ok(true)
+    }
+}
+
+pub struct LoadState {
+    path: PathBuf,
+    target: Arc<Mutex<Ensemble>>,
+    generation: Arc<std::sync::atomic::AtomicU32>,
+    loaded: Option<Ensemble>,
+}
+
+impl Task for LoadState {
+    type Output = ();
+    type JsValue = bool;
+    fn compute(&mut self) -> Result<()> {
+        let text = fsutil::read_text(&self.path, MAX_STATE_BYTES).map_err(plain)?;
+        let e = Ensemble::from_json(&text)
+            .map_err(|m| plain(format!("{}: {m}", self.path.display())))?;
+        self.loaded = Some(e);
+        Ok(())
+    }
+    /// The swap happens here, on the JS thread, so no synchronous call can observe a
+    /// state whose ids its caller's caches do not match.
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
+        if let Some(e) = self.loaded.take() {
+            *self.target.lock() = e;
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(true)
+    }
+}
+
+#[allow(dead_code)]
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Context => "context",
+        Source::Global => "global",
+        Source::Prior => "prior",
+    }
+}
