@@ -10,8 +10,10 @@ use napi::{Env, Error, Status};
 /// The kind of JS error a failure should surface as.
 #[derive(Clone, Copy)]
 pub enum Kind {
+    #[allow(dead_code)]
     Type,
     Range,
+    #[allow(dead_code)]
     Plain,
 }
 

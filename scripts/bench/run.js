@@ -1,0 +1,21 @@
+#!/usr/bin/env node
+'use strict'
+// `npm run bench`: every speed target of the package, each as a median next to a plain-JS
+// run of the same work in the same process. Not part of `npm test` (timings are not tests).
+//   node scripts/bench/run.js [ensemble|finetune ...]   (default: all)
+
+const suites = {
+  ensemble: () => require('./ensemble.js').run(),
+}
+const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(suites)
+
+;(async () => {
+  console.log(`# mlops-native bench (node ${process.version}, ${require('node:os').cpus().length} cores, rounds ${require('./harness.js').ROUNDS})`)
+  for (const name of wanted) {
+    if (!suites[name]) {
+      console.error(`unknown suite ${name}; known: ${Object.keys(suites).join(', ')}`)
+      process.exit(1)
+    }
+    await suites[name]()
+  }
+})()
