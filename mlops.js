@@ -4,9 +4,14 @@
 // and the `get…()` singletons. Types for all of it are in the generated `index.d.ts`
 // (JS-implemented members come from `types/header.d.ts` through declaration merging).
 
+const native = require('./index.js')
 const { AdvancedEnsemble, getAdvancedEnsemble } = require('./js/ensemble.js')
+const { ModelFineTuning, getModelFineTuning } = require('./js/finetune.js')
 
 module.exports = {
   AdvancedEnsemble,
   getAdvancedEnsemble,
+  ModelFineTuning,
+  getModelFineTuning,
+  ModelFineTuningCore: native.ModelFineTuningCore,
 }

@@ -16,3 +16,10 @@ void new mlops.AdvancedEnsemble({ historySize: '10' })
 // @ts-expect-error the strategy literal is fixed
 const s: 'voting' = e.stackingEnsembleSync([1]).strategy
 void s
+const ft = new mlops.ModelFineTuning()
+// @ts-expect-error rows need a quality
+void ft.fineTuneModel('m.json', [{ features: [1] }])
+// @ts-expect-error unknown optimizer
+void ft.fineTuneModel('m.json', [], { optimizer: 'lbfgs' })
+// @ts-expect-error the result may be a failure: narrow on success first
+void ((r: mlops.FineTuneResult) => r.metrics)

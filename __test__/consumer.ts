@@ -27,3 +27,31 @@ async function ensemble(): Promise<number> {
 }
 
 void ensemble()
+
+async function fineTuning(): Promise<void> {
+  const ft: mlops.ModelFineTuning = new mlops.ModelFineTuning({ modelsDir: 'models', epochs: 5 })
+  ft.config.learningRate = 0.01
+  await ft.initialize()
+  const r: mlops.FineTuneResult = await ft.fineTuneModel('quality-predictor-v3-advanced.json', [{ features: [1, 2], quality: 5 }], {
+    optimizer: 'sgd',
+    onProgress: (p) => console.log(p.epoch, p.valLoss),
+  })
+  if (r.success) {
+    const mse: number = r.metrics.mse
+    const v: string | null = r.version
+    console.log(mse, v, r.accepted)
+  } else {
+    const why: string = r.error
+    console.log(why)
+  }
+  await ft.fineTuneModel(undefined, { X: new Float64Array(4), y: new Float64Array(2), features: 2 }, { save: false })
+  const h: mlops.ModelVersionEntry[] = await ft.getFineTuningHistory('quality-predictor-v3-advanced.json')
+  const created: string = h[0].created
+  await ft.promoteVersion('quality-predictor-v3-advanced.json', 'v1')
+  const prod = await ft.getProductionVersion()
+  const next: string = ft.getNextVersion()
+  const m = await ft.loadModel('x.json')
+  if (m) console.log(ft.predictSingle(m, [1, 2]), ft.evaluateModel(m, [[1, 2]], [3]).r2)
+  console.log(created, prod?.status, next, mlops.getModelFineTuning().fineTunedDir)
+}
+void fineTuning()

@@ -143,3 +143,149 @@ export interface AdvancedEnsemble {
 }
 
 export declare function getAdvancedEnsemble(): AdvancedEnsemble
+
+// ---------------------------------------------------------------- ModelFineTuning
+
+export interface FineTuneConfig {
+  /** Step size of `optimizer: 'sgd'` (and of any optimizer when given per run). */
+  learningRate: number
+  batchSize: number
+  epochs: number
+  validationSplit: number
+  minSamples: number
+  /** The most recent rows kept. */
+  maxSamples: number
+  /** Step size of the default Adam optimizer when no per-run learningRate is given. */
+  adamLearningRate: number
+}
+
+export interface ModelFineTuningOptions extends Partial<FineTuneConfig> {
+  /** Default `models` under the working directory. */
+  modelsDir?: string
+  /** Default `<modelsDir>/fine-tuned`. */
+  fineTunedDir?: string
+}
+
+export interface TrainingRow {
+  features: number[]
+  quality: number
+}
+
+/** Typed-array input: `X` row-major (`y.length × features`). */
+export interface TypedTrainingData {
+  X: Float64Array
+  y: Float64Array
+  features: number
+}
+
+export interface FineTuneProgressInfo {
+  epoch: number
+  epochs: number
+  trainLoss: number
+  valLoss: number
+}
+
+export interface FineTuneRunOptions extends Partial<FineTuneConfig> {
+  /** Default 'adam' (adaptive, standardised features); 'sgd' is the old algorithm exactly. */
+  optimizer?: 'adam' | 'sgd' | 'ridge'
+  /** `'ridge'` is the same as `optimizer: 'ridge'`: a closed-form refit. */
+  method?: 'ridge' | 'gradient'
+  /** Seed of the shuffle that splits train/validation (default 42). */
+  seed?: number
+  /** L2 penalty (default 0). */
+  l2?: number
+  /** Epochs without a better validation loss before stopping (default 3 for adam, off for sgd). */
+  patience?: number
+  earlyStopping?: boolean
+  /** `accepted` when improvement ≥ this (default 0). */
+  minImprovement?: number
+  /** false: train and evaluate without writing anything. */
+  save?: boolean
+  /** Promote the new version to production when accepted. */
+  promote?: boolean
+  /** Called per epoch on the JS thread; never keeps the process alive. */
+  onProgress?: (info: FineTuneProgressInfo) => void
+}
+
+export interface RegressionMetrics {
+  mse: number
+  mae: number
+  r2: number
+}
+
+export type FineTuneResult =
+  | {
+      success: true
+      /** null when `save: false`. */
+      modelPath: string | null
+      version: string | null
+      versionNumber: number | null
+      status: 'candidate' | 'production' | null
+      parent?: number | null
+      promoted: boolean
+      baseModel: string
+      metrics: RegressionMetrics
+      baseMetrics: RegressionMetrics
+      /** Relative MSE improvement over the base model on the same held-out rows. */
+      improvement: number
+      accepted: boolean
+      epochs: FineTuneProgressInfo[]
+      bestEpoch: number
+      samples: { total: number; used: number; train: number; validation: number }
+      data: { rows: number; hash: string }
+      model: { weights: number[]; bias: number }
+      durationMs: number
+    }
+  | { success: false; error: string }
+
+export interface ModelVersionEntry {
+  /** `v<N>` */
+  version: string
+  versionNumber: number
+  filename: string
+  path: string
+  modelPath: string
+  /** ISO time string. */
+  created: string
+  createdMs: number
+  status: 'candidate' | 'production' | 'archived'
+  parent: number | null
+  metrics: RegressionMetrics
+  baseMetrics: RegressionMetrics
+  improvement: number | null
+  accepted: boolean | null
+  options: Record<string, unknown>
+  data: { rows: number; hash: string }
+}
+
+export interface LinearModelFile {
+  weights: number[]
+  bias: number
+  [key: string]: unknown
+}
+
+export declare class ModelFineTuning {
+  constructor(options?: ModelFineTuningOptions)
+  config: FineTuneConfig
+  readonly modelsDir: string
+  readonly fineTunedDir: string
+  initialize(): Promise<boolean>
+  resolveModelPath(path?: string): string
+  fineTuneModel(baseModelPath: string | undefined, newData: TrainingRow[] | TypedTrainingData, options?: FineTuneRunOptions): Promise<FineTuneResult>
+  loadModel(path: string): Promise<LinearModelFile | null>
+  saveModel(model: LinearModelFile, baseModelPath: string, version: string): Promise<string>
+  getNextVersion(baseModelPath?: string): string
+  getFineTuningHistory(baseModelPath?: string): Promise<ModelVersionEntry[]>
+  promoteVersion(baseModelPath: string, version: number | string): Promise<ModelVersionEntry>
+  rollback(baseModelPath?: string): Promise<ModelVersionEntry | null>
+  getProductionVersion(baseModelPath?: string): Promise<ModelVersionEntry | null>
+  getProductionModelPath(baseModelPath?: string): Promise<string>
+  predictSingle(model: LinearModelFile, features: ArrayLike<number>): number
+  predictBatch(model: LinearModelFile, X: ArrayLike<number>[]): number[]
+  calculateMSE(pred: ArrayLike<number>, actual: ArrayLike<number>): number
+  calculateMAE(pred: ArrayLike<number>, actual: ArrayLike<number>): number
+  calculateR2(pred: ArrayLike<number>, actual: ArrayLike<number>): number
+  evaluateModel(model: LinearModelFile, X: ArrayLike<number>[], y: ArrayLike<number>): RegressionMetrics
+}
+
+export declare function getModelFineTuning(): ModelFineTuning

@@ -2,6 +2,9 @@
 //! and could be published as a crate of its own.
 
 pub mod ensemble;
+pub mod finetune;
 pub mod fsutil;
 pub mod linalg;
+pub mod linear;
+pub mod registry;
 pub mod stats;

@@ -4,6 +4,7 @@
 //! TypeScript declarations.
 
 mod ensemble;
+mod finetune;
 
 use napi::{Env, Error, Status};
 

@@ -1,0 +1,337 @@
+//! napi binding of `core::finetune` and `core::registry`. The compat API (config object,
+//! row conversion with per-row errors, `{success: false, error}` results, the small
+//! metric helpers) is in `js/finetune.js`; everything here runs off the JS thread.
+
+use super::plain;
+use crate::core::finetune::{fine_tune, EpochInfo, FineTuneOptions, Optimizer};
+use crate::core::fsutil::write_atomic;
+use crate::core::linear::LinearModel;
+use crate::core::registry::{stem_of, version_of, NewVersion, Registry};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// A JSON result handed to JS as a plain object (serde_json has no `TypeName`).
+pub struct Json(pub Value);
+
+impl TypeName for Json {
+    fn type_name() -> &'static str {
+        "Object"
+    }
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+impl ToNapiValue for Json {
+    unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> Result<napi::sys::napi_value> {
+        unsafe { Value::to_napi_value(env, val.0) }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| plain(e.to_string()))
+}
+
+#[napi(object)]
+pub struct FineTuneProgress {
+    pub epoch: u32,
+    pub epochs: u32,
+    pub train_loss: f64,
+    pub val_loss: f64,
+}
+
+/// Options after the JS layer merged `config` and per-run options and checked types.
+#[napi(object)]
+pub struct NativeFineTuneOptions {
+    pub learning_rate: f64,
+    pub batch_size: u32,
+    pub epochs: u32,
+    pub validation_split: f64,
+    pub min_samples: u32,
+    pub max_samples: u32,
+    pub seed: f64,
+    pub optimizer: String,
+    pub l2: f64,
+    /// Negative: no early stopping.
+    pub patience: i32,
+    pub min_improvement: f64,
+    pub save: bool,
+    pub promote: bool,
+}
+
+type ProgressFn = ThreadsafeFunction<FineTuneProgress, (), FineTuneProgress, Status, false, true>;
+
+#[napi(js_name = "ModelFineTuningCore")]
+pub struct ModelFineTuningCore {
+    fine_tuned_dir: PathBuf,
+}
+
+fn registry_for(dir: &Path, base: &Path) -> Registry {
+    Registry::new(dir, base)
+}
+
+#[napi]
+impl ModelFineTuningCore {
+    #[napi(constructor)]
+    pub fn new(fine_tuned_dir: String) -> Self {
+        Self {
+            fine_tuned_dir: PathBuf::from(fine_tuned_dir),
+        }
+    }
+
+    /// Trains on the libuv thread pool; resolves the result object (throws on failure,
+    /// which the JS layer turns into `{success: false, error}`).
+    #[napi(catch_unwind, ts_return_type = "Promise<Record<string, unknown>>")]
+    pub fn fine_tune(
+        &self,
+        base_path: String,
+        x: Float64Array,
+        y: Float64Array,
+        features: u32,
+        options: NativeFineTuneOptions,
+        #[napi(ts_arg_type = "((info: FineTuneProgress) => void) | undefined | null")] on_progress: Option<ProgressFn>,
+    ) -> Result<AsyncTask<FineTuneTask>> {
+        let optimizer = match options.optimizer.as_str() {
+            "sgd" => Optimizer::Sgd,
+            "adam" => Optimizer::Adam,
+            "ridge" => Optimizer::Ridge,
+            o => return Err(plain(format!("unknown optimizer {o}"))),
+        };
+        let opts = FineTuneOptions {
+            learning_rate: options.learning_rate,
+            batch_size: options.batch_size as usize,
+            epochs: options.epochs as usize,
+            validation_split: options.validation_split,
+            min_samples: options.min_samples as usize,
+            max_samples: options.max_samples as usize,
+            seed: options.seed as u64,
+            optimizer,
+            l2: options.l2,
+            patience: (options.patience >= 0).then_some(options.patience as usize),
+            min_improvement: options.min_improvement,
+        };
+        Ok(AsyncTask::new(FineTuneTask {
+            dir: self.fine_tuned_dir.clone(),
+            base: PathBuf::from(base_path),
+            x,
+            y,
+            d: features as usize,
+            opts,
+            save: options.save,
+            promote: options.promote,
+            progress: on_progress,
+            result: Value::Null,
+        }))
+    }
+
+    #[napi(catch_unwind)]
+    pub fn next_version(&self, base_path: String) -> Result<u32> {
+        registry_for(&self.fine_tuned_dir, Path::new(&base_path))
+            .next_version()
+            .map_err(plain)
+    }
+
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<Array<Record<string, unknown>>>"
+    )]
+    pub fn history(&self, base_path: String) -> AsyncTask<RegistryTask> {
+        self.task(base_path, RegistryOp::History)
+    }
+
+    #[napi(catch_unwind, ts_return_type = "Promise<Record<string, unknown>>")]
+    pub fn promote(&self, base_path: String, version: u32) -> AsyncTask<RegistryTask> {
+        self.task(base_path, RegistryOp::Promote(version))
+    }
+
+    #[napi(catch_unwind, ts_return_type = "Promise<number | null>")]
+    pub fn rollback(&self, base_path: String) -> AsyncTask<RegistryTask> {
+        self.task(base_path, RegistryOp::Rollback)
+    }
+
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<Record<string, unknown> | null>"
+    )]
+    pub fn production(&self, base_path: String) -> AsyncTask<RegistryTask> {
+        self.task(base_path, RegistryOp::Production)
+    }
+
+    /// Reads and checks a model file; resolves the parsed object (extra keys included).
+    #[napi(catch_unwind, ts_return_type = "Promise<Record<string, unknown>>")]
+    pub fn load_model(&self, path: String) -> AsyncTask<RegistryTask> {
+        self.task(path, RegistryOp::Load)
+    }
+
+    /// Writes `model` as `<fineTunedDir>/<stem>/<stem>-<version>.json`, atomically.
+    #[napi(catch_unwind, ts_return_type = "Promise<string>")]
+    pub fn save_model(
+        &self,
+        model: Value,
+        base_path: String,
+        version: String,
+    ) -> AsyncTask<RegistryTask> {
+        self.task(base_path, RegistryOp::Save(model, version))
+    }
+
+    fn task(&self, base: String, op: RegistryOp) -> AsyncTask<RegistryTask> {
+        AsyncTask::new(RegistryTask {
+            dir: self.fine_tuned_dir.clone(),
+            base: PathBuf::from(base),
+            op: Some(op),
+            out: Value::Null,
+        })
+    }
+}
+
+pub struct FineTuneTask {
+    dir: PathBuf,
+    base: PathBuf,
+    x: Float64Array,
+    y: Float64Array,
+    d: usize,
+    opts: FineTuneOptions,
+    save: bool,
+    promote: bool,
+    progress: Option<ProgressFn>,
+    result: Value,
+}
+
+fn options_json(o: &FineTuneOptions) -> Value {
+    json!({
+        "learningRate": o.learning_rate, "batchSize": o.batch_size, "epochs": o.epochs,
+        "validationSplit": o.validation_split, "minSamples": o.min_samples, "maxSamples": o.max_samples,
+        "seed": o.seed, "optimizer": format!("{:?}", o.optimizer).to_lowercase(), "l2": o.l2,
+        "patience": o.patience, "minImprovement": o.min_improvement,
+    })
+}
+
+impl Task for FineTuneTask {
+    type Output = ();
+    type JsValue = Json;
+
+    fn compute(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let base = LinearModel::load(&self.base).map_err(|e| plain(format!("base model: {e}")))?;
+        let progress = self.progress.take();
+        let mut report = |e: EpochInfo| {
+            if let Some(p) = &progress {
+                p.call(
+                    FineTuneProgress {
+                        epoch: e.epoch as u32,
+                        epochs: e.epochs as u32,
+                        train_loss: e.train_loss,
+                        val_loss: e.val_loss,
+                    },
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
+            }
+        };
+        let out =
+            fine_tune(&base, &self.x, &self.y, self.d, &self.opts, &mut report).map_err(plain)?;
+        let metrics = serde_json::to_value(out.metrics).unwrap_or(Value::Null);
+        let base_metrics = serde_json::to_value(out.base_metrics).unwrap_or(Value::Null);
+        let epochs = serde_json::to_value(&out.epochs).unwrap_or(Value::Null);
+        let data = json!({"rows": out.rows_used, "hash": out.data_hash});
+        let mut result = json!({
+            "success": true,
+            "baseModel": self.base.display().to_string(),
+            "metrics": metrics,
+            "baseMetrics": base_metrics,
+            "improvement": out.improvement,
+            "accepted": out.accepted,
+            "epochs": epochs,
+            "bestEpoch": out.best_epoch,
+            "samples": {"total": self.y.len(), "used": out.rows_used, "train": out.train_rows, "validation": out.validation_rows},
+            "data": data,
+            "model": {"weights": out.model.weights, "bias": out.model.bias},
+            "modelPath": null, "version": null, "versionNumber": null, "status": null, "promoted": false,
+        });
+        if self.save {
+            let reg = registry_for(&self.dir, &self.base);
+            let entry = reg
+                .register(
+                    &out.model,
+                    NewVersion {
+                        parent: version_of(&self.base).filter(|_| self.base.starts_with(&reg.dir)),
+                        metrics: result["metrics"].clone(),
+                        base_metrics: result["baseMetrics"].clone(),
+                        improvement: Some(out.improvement),
+                        accepted: Some(out.accepted),
+                        options: options_json(&self.opts),
+                        data,
+                    },
+                )
+                .map_err(plain)?;
+            let mut status = entry.status.clone();
+            if self.promote && out.accepted {
+                status = reg.promote(entry.version).map_err(plain)?.status;
+                result["promoted"] = true.into();
+            }
+            result["modelPath"] = entry.model_path.into();
+            result["version"] = entry.name.into();
+            result["versionNumber"] = entry.version.into();
+            result["parent"] = entry.parent.into();
+            result["status"] = status.into();
+        }
+        result["durationMs"] = (started.elapsed().as_secs_f64() * 1000.0).into();
+        self.result = result;
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<Json> {
+        Ok(Json(std::mem::take(&mut self.result)))
+    }
+}
+
+pub enum RegistryOp {
+    History,
+    Promote(u32),
+    Rollback,
+    Production,
+    Load,
+    Save(Value, String),
+}
+
+pub struct RegistryTask {
+    dir: PathBuf,
+    base: PathBuf,
+    op: Option<RegistryOp>,
+    out: Value,
+}
+
+impl Task for RegistryTask {
+    type Output = ();
+    type JsValue = Json;
+
+    fn compute(&mut self) -> Result<()> {
+        let reg = registry_for(&self.dir, &self.base);
+        self.out = match self.op.take() {
+            Some(RegistryOp::History) => to_json(reg.history().map_err(plain)?)?,
+            Some(RegistryOp::Promote(v)) => to_json(reg.promote(v).map_err(plain)?)?,
+            Some(RegistryOp::Rollback) => to_json(reg.rollback().map_err(plain)?)?,
+            Some(RegistryOp::Production) => to_json(reg.production().map_err(plain)?)?,
+            Some(RegistryOp::Load) => LinearModel::load(&self.base).map_err(plain)?.to_value(),
+            Some(RegistryOp::Save(model, version)) => {
+                let m = LinearModel::from_value(model).map_err(|e| plain(format!("model: {e}")))?;
+                if version.is_empty() || version.contains(['/', '\\']) || version.contains("..") {
+                    return Err(plain(format!("version {version:?} is not a plain name")));
+                }
+                let stem = stem_of(&self.base);
+                let path = self.dir.join(&stem).join(format!("{stem}-{version}.json"));
+                write_atomic(&path, m.to_json_pretty().as_bytes())
+                    .map_err(|e| plain(format!("cannot write {}: {e}", path.display())))?;
+                path.display().to_string().into()
+            }
+            None => Value::Null,
+        };
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<Json> {
+        Ok(Json(std::mem::take(&mut self.out)))
+    }
+}
