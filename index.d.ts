@@ -290,6 +290,147 @@ export declare class ModelFineTuning {
 
 export declare function getModelFineTuning(): ModelFineTuning
 
+// ---------------------------------------------------------------- ExpandedPredictions
+
+export interface PredictionContext {
+  serviceName?: string
+  predictionType?: string
+  modelType?: string
+  /** Provider (`openai`, `anthropic`, …); with `model`, selects the price-table entry. */
+  provider?: string
+  /** Model name as in the price table (`gpt-4o`, or `gemini-2.0-flash` with provider `gemini`). */
+  model?: string
+  inputSize?: number
+  inputTokens?: number
+  outputTokens?: number
+  /** Input tokens served from the prompt cache (default: all of them on a cache hit). */
+  cachedInputTokens?: number
+  maxTokens?: number
+  cacheHit?: boolean
+  /** 0-10 */
+  quality?: number
+  /** ms */
+  latency?: number
+  /** 0-1 */
+  relevance?: number
+  /** 0-1 */
+  coherence?: number
+  historicalSatisfaction?: number
+  batchSize?: number
+  concurrentRequests?: number
+  /** 0-23; default the current UTC hour. */
+  hour?: number
+  [key: string]: unknown
+}
+
+export interface RequestOutcome {
+  latencyMs?: number
+  inputTokens?: number
+  outputTokens?: number
+  cost?: number
+  /** 1-5 */
+  satisfaction?: number
+  cpu?: number
+  memory?: number
+  network?: number
+}
+
+/** Present on the compat Promise forms' fallback result when the context was invalid. */
+interface Fallible {
+  error?: string
+}
+
+export interface LatencyPrediction extends Fallible {
+  latency: number
+  confidence: number
+  unit: 'ms'
+  factors: {
+    serviceName: string | null
+    baseLatency: number
+    cacheHit: boolean
+    inputSize: number
+    provider: string | null
+    model: string | null
+    learned: boolean
+    samples: number
+  }
+  p50: number
+  p95: number
+  p99: number
+}
+
+export interface CostPrediction extends Fallible {
+  cost: number
+  confidence: number
+  /** 'usd' when priced from the price table, 'credits' for the old formula. */
+  unit: 'usd' | 'credits'
+  breakdown: { base: number; inputTokens: number; outputTokens: number; cacheDiscount: number }
+  model: string | null
+  provider: string | null
+  priced: boolean
+  outputTokens: number
+  outputTokensPredicted: boolean
+  samples: number
+}
+
+export interface SatisfactionPrediction extends Fallible {
+  satisfaction: number
+  confidence: number
+  scale: '1-5'
+  factors: { quality: number; latency: number; relevance: number; coherence: number; learned: boolean; samples: number }
+}
+
+export interface ResourcePrediction extends Fallible {
+  cpu: number
+  memory: number
+  network: number
+  confidence: number
+  unit: 'percentage'
+  samples: number
+}
+
+export interface AllPredictions extends Fallible {
+  latency: LatencyPrediction
+  cost: CostPrediction
+  satisfaction: SatisfactionPrediction
+  resources: ResourcePrediction
+  /** ms since the epoch */
+  timestamp: number
+}
+
+/** LiteLLM `model_prices_and_context_window.json` format (other fields are ignored). */
+export type PriceTable = Record<
+  string,
+  { input_cost_per_token?: number; output_cost_per_token?: number; cache_read_input_token_cost?: number; litellm_provider?: string; [key: string]: unknown }
+>
+
+export interface ExpandedPredictionsConstructorOptions extends ExpandedPredictionsOptions {
+  /** A price table object, or the path of a LiteLLM-format JSON file. */
+  priceTable?: PriceTable | string
+}
+
+export interface ExpandedPredictions {
+  initialize(): Promise<boolean>
+  /** Compat: never rejects; an invalid context resolves the empty context's cold start with `error`. */
+  predictLatency(context?: PredictionContext): Promise<LatencyPrediction>
+  predictCost(context?: PredictionContext): Promise<CostPrediction>
+  predictSatisfaction(context?: PredictionContext): Promise<SatisfactionPrediction>
+  predictResources(context?: PredictionContext): Promise<ResourcePrediction>
+  predictAll(context?: PredictionContext): Promise<AllPredictions>
+  predictLatencySync(context?: PredictionContext): LatencyPrediction
+  predictCostSync(context?: PredictionContext): CostPrediction
+  predictSatisfactionSync(context?: PredictionContext): SatisfactionPrediction
+  predictResourcesSync(context?: PredictionContext): ResourcePrediction
+  predictAllSync(context?: PredictionContext): AllPredictions
+  predictAllBatch(contexts: PredictionContext[]): AllPredictions[]
+  recordOutcome(context: PredictionContext | undefined, outcome: RequestOutcome): Promise<boolean>
+  recordOutcomeSync(context: PredictionContext | undefined, outcome: RequestOutcome): boolean
+  /** Returns how many priced models the table holds. */
+  setPriceTable(table: PriceTable | string): number
+}
+
+export declare function getExpandedPredictions(): ExpandedPredictions
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -320,6 +461,21 @@ export declare class AdvancedEnsemble {
    * Replaces the learned state with the one saved at `path`. The file is read and
    * checked off the JS thread; a missing, corrupt or foreign file rejects and leaves
    * the current state untouched.
+   */
+  loadState(path: string): Promise<boolean>
+}
+
+/** Latency, cost, satisfaction and resource predictions learned from outcomes. */
+export declare class ExpandedPredictions {
+  /** `options.priceTable` (an object or a file path) is taken by the JS layer. */
+  constructor(options?: ExpandedPredictionsConstructorOptions)
+  /** Counts of what has been learned. */
+  getStatistics(): { outcomes: number; keys: number; services: number; pricedModels: number }
+  /** Writes the learned state to `path` as JSON, atomically, off the JS thread. */
+  saveState(path: string): Promise<boolean>
+  /**
+   * Replaces the learned state with the one saved at `path`; a missing, corrupt or
+   * foreign file rejects and leaves the current state untouched.
    */
   loadState(path: string): Promise<boolean>
 }
@@ -357,6 +513,15 @@ export interface AdvancedEnsembleOptions {
   typeMatchBonus?: number
   /** How many latest errors `getStatistics().recentErrors` lists (default 10). */
   recentErrors?: number
+}
+
+export interface ExpandedPredictionsOptions {
+  /** Latency residuals kept per service/provider/model key for quantiles (default 400). */
+  quantileWindow?: number
+  /** Residuals a key needs before its own quantiles replace the global ones (default 40). */
+  minKeyResiduals?: number
+  /** Weight of the past in the learned output-token mean, in (0, 1) (default 0.98). */
+  outputDecay?: number
 }
 
 export interface FineTuneProgress {

@@ -836,4 +836,5 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.AdvancedEnsemble = nativeBinding.AdvancedEnsemble
+module.exports.ExpandedPredictions = nativeBinding.ExpandedPredictions
 module.exports.ModelFineTuningCore = nativeBinding.ModelFineTuningCore

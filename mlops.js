@@ -7,11 +7,14 @@
 const native = require('./index.js')
 const { AdvancedEnsemble, getAdvancedEnsemble } = require('./js/ensemble.js')
 const { ModelFineTuning, getModelFineTuning } = require('./js/finetune.js')
+const { ExpandedPredictions, getExpandedPredictions } = require('./js/predictions.js')
 
 module.exports = {
   AdvancedEnsemble,
   getAdvancedEnsemble,
   ModelFineTuning,
   getModelFineTuning,
+  ExpandedPredictions,
+  getExpandedPredictions,
   ModelFineTuningCore: native.ModelFineTuningCore,
 }

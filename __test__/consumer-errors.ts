@@ -23,3 +23,11 @@ void ft.fineTuneModel('m.json', [{ features: [1] }])
 void ft.fineTuneModel('m.json', [], { optimizer: 'lbfgs' })
 // @ts-expect-error the result may be a failure: narrow on success first
 void ((r: mlops.FineTuneResult) => r.metrics)
+const p = new mlops.ExpandedPredictions()
+// @ts-expect-error cacheHit is a boolean
+void p.predictAllSync({ cacheHit: 'yes' })
+// @ts-expect-error an outcome is required
+void p.recordOutcomeSync({})
+// @ts-expect-error cost units are fixed
+const u: 'eur' = p.predictCostSync().unit
+void u

@@ -55,3 +55,19 @@ async function fineTuning(): Promise<void> {
   console.log(created, prod?.status, next, mlops.getModelFineTuning().fineTunedDir)
 }
 void fineTuning()
+
+async function predictions(): Promise<void> {
+  const p = new mlops.ExpandedPredictions({ quantileWindow: 200, priceTable: { m: { input_cost_per_token: 1e-6, output_cost_per_token: 2e-6 } } })
+  await p.initialize()
+  const ctx: mlops.PredictionContext = { serviceName: 'ai-gm', provider: 'openai', model: 'gpt-4o', inputTokens: 800, cacheHit: true }
+  const lat: number = (await p.predictLatency(ctx)).p95
+  const unit: 'usd' | 'credits' = p.predictCostSync(ctx).unit
+  const all: mlops.AllPredictions = await p.predictAll(ctx)
+  const many: mlops.AllPredictions[] = p.predictAllBatch([ctx, {}])
+  const ok: boolean = p.recordOutcomeSync(ctx, { latencyMs: 900, outputTokens: 300, satisfaction: 4 })
+  await p.recordOutcome(ctx, { cpu: 40 })
+  const n: number = p.setPriceTable('prices.json')
+  await p.saveState('/tmp/p.json')
+  console.log(lat, unit, all.timestamp, many.length, ok, n, p.getStatistics().outcomes, mlops.getExpandedPredictions().predictResourcesSync().cpu)
+}
+void predictions()

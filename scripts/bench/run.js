@@ -7,6 +7,7 @@
 const suites = {
   ensemble: () => require('./ensemble.js').run(),
   finetune: () => require('./finetune.js').run(),
+  predictions: () => require('./predictions.js').run(),
 }
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(suites)
 

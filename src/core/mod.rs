@@ -3,6 +3,7 @@
 
 pub mod ensemble;
 pub mod finetune;
+pub mod forecast;
 pub mod fsutil;
 pub mod linalg;
 pub mod linear;

@@ -2,21 +2,18 @@
 //! (reading three small JS objects there and crossing once with a `Float64Array` measured
 //! ~10× cheaper than `#[napi(object)]` conversion); this file is the packed protocol.
 
+use super::state::{LoadState, Persistent, SaveState};
 use super::{plain, range};
-use crate::core::ensemble::{Combined, Ensemble, EnsembleConfig, Entry, Source, STRATEGIES};
-use crate::core::fsutil;
+use crate::core::ensemble::{Combined, Ensemble, EnsembleConfig, Entry, STRATEGIES};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use parking_lot::Mutex;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Entry stride of the packed input: `[modelId, value, confidence, typeMatch]`.
 const STRIDE: usize = 4;
 /// Fixed header of the packed output before the per-entry arrays.
 const OUT_HEAD: usize = 8;
-/// State files larger than this are refused rather than parsed.
-const MAX_STATE_BYTES: u64 = 512 << 20;
 
 #[napi(object)]
 #[derive(Default)]
@@ -318,78 +315,27 @@ impl AdvancedEnsemble {
     /// off the JS thread. Resolves when the file is durable.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
     pub fn save_state(&self, path: String) -> Result<AsyncTask<SaveState>> {
-        let text = self.inner.lock().to_json().map_err(plain)?;
-        Ok(AsyncTask::new(SaveState {
-            path: PathBuf::from(path),
-            text,
-        }))
+        Ok(AsyncTask::new(SaveState::new(&*self.inner, path)?))
     }
 
     /// Replaces the learned state with the one saved at `path`. The file is read and
     /// checked off the JS thread; a missing, corrupt or foreign file rejects and leaves
     /// the current state untouched.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
-    pub fn load_state(&self, path: String) -> AsyncTask<LoadState> {
-        AsyncTask::new(LoadState {
-            path: PathBuf::from(path),
-            target: self.inner.clone(),
-            generation: self.generation.clone(),
-            loaded: None,
-        })
+    pub fn load_state(&self, path: String) -> AsyncTask<LoadState<Ensemble>> {
+        AsyncTask::new(LoadState::new(
+            path,
+            self.inner.clone(),
+            self.generation.clone(),
+        ))
     }
 }
 
-pub struct SaveState {
-    path: PathBuf,
-    text: String,
-}
-
-impl Task for SaveState {
-    type Output = ();
-    type JsValue = bool;
-    fn compute(&mut self) -> Result<()> {
-        fsutil::write_atomic(&self.path, self.text.as_bytes())
-            .map_err(|e| plain(format!("cannot write {}: {e}", self.path.display())))
+impl Persistent for Ensemble {
+    fn to_json(&self) -> std::result::Result<String, String> {
+        Ensemble::to_json(self)
     }
-    fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
-        Ok(true)
-    }
-}
-
-pub struct LoadState {
-    path: PathBuf,
-    target: Arc<Mutex<Ensemble>>,
-    generation: Arc<std::sync::atomic::AtomicU32>,
-    loaded: Option<Ensemble>,
-}
-
-impl Task for LoadState {
-    type Output = ();
-    type JsValue = bool;
-    fn compute(&mut self) -> Result<()> {
-        let text = fsutil::read_text(&self.path, MAX_STATE_BYTES).map_err(plain)?;
-        let e = Ensemble::from_json(&text)
-            .map_err(|m| plain(format!("{}: {m}", self.path.display())))?;
-        self.loaded = Some(e);
-        Ok(())
-    }
-    /// The swap happens here, on the JS thread, so no synchronous call can observe a
-    /// state whose ids its caller's caches do not match.
-    fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
-        if let Some(e) = self.loaded.take() {
-            *self.target.lock() = e;
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
-        Ok(true)
-    }
-}
-
-#[allow(dead_code)]
-fn source_name(s: Source) -> &'static str {
-    match s {
-        Source::Context => "context",
-        Source::Global => "global",
-        Source::Prior => "prior",
+    fn from_json(text: &str) -> std::result::Result<Self, String> {
+        Ensemble::from_json(text)
     }
 }

@@ -5,6 +5,8 @@
 
 mod ensemble;
 mod finetune;
+mod predictions;
+mod state;
 
 use napi::{Env, Error, Status};
 

@@ -1,0 +1,1150 @@
+//! Request-level predictions (latency, cost, satisfaction, resources) that start as the
+//! old fixed formulas and learn from recorded outcomes.
+//!
+//! Every target is `prior(x) + θᵀφ(x)`: the old formula plus a learned correction, fitted
+//! by recursive least squares with a zero-mean Gaussian prior on θ. With no outcomes θ is
+//! exactly 0, so day-one answers are exactly the old ones; each outcome then moves θ as
+//! far as the evidence warrants (RLS is the exact Bayesian posterior of that prior).
+//! Latency and cost corrections are kept per `(serviceName, provider, model)`;
+//! satisfaction and resources per `serviceName`. Latency quantiles are split-conformal:
+//! rolling windows of log(actual / predicted), per key, backing off to a global window.
+
+use super::stats::ErrorStats;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// Context slots (the JS layer packs a context into this layout; NaN = absent).
+pub mod slot {
+    pub const SERVICE: usize = 0;
+    pub const PROVIDER: usize = 1;
+    pub const MODEL: usize = 2;
+    pub const CACHE_HIT: usize = 3;
+    pub const INPUT_SIZE: usize = 4;
+    pub const INPUT_TOKENS: usize = 5;
+    pub const OUTPUT_TOKENS: usize = 6;
+    pub const CACHED_INPUT_TOKENS: usize = 7;
+    pub const MAX_TOKENS: usize = 8;
+    pub const QUALITY: usize = 9;
+    pub const LATENCY: usize = 10;
+    pub const RELEVANCE: usize = 11;
+    pub const COHERENCE: usize = 12;
+    pub const HISTORICAL_SATISFACTION: usize = 13;
+    pub const BATCH_SIZE: usize = 14;
+    pub const CONCURRENT: usize = 15;
+    pub const HOUR: usize = 16;
+    pub const COUNT: usize = 17;
+}
+
+/// Outcome slots.
+pub mod outcome {
+    pub const LATENCY_MS: usize = 0;
+    pub const INPUT_TOKENS: usize = 1;
+    pub const OUTPUT_TOKENS: usize = 2;
+    pub const COST: usize = 3;
+    pub const SATISFACTION: usize = 4;
+    pub const CPU: usize = 5;
+    pub const MEMORY: usize = 6;
+    pub const NETWORK: usize = 7;
+    pub const COUNT: usize = 8;
+}
+
+/// Output layout of one context's `predict_all`.
+pub mod out {
+    pub const LATENCY: usize = 0;
+    pub const LATENCY_CONF: usize = 1;
+    pub const P50: usize = 2;
+    pub const P95: usize = 3;
+    pub const P99: usize = 4;
+    pub const LATENCY_SAMPLES: usize = 5;
+    pub const BASE_LATENCY: usize = 6;
+    pub const COST: usize = 7;
+    pub const COST_CONF: usize = 8;
+    pub const COST_USD: usize = 9;
+    pub const COST_BASE: usize = 10;
+    pub const COST_INPUT: usize = 11;
+    pub const COST_OUTPUT: usize = 12;
+    pub const COST_CACHE_DISCOUNT: usize = 13;
+    pub const OUTPUT_TOKENS_USED: usize = 14;
+    pub const OUTPUT_TOKENS_PREDICTED: usize = 15;
+    pub const COST_SAMPLES: usize = 16;
+    pub const SATISFACTION: usize = 17;
+    pub const SATISFACTION_CONF: usize = 18;
+    pub const SATISFACTION_SAMPLES: usize = 19;
+    pub const CPU: usize = 20;
+    pub const MEMORY: usize = 21;
+    pub const NETWORK: usize = 22;
+    pub const RESOURCES_CONF: usize = 23;
+    pub const RESOURCES_SAMPLES: usize = 24;
+    pub const COUNT: usize = 25;
+}
+
+/// LiteLLM `model_prices_and_context_window.json` entry (the fields used here).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Price {
+    pub input_cost_per_token: f64,
+    pub output_cost_per_token: f64,
+    #[serde(default)]
+    pub cache_read_input_token_cost: Option<f64>,
+    #[serde(default)]
+    pub litellm_provider: Option<String>,
+}
+
+pub type PriceTable = HashMap<String, Price>;
+
+/// Parses a LiteLLM-format table: entries without both per-token prices (LiteLLM's
+/// `sample_spec`, image and embedding-only models) are skipped, bad prices refused.
+pub fn parse_price_table(v: &serde_json::Value) -> Result<PriceTable, String> {
+    let obj = v
+        .as_object()
+        .ok_or("price table must be an object keyed by model name")?;
+    let mut t = PriceTable::new();
+    for (name, e) in obj {
+        let (Some(i), Some(o)) = (
+            e.get("input_cost_per_token"),
+            e.get("output_cost_per_token"),
+        ) else {
+            continue;
+        };
+        let num = |x: &serde_json::Value, f: &str| match x.as_f64() {
+            Some(v) if v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err(format!("priceTable[{name:?}].{f} must be a number ≥ 0")),
+        };
+        let cache = match e.get("cache_read_input_token_cost") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(c) => Some(num(c, "cache_read_input_token_cost")?),
+        };
+        t.insert(
+            name.clone(),
+            Price {
+                input_cost_per_token: num(i, "input_cost_per_token")?,
+                output_cost_per_token: num(o, "output_cost_per_token")?,
+                cache_read_input_token_cost: cache,
+                litellm_provider: e
+                    .get("litellm_provider")
+                    .and_then(|p| p.as_str())
+                    .map(str::to_owned),
+            },
+        );
+    }
+    Ok(t)
+}
+
+const MAX_RLS_DIM: usize = 16;
+
+/// Recursive least squares with a zero-mean Gaussian prior (variances `prior`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Rls {
+    pub theta: Vec<f64>,
+    pub p: Vec<f64>,
+    pub n: u64,
+    /// Decayed error of the prequential predictions (prior + correction).
+    pub error: ErrorStats,
+}
+
+impl Rls {
+    pub fn new(prior: &[f64]) -> Self {
+        let d = prior.len();
+        let mut p = vec![0.0; d * d];
+        for (i, v) in prior.iter().enumerate() {
+            p[i * d + i] = *v;
+        }
+        Self {
+            theta: vec![0.0; d],
+            p,
+            n: 0,
+            error: ErrorStats::default(),
+        }
+    }
+
+    pub fn predict(&self, phi: &[f64]) -> f64 {
+        self.theta.iter().zip(phi).map(|(t, x)| t * x).sum()
+    }
+
+    /// One exact Bayesian update toward `residual` (target minus prior).
+    pub fn update(&mut self, phi: &[f64], residual: f64, noise_var: f64) {
+        let d = self.theta.len();
+        if d > MAX_RLS_DIM
+            || phi.len() != d
+            || !residual.is_finite()
+            || phi.iter().any(|v| !v.is_finite())
+        {
+            return;
+        }
+        // On the stack: this runs several times per recorded outcome.
+        let mut px = [0.0; MAX_RLS_DIM];
+        for i in 0..d {
+            let row = &self.p[i * d..(i + 1) * d];
+            px[i] = row.iter().zip(phi).map(|(a, b)| a * b).sum();
+        }
+        let denom = noise_var + phi.iter().zip(&px).map(|(a, b)| a * b).sum::<f64>();
+        if !(denom > 0.0) || !denom.is_finite() {
+            return;
+        }
+        let e = residual - self.predict(phi);
+        for i in 0..d {
+            self.theta[i] += px[i] * e / denom;
+        }
+        let inv = 1.0 / denom;
+        for i in 0..d {
+            let a = px[i] * inv;
+            for (pij, pxj) in self.p[i * d..(i + 1) * d].iter_mut().zip(&px[..d]) {
+                *pij -= a * pxj;
+            }
+        }
+        self.n += 1;
+    }
+}
+
+/// Rolling window of values with its sorted copy, for exact empirical quantiles.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RollingQuantiles {
+    pub cap: usize,
+    pub ring: VecDeque<f64>,
+    pub sorted: Vec<f64>,
+}
+
+impl RollingQuantiles {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            ring: VecDeque::with_capacity(cap),
+            sorted: Vec::with_capacity(cap),
+        }
+    }
+
+    pub fn push(&mut self, v: f64) {
+        if !v.is_finite() || self.cap == 0 {
+            return;
+        }
+        if self.ring.len() == self.cap {
+            if let Some(old) = self.ring.pop_front() {
+                let i = self.sorted.partition_point(|x| *x < old);
+                if i < self.sorted.len() {
+                    self.sorted.remove(i);
+                }
+            }
+        }
+        self.ring.push_back(v);
+        let i = self.sorted.partition_point(|x| *x < v);
+        self.sorted.insert(i, v);
+    }
+
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// Conformal quantile: the ⌈(n+1)τ⌉-th smallest, so coverage is at least τ.
+    pub fn quantile(&self, tau: f64) -> Option<f64> {
+        let n = self.sorted.len();
+        if n == 0 {
+            return None;
+        }
+        let k = (((n + 1) as f64 * tau).ceil() as usize).clamp(1, n);
+        Some(self.sorted[k - 1])
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RequestKey {
+    pub latency: Rls,
+    pub cost: Rls,
+    /// Decayed mean output tokens (for cost when `outputTokens` is not given).
+    pub output_tokens: f64,
+    pub output_count: u64,
+    pub log_ratio: RollingQuantiles,
+    pub aci: Aci,
+}
+
+/// The quantile levels served (p50, p95, p99).
+pub const LEVELS: [f64; 3] = [0.5, 0.95, 0.99];
+
+/// Adaptive conformal inference (Gibbs & Candès, 2021): the level asked of the residual
+/// window is nudged after every outcome, `α ← α + γ(α* − miss)`, so coverage holds in the
+/// long run even when the residuals drift (load over the day, a model that improves).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Aci {
+    pub alpha: [f64; 3],
+}
+
+impl Default for Aci {
+    fn default() -> Self {
+        Self {
+            alpha: LEVELS.map(|l| 1.0 - l),
+        }
+    }
+}
+
+const ACI_GAMMA: f64 = 0.005;
+
+impl Aci {
+    /// Log-ratio quantile for level `i` from `window` (None: no residuals yet).
+    fn quantile(&self, window: &RollingQuantiles, i: usize) -> Option<f64> {
+        let tau = 1.0 - self.alpha[i];
+        if tau >= 1.0 {
+            // Asked for more than the window can promise: its maximum, widened.
+            return window.sorted.last().map(|m| m + 0.1);
+        }
+        window.quantile(tau.max(0.0))
+    }
+
+    fn update(&mut self, window: &RollingQuantiles, observed: f64) {
+        for i in 0..LEVELS.len() {
+            if let Some(q) = self.quantile(window, i) {
+                let miss = if observed > q { 1.0 } else { 0.0 };
+                let target = 1.0 - LEVELS[i];
+                self.alpha[i] = (self.alpha[i] + ACI_GAMMA * (target - miss)).clamp(-0.5, 1.0);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceModels {
+    pub satisfaction: Rls,
+    pub cpu: Rls,
+    pub memory: Rls,
+    pub network: Rls,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ForecastConfig {
+    /// Rolling window of latency residuals per key (and 8× that globally).
+    pub quantile_window: usize,
+    /// Residuals a key needs before its own quantiles are used.
+    pub min_key_residuals: usize,
+    /// Weight of the past in the decayed output-token mean.
+    pub output_decay: f64,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        Self {
+            quantile_window: 400,
+            min_key_residuals: 40,
+            output_decay: 0.98,
+        }
+    }
+}
+
+const LATENCY_DIM: usize = 10;
+const COST_DIM: usize = 4;
+const SAT_DIM: usize = 6;
+const RES_DIM: usize = 4;
+/// Prior variances of the corrections (units: ms, credits or USD, 1-5 points, percent),
+/// wide enough that a few dozen outcomes dominate, narrow enough that one cannot.
+const LATENCY_PRIOR: [f64; LATENCY_DIM] = [
+    400.0 * 400.0,
+    200.0 * 200.0,
+    0.05,
+    300.0 * 300.0,
+    2000.0 * 2000.0,
+    50.0 * 50.0,
+    100.0 * 100.0,
+    100.0 * 100.0,
+    500.0 * 500.0,
+    500.0 * 500.0,
+];
+const COST_PRIOR: [f64; COST_DIM] = [1e-4, 1e-4, 1e-4, 1e-4];
+const SAT_PRIOR: [f64; SAT_DIM] = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+const RES_PRIOR: [f64; RES_DIM] = [400.0, 100.0, 25.0, 25.0];
+/// Noise variances assumed by the updates (only their ratio to the prior matters).
+const LATENCY_NOISE: f64 = 100.0 * 100.0;
+const COST_NOISE: f64 = 1e-6;
+const SAT_NOISE: f64 = 0.25;
+const RES_NOISE: f64 = 25.0;
+pub const MAX_KEYS: usize = 100_000;
+
+fn key_new(cfg: &ForecastConfig) -> RequestKey {
+    RequestKey {
+        latency: Rls::new(&LATENCY_PRIOR),
+        cost: Rls::new(&COST_PRIOR),
+        output_tokens: 0.0,
+        output_count: 0,
+        log_ratio: RollingQuantiles::new(cfg.quantile_window),
+        aci: Aci::default(),
+    }
+}
+
+fn service_new() -> ServiceModels {
+    ServiceModels {
+        satisfaction: Rls::new(&SAT_PRIOR),
+        cpu: Rls::new(&RES_PRIOR),
+        memory: Rls::new(&RES_PRIOR),
+        network: Rls::new(&RES_PRIOR),
+    }
+}
+
+#[inline]
+fn get(ctx: &[f64], i: usize) -> Option<f64> {
+    ctx.get(i).copied().filter(|v| !v.is_nan())
+}
+
+fn or0(ctx: &[f64], i: usize) -> f64 {
+    get(ctx, i).unwrap_or(0.0)
+}
+
+/// Confidence from evidence: the prior's fixed confidence with no data, moving toward a
+/// fit score (error small next to the level predicted) as outcomes accumulate.
+fn confidence(prior: f64, n: u64, err: &ErrorStats, level: f64) -> f64 {
+    if n == 0 {
+        return prior;
+    }
+    let w = n as f64 / (n as f64 + 20.0);
+    let fit = 1.0 / (1.0 + err.rmse() / (level.abs() + 1e-9));
+    ((1.0 - w) * prior + w * fit).clamp(0.05, 0.99)
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Forecaster {
+    pub config: ForecastConfig,
+    /// Interned names; index 0 of each is "" (absent).
+    pub services: Vec<String>,
+    pub providers: Vec<String>,
+    pub models: Vec<String>,
+    pub keys: Vec<((u32, u32, u32), RequestKey)>,
+    pub per_service: Vec<(u32, ServiceModels)>,
+    pub global_log_ratio: RollingQuantiles,
+    pub global_aci: Aci,
+    pub prices: PriceTable,
+    pub outcomes: u64,
+    #[serde(skip)]
+    key_index: HashMap<(u32, u32, u32), usize>,
+    #[serde(skip)]
+    service_index: HashMap<u32, usize>,
+    #[serde(skip)]
+    names: [HashMap<String, u32>; 3],
+    #[serde(skip)]
+    price_cache: HashMap<(u32, u32), Option<Price>>,
+}
+
+/// Which name table `intern` adds to.
+#[derive(Clone, Copy)]
+pub enum NameKind {
+    Service = 0,
+    Provider = 1,
+    Model = 2,
+}
+
+/// The old per-service base latency (ms).
+pub fn base_latency(service: &str) -> f64 {
+    match service {
+        "ai-gm" => 80.0,
+        "oracle" => 60.0,
+        "code-roach" => 70.0,
+        "daisy-chain" => 65.0,
+        "first-mate" => 40.0,
+        "game-app" => 50.0,
+        _ => 50.0,
+    }
+}
+
+impl Forecaster {
+    pub fn new(config: ForecastConfig, prices: PriceTable) -> Self {
+        let mut f = Forecaster {
+            global_log_ratio: RollingQuantiles::new(config.quantile_window * 8),
+            config,
+            prices,
+            ..Default::default()
+        };
+        f.services.push(String::new());
+        f.providers.push(String::new());
+        f.models.push(String::new());
+        f.rebuild();
+        f
+    }
+
+    fn rebuild(&mut self) {
+        self.key_index = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect();
+        self.service_index = self
+            .per_service
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect();
+        for (t, names) in [&self.services, &self.providers, &self.models]
+            .into_iter()
+            .enumerate()
+        {
+            self.names[t] = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i as u32))
+                .collect();
+        }
+        self.price_cache.clear();
+    }
+
+    pub fn intern(&mut self, kind: NameKind, name: &str) -> Result<u32, String> {
+        let t = kind as usize;
+        if let Some(&id) = self.names[t].get(name) {
+            return Ok(id);
+        }
+        let table = match kind {
+            NameKind::Service => &mut self.services,
+            NameKind::Provider => &mut self.providers,
+            NameKind::Model => &mut self.models,
+        };
+        if table.len() >= MAX_KEYS {
+            return Err(format!("too many distinct names (limit {MAX_KEYS})"));
+        }
+        let id = table.len() as u32;
+        table.push(name.to_owned());
+        self.names[t].insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    pub fn set_prices(&mut self, prices: PriceTable) {
+        self.prices = prices;
+        self.price_cache.clear();
+    }
+
+    fn ids(&self, ctx: &[f64]) -> Result<(u32, u32, u32), String> {
+        let id = |i: usize, len: usize, what: &str| {
+            let v = get(ctx, i).unwrap_or(0.0);
+            if v >= 0.0 && v.fract() == 0.0 && (v as usize) < len {
+                Ok(v as u32)
+            } else {
+                Err(format!("unknown {what} id {v}"))
+            }
+        };
+        Ok((
+            id(slot::SERVICE, self.services.len(), "service")?,
+            id(slot::PROVIDER, self.providers.len(), "provider")?,
+            id(slot::MODEL, self.models.len(), "model")?,
+        ))
+    }
+
+    /// The price of `model` (as `<model>` or `<provider>/<model>` in the table), cached.
+    fn price(&mut self, provider: u32, model: u32) -> Option<Price> {
+        if model == 0 {
+            return None;
+        }
+        if let Some(p) = self.price_cache.get(&(provider, model)) {
+            return p.clone();
+        }
+        let m = &self.models[model as usize];
+        let p = &self.providers[provider as usize];
+        let found = self
+            .prices
+            .get(m)
+            .or_else(|| {
+                if p.is_empty() {
+                    None
+                } else {
+                    self.prices.get(&format!("{p}/{m}"))
+                }
+            })
+            .cloned();
+        if self.price_cache.len() > 10_000 {
+            self.price_cache.clear();
+        }
+        self.price_cache.insert((provider, model), found.clone());
+        found
+    }
+
+    fn hour(ctx: &[f64]) -> f64 {
+        get(ctx, slot::HOUR).unwrap_or_else(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            ((secs / 3600) % 24) as f64
+        })
+    }
+
+    /// `out_tokens`: the request's output tokens when known, else the key's learned mean
+    /// (at prediction time the answer's length is usually not known yet).
+    fn latency_features(ctx: &[f64], out_tokens: f64) -> [f64; LATENCY_DIM] {
+        let h = Self::hour(ctx) / 24.0 * std::f64::consts::TAU;
+        let out_k = out_tokens / 1000.0;
+        // Load over the day scales generation time, so the hour also enters as a product
+        // with the output length, not only on its own.
+        [
+            1.0,
+            if or0(ctx, slot::CACHE_HIT) != 0.0 {
+                1.0
+            } else {
+                0.0
+            },
+            or0(ctx, slot::INPUT_SIZE),
+            or0(ctx, slot::INPUT_TOKENS) / 1000.0,
+            out_k,
+            or0(ctx, slot::CONCURRENT),
+            h.sin(),
+            h.cos(),
+            out_k * h.sin(),
+            out_k * h.cos(),
+        ]
+    }
+
+    /// The old latency rule: per-service base, ×0.1 on a cache hit, + 0.01 × inputSize.
+    fn latency_prior(&self, service: u32, ctx: &[f64]) -> (f64, f64) {
+        let base = base_latency(&self.services[service as usize]);
+        let cache = or0(ctx, slot::CACHE_HIT) != 0.0;
+        (
+            (if cache { base * 0.1 } else { base }) + 0.01 * or0(ctx, slot::INPUT_SIZE),
+            base,
+        )
+    }
+
+    fn cost_features(ctx: &[f64], output_tokens: f64) -> [f64; COST_DIM] {
+        [
+            1.0,
+            or0(ctx, slot::INPUT_TOKENS) / 1000.0,
+            output_tokens / 1000.0,
+            if or0(ctx, slot::CACHE_HIT) != 0.0 {
+                1.0
+            } else {
+                0.0
+            },
+        ]
+    }
+
+    /// The old cost rule: (0.001 + 1e-6·in + 2e-6·out) × 0.1 on a cache hit.
+    /// Returns (total, base, input, output, cache discount).
+    fn cost_prior(ctx: &[f64], output_tokens: f64) -> (f64, f64, f64, f64, f64) {
+        let base = 0.001;
+        let input = 1e-6 * or0(ctx, slot::INPUT_TOKENS);
+        let output = 2e-6 * output_tokens;
+        let sum = base + input + output;
+        // `sum × 0.1` as the old code computed it, so day-one values match to the last bit.
+        let cost = if or0(ctx, slot::CACHE_HIT) != 0.0 {
+            sum * 0.1
+        } else {
+            sum
+        };
+        (cost, base, input, output, sum - cost)
+    }
+
+    fn satisfaction_features(ctx: &[f64]) -> [f64; SAT_DIM] {
+        [
+            1.0,
+            or0(ctx, slot::QUALITY) / 10.0,
+            (1.0 - or0(ctx, slot::LATENCY) / 1000.0).max(0.0),
+            get(ctx, slot::RELEVANCE).unwrap_or(0.5),
+            get(ctx, slot::COHERENCE).unwrap_or(0.5),
+            // The old latency term saturates at 1 s; LLM latencies are mostly above that.
+            or0(ctx, slot::LATENCY) / 10_000.0,
+        ]
+    }
+
+    /// The old satisfaction rule, before its [1, 5] clamp.
+    fn satisfaction_prior(ctx: &[f64]) -> f64 {
+        let f = Self::satisfaction_features(ctx);
+        let s = 0.4 * f[1] + 0.2 * f[2] + 0.2 * f[3] + 0.2 * f[4];
+        1.0 + 4.0 * s
+    }
+
+    fn resource_features(ctx: &[f64]) -> [f64; RES_DIM] {
+        [
+            1.0,
+            or0(ctx, slot::INPUT_SIZE) / 1000.0,
+            or0(ctx, slot::BATCH_SIZE),
+            or0(ctx, slot::CONCURRENT),
+        ]
+    }
+
+    fn resource_prior(ctx: &[f64]) -> [f64; 3] {
+        let size = or0(ctx, slot::INPUT_SIZE);
+        [
+            20.0 + 0.1 * size,
+            30.0 + 5.0 * or0(ctx, slot::BATCH_SIZE),
+            5.0 + 0.01 * size,
+        ]
+    }
+
+    fn key(&self, k: (u32, u32, u32)) -> Option<&RequestKey> {
+        self.key_index.get(&k).map(|&i| &self.keys[i].1)
+    }
+
+    fn key_mut(&mut self, k: (u32, u32, u32)) -> Result<&mut RequestKey, String> {
+        let i = match self.key_index.get(&k) {
+            Some(&i) => i,
+            None => {
+                if self.keys.len() >= MAX_KEYS {
+                    return Err(format!(
+                        "too many distinct service/provider/model keys (limit {MAX_KEYS})"
+                    ));
+                }
+                self.keys.push((k, key_new(&self.config)));
+                self.key_index.insert(k, self.keys.len() - 1);
+                self.keys.len() - 1
+            }
+        };
+        Ok(&mut self.keys[i].1)
+    }
+
+    fn service_mut(&mut self, s: u32) -> &mut ServiceModels {
+        let i = *self.service_index.entry(s).or_insert_with(|| {
+            self.per_service.push((s, service_new()));
+            self.per_service.len() - 1
+        });
+        &mut self.per_service[i].1
+    }
+
+    fn service(&self, s: u32) -> Option<&ServiceModels> {
+        self.service_index.get(&s).map(|&i| &self.per_service[i].1)
+    }
+
+    /// Everything for one packed context, into `o` (`out::COUNT` values).
+    pub fn predict_all(&mut self, ctx: &[f64], o: &mut [f64]) -> Result<(), String> {
+        if ctx.len() < slot::COUNT || o.len() < out::COUNT {
+            return Err("packed buffers are too short".into());
+        }
+        let k @ (service, provider, model) = self.ids(ctx)?;
+        let price = self.price(provider, model);
+        let key = self.key(k);
+
+        // Output tokens: given, else learned for this key, else 0 (the old rule's default).
+        let given = get(ctx, slot::OUTPUT_TOKENS);
+        let predicted_out = key
+            .filter(|r| r.output_count > 0)
+            .map(|r| r.output_tokens.round());
+        let out_tokens = given.or(predicted_out).unwrap_or(0.0);
+
+        // Latency.
+        let (prior, base) = self.latency_prior(service, ctx);
+        let phi = Self::latency_features(ctx, out_tokens);
+        let (lat, n, err) = match key {
+            Some(r) if r.latency.n > 0 => (
+                (prior + r.latency.predict(&phi)).max(0.0),
+                r.latency.n,
+                r.latency.error,
+            ),
+            _ => (prior, 0, ErrorStats::default()),
+        };
+        let latency = lat.round();
+        let (window, aci) = match key {
+            Some(r) if r.log_ratio.len() >= self.config.min_key_residuals => (&r.log_ratio, &r.aci),
+            _ => (&self.global_log_ratio, &self.global_aci),
+        };
+        // Before any residual: the median is the estimate, p95/p99 a fixed 1.5×/2× band.
+        let q = |i: usize, cold: f64| aci.quantile(window, i).map_or(cold, f64::exp);
+        let scale = latency.max(1.0);
+        o[out::LATENCY] = latency;
+        o[out::LATENCY_CONF] = confidence(0.7, n, &err, lat);
+        o[out::P50] = (scale * q(0, 1.0)).round();
+        o[out::P95] = (scale * q(1, 1.5)).round();
+        o[out::P99] = (scale * q(2, 2.0)).round();
+        o[out::LATENCY_SAMPLES] = n as f64;
+        o[out::BASE_LATENCY] = base;
+
+        o[out::OUTPUT_TOKENS_USED] = out_tokens;
+        o[out::OUTPUT_TOKENS_PREDICTED] = if given.is_none() && predicted_out.is_some() {
+            1.0
+        } else {
+            0.0
+        };
+
+        // Cost.
+        if let Some(p) = price {
+            let input = or0(ctx, slot::INPUT_TOKENS);
+            let cached = if get(ctx, slot::CACHED_INPUT_TOKENS).is_some() {
+                or0(ctx, slot::CACHED_INPUT_TOKENS).min(input)
+            } else if or0(ctx, slot::CACHE_HIT) != 0.0 {
+                input
+            } else {
+                0.0
+            };
+            let cache_rate = p
+                .cache_read_input_token_cost
+                .unwrap_or(p.input_cost_per_token);
+            let input_cost = (input - cached) * p.input_cost_per_token + cached * cache_rate;
+            let output_cost = out_tokens * p.output_cost_per_token;
+            o[out::COST] = input_cost + output_cost;
+            o[out::COST_USD] = 1.0;
+            o[out::COST_BASE] = 0.0;
+            o[out::COST_INPUT] = input_cost;
+            o[out::COST_OUTPUT] = output_cost;
+            o[out::COST_CACHE_DISCOUNT] = cached * (p.input_cost_per_token - cache_rate);
+            // Exact given the tokens; less sure when the output count was predicted.
+            o[out::COST_CONF] = if given.is_some() {
+                0.99
+            } else if predicted_out.is_some() {
+                0.85
+            } else {
+                0.6
+            };
+            o[out::COST_SAMPLES] = key.map_or(0, |r| r.output_count) as f64;
+        } else {
+            let (prior_cost, b, i, out_c, disc) = Self::cost_prior(ctx, out_tokens);
+            let phi = Self::cost_features(ctx, out_tokens);
+            let (cost, n, err) = match key {
+                Some(r) if r.cost.n > 0 => (
+                    (prior_cost + r.cost.predict(&phi)).max(0.0),
+                    r.cost.n,
+                    r.cost.error,
+                ),
+                _ => (prior_cost, 0, ErrorStats::default()),
+            };
+            o[out::COST] = cost;
+            o[out::COST_USD] = 0.0;
+            o[out::COST_BASE] = b;
+            o[out::COST_INPUT] = i;
+            o[out::COST_OUTPUT] = out_c;
+            o[out::COST_CACHE_DISCOUNT] = disc;
+            // An unknown named model is a guess by the old rule: say so.
+            let prior_conf = if model != 0 { 0.6 } else { 0.8 };
+            o[out::COST_CONF] = confidence(prior_conf, n, &err, cost);
+            o[out::COST_SAMPLES] = n as f64;
+        }
+
+        // Satisfaction and resources, per service.
+        let svc = self.service(service);
+        let sphi = Self::satisfaction_features(ctx);
+        let sprior = Self::satisfaction_prior(ctx);
+        let (sat, sn, serr) = match svc {
+            Some(s) if s.satisfaction.n > 0 => (
+                sprior + s.satisfaction.predict(&sphi),
+                s.satisfaction.n,
+                s.satisfaction.error,
+            ),
+            _ => (sprior, 0, ErrorStats::default()),
+        };
+        o[out::SATISFACTION] = sat.clamp(1.0, 5.0);
+        o[out::SATISFACTION_CONF] = confidence(0.75, sn, &serr, 4.0);
+        o[out::SATISFACTION_SAMPLES] = sn as f64;
+
+        let rphi = Self::resource_features(ctx);
+        let rprior = Self::resource_prior(ctx);
+        let mut rn = 0;
+        let mut rerr = ErrorStats::default();
+        for (j, slot_out) in [out::CPU, out::MEMORY, out::NETWORK]
+            .into_iter()
+            .enumerate()
+        {
+            let corr = svc
+                .map(|s| [&s.cpu, &s.memory, &s.network][j])
+                .filter(|m| m.n > 0);
+            let v = rprior[j] + corr.map_or(0.0, |m| m.predict(&rphi));
+            if let Some(m) = corr {
+                if m.n > rn {
+                    rn = m.n;
+                    rerr = m.error;
+                }
+            }
+            o[slot_out] = v.round().clamp(0.0, 100.0);
+        }
+        o[out::RESOURCES_CONF] = confidence(0.7, rn, &rerr, 50.0);
+        o[out::RESOURCES_SAMPLES] = rn as f64;
+        Ok(())
+    }
+
+    /// Learns from one outcome (packed context + packed outcome; NaN = not observed).
+    pub fn record(&mut self, ctx: &[f64], oc: &[f64]) -> Result<(), String> {
+        if ctx.len() < slot::COUNT || oc.len() < outcome::COUNT {
+            return Err("packed buffers are too short".into());
+        }
+        let k @ (service, provider, model) = self.ids(ctx)?;
+        let mut ctx_v: [f64; slot::COUNT] = [f64::NAN; slot::COUNT];
+        ctx_v.copy_from_slice(&ctx[..slot::COUNT]);
+        // Observed token counts describe this request better than the caller's estimates.
+        if let Some(t) = get(oc, outcome::INPUT_TOKENS) {
+            ctx_v[slot::INPUT_TOKENS] = t;
+        }
+        if let Some(t) = get(oc, outcome::OUTPUT_TOKENS) {
+            ctx_v[slot::OUTPUT_TOKENS] = t;
+        }
+        let ctx = &ctx_v[..];
+        let priced = self.price(provider, model).is_some();
+        let cfg_decay = self.config.output_decay;
+        let (lat_prior, _) = self.latency_prior(service, ctx);
+
+        let mut global_ratio = None;
+        let use_key = self
+            .key(k)
+            .is_some_and(|r| r.log_ratio.len() >= self.config.min_key_residuals);
+        {
+            let key = self.key_mut(k)?;
+            if let Some(lat) = get(oc, outcome::LATENCY_MS) {
+                let est = if key.output_count > 0 {
+                    key.output_tokens.round()
+                } else {
+                    0.0
+                };
+                let phi = Self::latency_features(ctx, get(ctx, slot::OUTPUT_TOKENS).unwrap_or(est));
+                let before = (lat_prior
+                    + if key.latency.n > 0 {
+                        key.latency.predict(&phi)
+                    } else {
+                        0.0
+                    })
+                .max(0.0);
+                key.latency.error.record(before - lat, 0.98);
+                let ratio = (lat.max(1.0) / before.round().max(1.0)).ln();
+                // Each level's ACI step is judged on the window that served the prediction.
+                if use_key {
+                    key.aci.update(&key.log_ratio, ratio);
+                } else {
+                    key.aci = Aci::default();
+                }
+                key.log_ratio.push(ratio);
+                global_ratio = Some(ratio);
+                key.latency.update(&phi, lat - lat_prior, LATENCY_NOISE);
+            }
+            if let Some(t) = get(oc, outcome::OUTPUT_TOKENS) {
+                key.output_tokens = if key.output_count == 0 {
+                    t
+                } else {
+                    cfg_decay * key.output_tokens + (1.0 - cfg_decay) * t
+                };
+                key.output_count += 1;
+            }
+            if let (Some(cost), false) = (get(oc, outcome::COST), priced) {
+                let out_t = or0(ctx, slot::OUTPUT_TOKENS);
+                let (prior, ..) = Self::cost_prior(ctx, out_t);
+                let phi = Self::cost_features(ctx, out_t);
+                let before = prior
+                    + if key.cost.n > 0 {
+                        key.cost.predict(&phi)
+                    } else {
+                        0.0
+                    };
+                key.cost.error.record(before - cost, 0.98);
+                key.cost.update(&phi, cost - prior, COST_NOISE);
+            }
+        }
+        if let Some(r) = global_ratio {
+            if !use_key {
+                self.global_aci.update(&self.global_log_ratio, r);
+            }
+            self.global_log_ratio.push(r);
+        }
+        let sphi = Self::satisfaction_features(ctx);
+        let sprior = Self::satisfaction_prior(ctx);
+        let rphi = Self::resource_features(ctx);
+        let rprior = Self::resource_prior(ctx);
+        let s = self.service_mut(service);
+        if let Some(sat) = get(oc, outcome::SATISFACTION) {
+            let before = (sprior
+                + if s.satisfaction.n > 0 {
+                    s.satisfaction.predict(&sphi)
+                } else {
+                    0.0
+                })
+            .clamp(1.0, 5.0);
+            s.satisfaction.error.record(before - sat, 0.98);
+            s.satisfaction.update(&sphi, sat - sprior, SAT_NOISE);
+        }
+        for (j, idx) in [outcome::CPU, outcome::MEMORY, outcome::NETWORK]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(v) = get(oc, idx) {
+                let m = [&mut s.cpu, &mut s.memory, &mut s.network];
+                let m = m.into_iter().nth(j).expect("three resource models");
+                let before = rprior[j] + if m.n > 0 { m.predict(&rphi) } else { 0.0 };
+                m.error.record(before - v, 0.98);
+                m.update(&rphi, v - rprior[j], RES_NOISE);
+            }
+        }
+        self.outcomes += 1;
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> Result<String, String> {
+        let mut v = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("format".into(), "mlops-native/expanded-predictions".into());
+            o.insert("formatVersion".into(), 1.into());
+        }
+        serde_json::to_string(&v).map_err(|e| e.to_string())
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
+        if v.get("format").and_then(|f| f.as_str()) != Some("mlops-native/expanded-predictions") {
+            return Err(
+                "state is not an ExpandedPredictions state (format field missing or different)"
+                    .into(),
+            );
+        }
+        let mut f: Forecaster = serde_json::from_value(v)
+            .map_err(|e| format!("state does not match the ExpandedPredictions schema: {e}"))?;
+        let ok_rls = |r: &Rls, d: usize| {
+            r.theta.len() == d
+                && r.p.len() == d * d
+                && r.theta.iter().chain(&r.p).all(|v| v.is_finite())
+        };
+        for (k, key) in &f.keys {
+            if k.0 as usize >= f.services.len()
+                || k.1 as usize >= f.providers.len()
+                || k.2 as usize >= f.models.len()
+            {
+                return Err("state refers to an unknown name id".into());
+            }
+            if !ok_rls(&key.latency, LATENCY_DIM) || !ok_rls(&key.cost, COST_DIM) {
+                return Err("state holds a malformed latency or cost model".into());
+            }
+        }
+        for (s, m) in &f.per_service {
+            if *s as usize >= f.services.len()
+                || !ok_rls(&m.satisfaction, SAT_DIM)
+                || !ok_rls(&m.cpu, RES_DIM)
+                || !ok_rls(&m.memory, RES_DIM)
+                || !ok_rls(&m.network, RES_DIM)
+            {
+                return Err("state holds a malformed service model".into());
+            }
+        }
+        if [&f.services, &f.providers, &f.models]
+            .iter()
+            .any(|t| t.first().map(String::as_str) != Some(""))
+        {
+            return Err("state's name tables are malformed".into());
+        }
+        f.rebuild();
+        if f.names
+            .iter()
+            .zip([&f.services, &f.providers, &f.models])
+            .any(|(m, t)| m.len() != t.len())
+        {
+            return Err("state has duplicate names".into());
+        }
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> [f64; slot::COUNT] {
+        [f64::NAN; slot::COUNT]
+    }
+
+    fn fresh() -> Forecaster {
+        let prices = parse_price_table(&serde_json::json!({
+            "gpt-4o": {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5, "cache_read_input_token_cost": 1.25e-6, "litellm_provider": "openai"},
+            "sample_spec": {"max_tokens": "set to max"},
+        }))
+        .unwrap();
+        Forecaster::new(ForecastConfig::default(), prices)
+    }
+
+    #[test]
+    fn cold_start_is_exactly_the_old_rules() {
+        let mut f = fresh();
+        let s = f.intern(NameKind::Service, "ai-gm").unwrap();
+        let mut c = ctx();
+        c[slot::SERVICE] = s as f64;
+        c[slot::CACHE_HIT] = 1.0;
+        c[slot::INPUT_SIZE] = 250.0;
+        c[slot::INPUT_TOKENS] = 1000.0;
+        c[slot::OUTPUT_TOKENS] = 500.0;
+        c[slot::QUALITY] = 8.0;
+        c[slot::LATENCY] = 200.0;
+        c[slot::BATCH_SIZE] = 4.0;
+        let mut o = [0.0; out::COUNT];
+        f.predict_all(&c, &mut o).unwrap();
+        assert_eq!(o[out::LATENCY], (80.0f64 * 0.1 + 2.5).round());
+        assert_eq!(o[out::LATENCY_CONF], 0.7);
+        assert_eq!(o[out::COST], (0.001 + 1e-6 * 1000.0 + 2e-6 * 500.0) * 0.1);
+        assert_eq!(o[out::COST_CONF], 0.8);
+        let s = 0.4 * 0.8 + 0.2 * 0.8 + 0.2 * 0.5 + 0.2 * 0.5;
+        assert!((o[out::SATISFACTION] - (1.0 + 4.0 * s)).abs() < 1e-12);
+        assert_eq!(
+            [o[out::CPU], o[out::MEMORY], o[out::NETWORK]],
+            [45.0, 50.0, 8.0]
+        );
+    }
+
+    #[test]
+    fn priced_models_cost_exactly_and_unknown_ones_fall_back() {
+        let mut f = fresh();
+        let m = f.intern(NameKind::Model, "gpt-4o").unwrap();
+        let mut c = ctx();
+        c[slot::MODEL] = m as f64;
+        c[slot::INPUT_TOKENS] = 1000.0;
+        c[slot::CACHED_INPUT_TOKENS] = 400.0;
+        c[slot::OUTPUT_TOKENS] = 200.0;
+        let mut o = [0.0; out::COUNT];
+        f.predict_all(&c, &mut o).unwrap();
+        let want = 600.0 * 2.5e-6 + 400.0 * 1.25e-6 + 200.0 * 1e-5;
+        assert!((o[out::COST] - want).abs() < 1e-15);
+        assert_eq!(o[out::COST_USD], 1.0);
+        assert!((o[out::COST_CACHE_DISCOUNT] - 400.0 * 1.25e-6).abs() < 1e-15);
+        let u = f.intern(NameKind::Model, "mystery").unwrap();
+        c[slot::MODEL] = u as f64;
+        f.predict_all(&c, &mut o).unwrap();
+        assert_eq!(o[out::COST_USD], 0.0);
+        assert_eq!(o[out::COST_CONF], 0.6);
+    }
+
+    #[test]
+    fn latency_learns_per_key_and_quantiles_cover() {
+        let mut f = fresh();
+        let fast = f.intern(NameKind::Model, "fast").unwrap();
+        let slow = f.intern(NameKind::Model, "slow").unwrap();
+        let mut rng = super::super::finetune::SplitMix(9);
+        let mut u = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let mut o = [0.0; out::COUNT];
+        let (mut covered, mut total, mut err) = (0, 0, 0.0);
+        for t in 0..6000 {
+            let m = if u() < 0.5 { fast } else { slow };
+            let toks = (50.0 + 950.0 * u()).round();
+            let truth = if m == fast {
+                200.0 + 5.0 * toks
+            } else {
+                900.0 + 20.0 * toks
+            };
+            let lat = truth * (0.25 * (u() + u() + u() + u() - 2.0)).exp();
+            let mut c = ctx();
+            c[slot::MODEL] = m as f64;
+            c[slot::OUTPUT_TOKENS] = toks;
+            c[slot::HOUR] = 12.0;
+            f.predict_all(&c, &mut o).unwrap();
+            if t >= 4000 {
+                total += 1;
+                covered += (lat <= o[out::P95]) as i32;
+                err += (o[out::LATENCY] - lat).abs();
+            }
+            let mut oc = [f64::NAN; outcome::COUNT];
+            oc[outcome::LATENCY_MS] = lat;
+            f.record(&c, &oc).unwrap();
+        }
+        let coverage = covered as f64 / total as f64;
+        assert!((0.92..=0.98).contains(&coverage), "p95 coverage {coverage}");
+        let mae = err / total as f64;
+        assert!(mae < 0.25 * 8000.0, "mae {mae}");
+        assert!(o[out::LATENCY_CONF] != 0.7);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let mut f = fresh();
+        let s = f.intern(NameKind::Service, "svc").unwrap();
+        let mut c = ctx();
+        c[slot::SERVICE] = s as f64;
+        c[slot::QUALITY] = 7.0;
+        let mut oc = [f64::NAN; outcome::COUNT];
+        oc[outcome::SATISFACTION] = 2.0;
+        oc[outcome::LATENCY_MS] = 300.0;
+        for _ in 0..20 {
+            f.record(&c, &oc).unwrap();
+        }
+        let back = Forecaster::from_json(&f.to_json().unwrap()).unwrap();
+        let (mut a, mut b) = ([0.0; out::COUNT], [0.0; out::COUNT]);
+        f.predict_all(&c, &mut a).unwrap();
+        let mut back = back;
+        back.predict_all(&c, &mut b).unwrap();
+        assert_eq!(a, b);
+        assert!(
+            a[out::SATISFACTION] < 2.6,
+            "learned toward 2: {}",
+            a[out::SATISFACTION]
+        );
+        assert!(Forecaster::from_json("{}").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! Saving and loading a learner's whole state as JSON, shared by every stateful class.
+//! Writes are atomic and happen off the JS thread; loads parse and check off the JS
+//! thread and swap on it (in `resolve`), bumping a generation counter so the JS layer's
+//! name→id caches can tell they are stale.
+
+use super::plain;
+use crate::core::fsutil;
+use napi::bindgen_prelude::*;
+use parking_lot::Mutex;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// State files larger than this are refused rather than parsed.
+const MAX_STATE_BYTES: u64 = 512 << 20;
+
+/// A learner whose state round-trips through JSON.
+pub trait Persistent: Send + Sized + 'static {
+    fn to_json(&self) -> std::result::Result<String, String>;
+    fn from_json(text: &str) -> std::result::Result<Self, String>;
+}
+
+pub struct SaveState {
+    path: PathBuf,
+    text: String,
+}
+
+impl SaveState {
+    /// Serialises on the calling thread (a consistent snapshot), writes on a worker.
+    pub fn new<T: Persistent>(state: &Mutex<T>, path: String) -> Result<Self> {
+        let text = state.lock().to_json().map_err(plain)?;
+        Ok(Self {
+            path: PathBuf::from(path),
+            text,
+        })
+    }
+}
+
+impl Task for SaveState {
+    type Output = ();
+    type JsValue = bool;
+    fn compute(&mut self) -> Result<()> {
+        fsutil::write_atomic(&self.path, self.text.as_bytes())
+            .map_err(|e| plain(format!("cannot write {}: {e}", self.path.display())))
+    }
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
+        Ok(true)
+    }
+}
+
+pub struct LoadState<T: Persistent> {
+    path: PathBuf,
+    target: Arc<Mutex<T>>,
+    generation: Arc<AtomicU32>,
+    loaded: Option<T>,
+}
+
+impl<T: Persistent> LoadState<T> {
+    pub fn new(path: String, target: Arc<Mutex<T>>, generation: Arc<AtomicU32>) -> Self {
+        Self {
+            path: PathBuf::from(path),
+            target,
+            generation,
+            loaded: None,
+        }
+    }
+}
+
+impl<T: Persistent> Task for LoadState<T> {
+    type Output = ();
+    type JsValue = bool;
+    fn compute(&mut self) -> Result<()> {
+        let text = fsutil::read_text(&self.path, MAX_STATE_BYTES).map_err(plain)?;
+        let state =
+            T::from_json(&text).map_err(|m| plain(format!("{}: {m}", self.path.display())))?;
+        self.loaded = Some(state);
+        Ok(())
+    }
+    /// The swap happens here, on the JS thread, so no synchronous call can observe a
+    /// state whose ids its caller's caches do not match.
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
+        if let Some(s) = self.loaded.take() {
+            *self.target.lock() = s;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(true)
+    }
+}
