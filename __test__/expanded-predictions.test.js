@@ -188,3 +188,13 @@ test('predictAllBatch matches single calls; state survives save/load; corrupt st
   for (const c of cs) assert.deepEqual({ ...q.predictAllSync(c), timestamp: 0 }, { ...p.predictAllSync(c), timestamp: 0 }, 'unchanged after a refused load')
   fs.rmSync(dir, { recursive: true })
 })
+
+test('quantiles keep the fixed band until enough residuals exist to be conformal', () => {
+  const p = new ExpandedPredictions()
+  const ctx = { serviceName: 'ai-gm', provider: 'openai', model: 'gpt-4o', inputTokens: 800 }
+  p.recordOutcomeSync(ctx, { latencyMs: 5400 })
+  const r = p.predictLatencySync(ctx)
+  assert.ok(r.latency > 1000, 'one outcome already moves the estimate')
+  assert.equal(r.p95, Math.round(r.latency * 1.5))
+  assert.equal(r.p99, Math.round(r.latency * 2))
+})

@@ -279,6 +279,7 @@ impl Default for Aci {
 }
 
 const ACI_GAMMA: f64 = 0.005;
+const MIN_WINDOW: usize = 20;
 
 impl Aci {
     /// Log-ratio quantile for level `i` from `window` (None: no residuals yet).
@@ -293,6 +294,9 @@ impl Aci {
 
     fn update(&mut self, window: &RollingQuantiles, observed: f64) {
         for i in 0..LEVELS.len() {
+            if window.len() < MIN_WINDOW {
+                return;
+            }
             if let Some(q) = self.quantile(window, i) {
                 let miss = if observed > q { 1.0 } else { 0.0 };
                 let target = 1.0 - LEVELS[i];
@@ -728,8 +732,14 @@ impl Forecaster {
             Some(r) if r.log_ratio.len() >= self.config.min_key_residuals => (&r.log_ratio, &r.aci),
             _ => (&self.global_log_ratio, &self.global_aci),
         };
-        // Before any residual: the median is the estimate, p95/p99 a fixed 1.5×/2× band.
-        let q = |i: usize, cold: f64| aci.quantile(window, i).map_or(cold, f64::exp);
+        // A conformal p95 needs ≥ 19 residuals to mean anything; until the window has
+        // MIN_WINDOW the median is the estimate and p95/p99 a fixed 1.5×/2× band.
+        let q = |i: usize, cold: f64| {
+            if window.len() < MIN_WINDOW {
+                return cold;
+            }
+            aci.quantile(window, i).map_or(cold, f64::exp)
+        };
         let scale = latency.max(1.0);
         o[out::LATENCY] = latency;
         o[out::LATENCY_CONF] = confidence(0.7, n, &err, lat);
