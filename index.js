@@ -838,3 +838,5 @@ module.exports = nativeBinding
 module.exports.AdvancedEnsemble = nativeBinding.AdvancedEnsemble
 module.exports.ExpandedPredictions = nativeBinding.ExpandedPredictions
 module.exports.ModelFineTuningCore = nativeBinding.ModelFineTuningCore
+module.exports.OnlineLinearModel = nativeBinding.OnlineLinearModel
+module.exports.RealTimeModelUpdatesCore = nativeBinding.RealTimeModelUpdatesCore

@@ -8,6 +8,7 @@ const native = require('./index.js')
 const { AdvancedEnsemble, getAdvancedEnsemble } = require('./js/ensemble.js')
 const { ModelFineTuning, getModelFineTuning } = require('./js/finetune.js')
 const { ExpandedPredictions, getExpandedPredictions } = require('./js/predictions.js')
+const { RealTimeModelUpdates, getRealTimeModelUpdates, OnlineLinearModel } = require('./js/realtime.js')
 
 module.exports = {
   AdvancedEnsemble,
@@ -16,5 +17,9 @@ module.exports = {
   getModelFineTuning,
   ExpandedPredictions,
   getExpandedPredictions,
+  RealTimeModelUpdates,
+  getRealTimeModelUpdates,
+  OnlineLinearModel,
   ModelFineTuningCore: native.ModelFineTuningCore,
+  RealTimeModelUpdatesCore: native.RealTimeModelUpdatesCore,
 }

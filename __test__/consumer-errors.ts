@@ -31,3 +31,10 @@ void p.recordOutcomeSync({})
 // @ts-expect-error cost units are fixed
 const u: 'eur' = p.predictCostSync().unit
 void u
+const rt = new mlops.RealTimeModelUpdates()
+// @ts-expect-error feedback needs an actual
+void rt.addFeedbackSync({ prediction: 1 })
+// @ts-expect-error unknown event
+rt.on('swap', () => {})
+// @ts-expect-error batch features are a Float64Array
+void rt.addFeedbackBatch([1], new Float64Array(1), new Float64Array(1))

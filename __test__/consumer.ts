@@ -71,3 +71,25 @@ async function predictions(): Promise<void> {
   console.log(lat, unit, all.timestamp, many.length, ok, n, p.getStatistics().outcomes, mlops.getExpandedPredictions().predictResourcesSync().cpu)
 }
 void predictions()
+
+async function realtime(): Promise<void> {
+  const rt = new mlops.RealTimeModelUpdates({ modelsDir: 'models', bufferSize: 50, feedbackLogDir: false })
+  const ok: boolean = await rt.initialize()
+  rt.on('update', (r) => console.log(r.improvement, r.modelVersion)).on('drift', (d) => console.log(d.seq))
+  const durable: boolean = await rt.addFeedback({ prediction: 7, actual: 8, features: [1, 2] })
+  const queued: boolean = rt.addFeedbackSync({ prediction: 7, actual: 8, features: [] })
+  const n: number = rt.addFeedbackBatch(new Float64Array(4), new Float64Array(2), new Float64Array(2))
+  const report = await rt.forceUpdate()
+  if (report) console.log(report.accepted)
+  const y: number = rt.predictSync([1, 2])
+  const swapped: boolean = await rt.hotSwapModel('other.json')
+  const s: mlops.RealTimeStatistics = rt.getStatistics()
+  await rt.cleanup()
+  const m = new mlops.OnlineLinearModel({ learningRate: 0.05 })
+  m.learnOne([1, 2], 3)
+  m.learnBatch(new Float64Array([1, 2]), new Float64Array([3]))
+  const copy: mlops.OnlineLinearModel = mlops.OnlineLinearModel.fromJSON(m.toJSON())
+  const raw: { weights: number[]; bias: number } = copy.toModel()
+  console.log(ok, durable, queued, n, y, swapped, s.accepted, raw.bias, m.predictOne(new Float64Array([1, 2])), mlops.getRealTimeModelUpdates().getCurrentModelPath())
+}
+void realtime()

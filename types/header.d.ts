@@ -430,3 +430,130 @@ export interface ExpandedPredictions {
 }
 
 export declare function getExpandedPredictions(): ExpandedPredictions
+
+// ---------------------------------------------------------------- RealTimeModelUpdates
+
+export interface RealTimeModelUpdatesOptions {
+  /** Buffered samples that trigger an update cycle (default 100). */
+  bufferSize?: number
+  /** Worker timer: an update cycle when ≥ minSamplesForUpdate are buffered, and a registry check (default 60000). */
+  updateIntervalMs?: number
+  minSamplesForUpdate?: number
+  maxSamplesPerUpdate?: number
+  /** Relative MSE improvement a candidate needs to be published (default 0.05). */
+  updateThreshold?: number
+  enableHotSwap?: boolean
+  /** Default `models` under the working directory. */
+  modelsDir?: string
+  /** Default `quality-predictor-v3-advanced.json`, relative to modelsDir. */
+  modelPath?: string
+  /** Default `<modelsDir>/feedback-log`; false disables the log. */
+  feedbackLogDir?: string | false
+  /** Bounded queue between callers and the worker (default 10000); full ⇒ refused and counted. */
+  queueCapacity?: number
+  /** Log files rotate at this size (default 16 MiB). */
+  maxLogBytes?: number
+  keepLogFiles?: number
+  /** The log is fsynced this often while it has unsynced writes (default 100). */
+  fsyncIntervalMs?: number
+  /** OnlineLinearModel step size (default 0.1). */
+  learningRate?: number
+  /** Follow production promotions in `<modelsDir>/fine-tuned` (default true). */
+  followRegistry?: boolean
+}
+
+export interface FeedbackEvent {
+  prediction: number
+  actual: number
+  /** `[]` is valid: it counts for error statistics and drift, not for weight updates. */
+  features?: number[] | Float64Array
+  context?: unknown
+}
+
+export interface UpdateReport {
+  reason: 'buffer-full' | 'timer' | 'drift' | 'forced' | 'requested' | 'registry'
+  accepted: boolean
+  samples: number
+  trainSamples: number
+  validationSamples: number
+  currentMse: number
+  candidateMse: number
+  improvement: number
+  threshold: number
+  time: number
+  durationMs: number
+  modelVersion?: number
+}
+
+export interface RealTimeStatistics {
+  bufferSize: number
+  bufferCapacity: number
+  isUpdating: boolean
+  lastUpdateTime: number | null
+  updateCount: number
+  recentUpdates: UpdateReport[]
+  /** received = accepted + rejected.total + dropped */
+  received: number
+  /** accepted = processed + bufferSize + queueDepth */
+  accepted: number
+  rejected: { missing: number; invalid: number; closed: number; total: number }
+  /** Refused because the queue was full. */
+  dropped: number
+  queueFull: number
+  processed: number
+  queueDepth: number
+  modelVersion: number
+  swaps: number
+  rollbacks: number
+  drifts: number
+  /** Logged feedback replayed into the buffer at start. */
+  replayed: number
+  updatesAccepted: number
+  updatesRejected: number
+  durableSeq: number
+  corruptLogLines: number
+  pendingAcks: number
+  currentModelPath: string
+  lastError: string | null
+  closed: boolean
+}
+
+export declare class RealTimeModelUpdates {
+  constructor(options?: RealTimeModelUpdatesOptions)
+  readonly modelsDir: string
+  readonly modelPath: string
+  readonly config: Required<Omit<RealTimeModelUpdatesOptions, 'modelsDir' | 'modelPath' | 'feedbackLogDir'>> & {
+    feedbackLogDir: string | null
+    learningRateIncremental: number
+    epochs: number
+    batchSize: number
+  }
+  /** Starts the worker (loads the model, replays the log). Idempotent; never rejects. */
+  initialize(): Promise<boolean>
+  /** Resolves true once the event is in the feedback log; false for missing/invalid fields, a full queue, or after cleanup(). */
+  addFeedback(feedback: FeedbackEvent): Promise<boolean>
+  /** true once queued; false for missing fields, a full queue, or after cleanup(); throws on wrong types. */
+  addFeedbackSync(feedback: FeedbackEvent): boolean
+  /** Row-major features (events × d); returns how many events were queued (all or none). */
+  addFeedbackBatch(features: Float64Array, predictions: Float64Array, actuals: Float64Array): number
+  processBuffer(): Promise<UpdateReport | null>
+  forceUpdate(): Promise<UpdateReport | null>
+  validateImprovement(result: unknown): Promise<boolean>
+  hotSwapModel(path: string): Promise<boolean>
+  rollback(): Promise<boolean>
+  getCurrentModelPath(): string
+  predictSync(features: number[] | Float64Array): number
+  predict(features: number[] | Float64Array): Promise<number>
+  startUpdateTimer(): void
+  stopUpdateTimer(): void
+  /** fsync the feedback log now. */
+  flush(): Promise<boolean>
+  cleanup(): Promise<boolean>
+  on(event: 'update' | 'rejected', listener: (report: UpdateReport) => void): this
+  on(event: 'drift', listener: (info: { seq: number; bufferSize: number }) => void): this
+  on(event: 'error', listener: (info: { message: string }) => void): this
+  off(event: 'update' | 'rejected' | 'drift' | 'error', listener: (...args: any[]) => void): this
+  getStatistics(): RealTimeStatistics
+}
+
+export declare function getRealTimeModelUpdates(): RealTimeModelUpdates

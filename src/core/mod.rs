@@ -7,5 +7,7 @@ pub mod forecast;
 pub mod fsutil;
 pub mod linalg;
 pub mod linear;
+pub mod online;
 pub mod registry;
 pub mod stats;
+pub mod stream;

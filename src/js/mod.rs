@@ -6,6 +6,7 @@
 mod ensemble;
 mod finetune;
 mod predictions;
+mod realtime;
 mod state;
 
 use napi::{Env, Error, Status};

@@ -1,0 +1,481 @@
+'use strict'
+// RealTimeModelUpdates: the old lib/mlops/realTimeModelUpdates.js surface over the Rust
+// streaming worker (src/core/stream.rs). On the JS thread this layer only validates,
+// packs features into a buffer Rust registered once, and enqueues (one crossing). The
+// worker logs, learns, validates and swaps; it answers through one unref'd threadsafe
+// function: "durable up to seq N" (resolving every addFeedback Promise ≤ N at once),
+// request replies, and events. A keep-alive timer is ref'd only while Promises are
+// pending, so a script that never calls cleanup() still exits by itself.
+
+const path = require('node:path')
+const native = require('../index.js')
+const v = require('./validate.js')
+
+const MAX_FEATURES = 4096
+const EVENTS = ['update', 'rejected', 'drift', 'error']
+const REQ = { update: 0, force: 1, hotSwap: 2, rollback: 3, timerOn: 4, timerOff: 5, flush: 6, shutdown: 7 }
+const DEFAULT_MODEL = 'quality-predictor-v3-advanced.json'
+
+const OPTIONS = {
+  bufferSize: { min: 1, max: 10_000_000, integer: true },
+  updateIntervalMs: { min: 1, max: 2_147_483_647 },
+  minSamplesForUpdate: { min: 0, max: 10_000_000, integer: true },
+  maxSamplesPerUpdate: { min: 2, max: 10_000_000, integer: true },
+  updateThreshold: { min: -1e9 },
+  queueCapacity: { min: 1, max: 100_000_000, integer: true },
+  maxLogBytes: { min: 1024 },
+  keepLogFiles: { min: 1, max: 1_000_000, integer: true },
+  fsyncIntervalMs: { min: 1, max: 3_600_000 },
+  learningRate: { min: 0, minExclusive: true },
+}
+
+class RealTimeModelUpdates {
+  #core
+  #io = new Float64Array(MAX_FEATURES)
+  #started = false
+  #closed = false
+  #ready = null
+  #readyResolve = null
+  // addFeedback Promises waiting for their sequence number to be durable, in seq order.
+  #acks = []
+  #ackHead = 0
+  #replies = new Map()
+  #nextId = 1
+  #listeners = Object.fromEntries(EVENTS.map((e) => [e, []]))
+  #keepAlive = null
+  #rejected = { missing: 0, invalid: 0, closed: 0, queueFull: 0 }
+  #logEnabled
+  #lastDurable = 0
+  #waitingReady = false
+
+  constructor(options) {
+    const o = v.optionalObject(options, 'options') ?? {}
+    const n = v.numericOptions(o, OPTIONS)
+    this.modelsDir = path.resolve(v.optionalString(o.modelsDir, 'options.modelsDir', 'models'))
+    this.modelPath = v.optionalString(o.modelPath, 'options.modelPath', DEFAULT_MODEL)
+    if (this.modelPath === '') throw new RangeError('options.modelPath must not be empty')
+    let logDir = o.feedbackLogDir
+    if (logDir === undefined || logDir === null) logDir = path.join(this.modelsDir, 'feedback-log')
+    else if (logDir === false) logDir = null
+    else if (typeof logDir !== 'string' || logDir === '') throw v.typeError('options.feedbackLogDir', 'a path or false', logDir)
+    this.config = {
+      bufferSize: n.bufferSize ?? 100,
+      updateIntervalMs: n.updateIntervalMs ?? 60_000,
+      minSamplesForUpdate: n.minSamplesForUpdate ?? 50,
+      maxSamplesPerUpdate: n.maxSamplesPerUpdate ?? 500,
+      updateThreshold: n.updateThreshold ?? 0.05,
+      enableHotSwap: v.optionalBoolean(o.enableHotSwap, 'options.enableHotSwap', true),
+      queueCapacity: n.queueCapacity ?? 10_000,
+      feedbackLogDir: logDir === null ? null : path.resolve(logDir),
+      maxLogBytes: n.maxLogBytes ?? 16 * 1024 * 1024,
+      keepLogFiles: n.keepLogFiles ?? 8,
+      fsyncIntervalMs: n.fsyncIntervalMs ?? 100,
+      learningRate: n.learningRate ?? 0.1,
+      followRegistry: v.optionalBoolean(o.followRegistry, 'options.followRegistry', true),
+      // Old defaults, kept for callers that read them.
+      learningRateIncremental: 0.0005,
+      epochs: 5,
+      batchSize: 32,
+    }
+    this.#logEnabled = this.config.feedbackLogDir !== null
+    const c = this.config
+    this.#core = new native.RealTimeModelUpdatesCore({
+      bufferSize: c.bufferSize,
+      updateIntervalMs: c.updateIntervalMs,
+      minSamplesForUpdate: c.minSamplesForUpdate,
+      maxSamplesPerUpdate: c.maxSamplesPerUpdate,
+      updateThreshold: c.updateThreshold,
+      enableHotSwap: c.enableHotSwap,
+      queueCapacity: c.queueCapacity,
+      modelPath: this.#resolve(this.modelPath),
+      fineTunedDir: c.followRegistry ? path.join(this.modelsDir, 'fine-tuned') : undefined,
+      stateDir: path.join(this.modelsDir, 'online'),
+      feedbackLogDir: c.feedbackLogDir ?? undefined,
+      maxLogBytes: c.maxLogBytes,
+      keepLogFiles: c.keepLogFiles,
+      fsyncIntervalMs: c.fsyncIntervalMs,
+      learningRate: c.learningRate,
+      timerEnabled: true,
+    })
+  }
+
+  #resolve(p) {
+    return path.isAbsolute(p) ? p : path.resolve(this.modelsDir, p)
+  }
+
+  #start() {
+    if (this.#started) return true
+    if (this.#closed) return false
+    this.#ready = new Promise((resolve) => (this.#readyResolve = resolve))
+    try {
+      this.#core._start((notice) => this.#onNotice(notice), this.#io)
+    } catch (e) {
+      this.#readyResolve(false)
+      return false
+    }
+    this.#started = true
+    this.#waitingReady = true
+    this.#holdAlive()
+    return true
+  }
+
+  #holdAlive() {
+    const pending = this.#acks.length - this.#ackHead + this.#replies.size + (this.#waitingReady ? 1 : 0)
+    if (pending > 0) {
+      if (this.#keepAlive === null) this.#keepAlive = setInterval(() => {}, 1 << 30)
+      else this.#keepAlive.ref()
+    } else if (this.#keepAlive !== null) {
+      this.#keepAlive.unref()
+    }
+  }
+
+  #settleAcks(upTo, value) {
+    const acks = this.#acks
+    while (this.#ackHead < acks.length && acks[this.#ackHead].seq <= upTo) {
+      acks[this.#ackHead].resolve(value)
+      acks[this.#ackHead++] = null
+    }
+    if (this.#ackHead > 1024 && this.#ackHead * 2 > acks.length) {
+      this.#acks = acks.slice(this.#ackHead)
+      this.#ackHead = 0
+    }
+  }
+
+  #onNotice({ kind, id, payload }) {
+    switch (kind) {
+      case 'durable':
+        this.#lastDurable = Math.max(this.#lastDurable, id)
+        this.#settleAcks(id, true)
+        break
+      case 'durable-failed':
+        this.#settleAcks(id, false)
+        break
+      case 'reply': {
+        const r = this.#replies.get(id)
+        if (r) {
+          this.#replies.delete(id)
+          r(payload === null || payload === undefined ? null : JSON.parse(payload))
+        }
+        break
+      }
+      case 'ready':
+        this.#waitingReady = false
+        this.#readyResolve(true)
+        break
+      default: {
+        const data = payload ? JSON.parse(payload) : null
+        for (const cb of this.#listeners[kind] ?? []) {
+          try {
+            cb(data)
+          } catch {
+            // A listener's bug must not become an uncaught exception in the host.
+          }
+        }
+      }
+    }
+    this.#holdAlive()
+  }
+
+  #request(kind, arg) {
+    if (!this.#start()) return Promise.resolve(null)
+    const id = this.#nextId++
+    return new Promise((resolve) => {
+      if (!this.#core._request(kind, id, arg)) return resolve(null)
+      this.#replies.set(id, resolve)
+      this.#holdAlive()
+    })
+  }
+
+  /** Starts the worker (loads the model, replays the log). Idempotent; resolves false if it cannot. */
+  initialize() {
+    if (!this.#start()) return Promise.resolve(false)
+    return this.#ready
+  }
+
+  /** Validates and packs one feedback; returns the feature count, or a reason string. */
+  #pack(fb) {
+    if (fb === null || typeof fb !== 'object') throw v.typeError('feedback', 'an object', fb)
+    const { prediction, actual, features } = fb
+    if (prediction === undefined || prediction === null || actual === undefined || actual === null) return 'missing'
+    v.finite(prediction, 'feedback.prediction')
+    v.finite(actual, 'feedback.actual')
+    if (features === undefined || features === null) return 0
+    const isTyped = features instanceof Float64Array
+    if (!Array.isArray(features) && !isTyped) throw v.typeError('feedback.features', 'an array of numbers', features)
+    const n = features.length
+    if (n > MAX_FEATURES) throw new RangeError(`feedback.features must have at most ${MAX_FEATURES} values, got ${n}`)
+    const io = this.#io
+    for (let i = 0; i < n; i++) {
+      const x = features[i]
+      if (typeof x !== 'number') throw v.typeError(`feedback.features[${i}]`, 'a number', x)
+      if (!Number.isFinite(x)) throw v.rangeError(`feedback.features[${i}]`, 'a finite number', x)
+      io[i] = x
+    }
+    return n
+  }
+
+  #enqueue(fb) {
+    const n = this.#pack(fb)
+    if (n === 'missing') {
+      this.#rejected.missing++
+      return -3
+    }
+    if (!this.#start()) {
+      this.#rejected.closed++
+      return -2
+    }
+    const seq = this.#core._push(n, fb.prediction, fb.actual)
+    if (seq === -1) this.#rejected.queueFull++
+    return seq
+  }
+
+  /**
+   * Fast path: true once queued (what is still queued when the process is killed is lost).
+   * false when prediction or actual is missing, the queue is full, or after cleanup().
+   * Wrong types and non-finite numbers throw TypeError/RangeError naming the field.
+   */
+  addFeedbackSync(feedback) {
+    try {
+      return this.#enqueue(feedback) > 0
+    } catch (e) {
+      this.#rejected.invalid++
+      throw e
+    }
+  }
+
+  /**
+   * Durable path: resolves true once the event is in the feedback log (it then survives
+   * the process being killed); false for missing or invalid fields, a full queue, or
+   * after cleanup(). Never rejects.
+   */
+  addFeedback(feedback) {
+    let seq
+    try {
+      seq = this.#enqueue(feedback)
+    } catch {
+      this.#rejected.invalid++
+      return Promise.resolve(false)
+    }
+    if (seq <= 0) return Promise.resolve(false)
+    if (!this.#logEnabled || seq <= this.#lastDurable) return Promise.resolve(true)
+    return new Promise((resolve) => {
+      this.#acks.push({ seq, resolve })
+      this.#holdAlive()
+    })
+  }
+
+  /**
+   * Bulk producers: row-major `features` (events × d), one prediction and one actual per
+   * event. Returns how many events were queued (all or none).
+   */
+  addFeedbackBatch(features, predictions, actuals) {
+    v.float64Array(features, 'features')
+    v.float64Array(predictions, 'predictions')
+    v.float64Array(actuals, 'actuals')
+    // Lengths and finiteness are checked in Rust (a scan there is several times cheaper).
+    if (!this.#start()) return 0
+    const r = this.#core._pushBatch(features, predictions, actuals)
+    if (r === -1) this.#rejected.queueFull += actuals.length
+    return r > 0 ? actuals.length : 0
+  }
+
+  /** Runs an update cycle on what is buffered (if ≥ minSamplesForUpdate); resolves its report or null. */
+  processBuffer() {
+    return this.#request(REQ.update)
+  }
+
+  /** Runs an update cycle on whatever is buffered; resolves its report or null. */
+  forceUpdate() {
+    return this.#request(REQ.force)
+  }
+
+  /**
+   * Compat: whether an update result improves enough (relative MSE ≥ updateThreshold).
+   * Takes a cycle report ({improvement} or {currentMse, candidateMse}) or a fine-tune
+   * result ({metrics, baseMetrics}).
+   */
+  validateImprovement(result) {
+    const t = this.config.updateThreshold
+    if (result === null || typeof result !== 'object') return Promise.resolve(false)
+    const num = (x) => typeof x === 'number' && Number.isFinite(x)
+    let imp
+    if (num(result.improvement)) imp = result.improvement
+    else if (num(result.currentMse) && num(result.candidateMse) && result.currentMse > 0) imp = (result.currentMse - result.candidateMse) / result.currentMse
+    else if (result.metrics && result.baseMetrics && num(Number(result.metrics.mse)) && Number(result.baseMetrics.mse) > 0) {
+      imp = (Number(result.baseMetrics.mse) - Number(result.metrics.mse)) / Number(result.baseMetrics.mse)
+    }
+    return Promise.resolve(imp !== undefined && imp >= t)
+  }
+
+  /**
+   * Loads `modelPath` (relative to modelsDir), checks it (finite weights, same feature
+   * count) and swaps it in atomically. Resolves false and keeps serving the old model
+   * otherwise (the reason is in getStatistics().lastError).
+   */
+  async hotSwapModel(modelPath) {
+    if (typeof modelPath !== 'string' || modelPath === '') return false
+    const r = await this.#request(REQ.hotSwap, this.#resolve(modelPath))
+    return Boolean(r && r.swapped)
+  }
+
+  /** Serves the model before the last swap again. Resolves false when there is none. */
+  async rollback() {
+    return (await this.#request(REQ.rollback)) === true
+  }
+
+  getCurrentModelPath() {
+    if (!this.#started) return this.modelPath
+    const s = this.#core._stats()
+    return s && s.currentModelPath ? s.currentModelPath : this.modelPath
+  }
+
+  /** Prediction of the model serving now (never waits for training). */
+  predictSync(features) {
+    const n = this.#pack({ features, prediction: 0, actual: 0 })
+    if (this.#closed || !this.#start()) throw new Error('RealTimeModelUpdates is cleaned up')
+    const y = this.#core._predict(n)
+    if (Number.isNaN(y)) {
+      const [, d] = this.#core._modelInfo()
+      if (d === 0) throw new Error('no model is serving yet (initialize() has not finished, or no model file and no feedback)')
+      throw new RangeError(`features has ${n} values, the serving model has ${d}`)
+    }
+    return y
+  }
+
+  predict(features) {
+    try {
+      return Promise.resolve(this.predictSync(features))
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  startUpdateTimer() {
+    if (this.#start()) this.#core._request(REQ.timerOn, 0, undefined)
+  }
+
+  stopUpdateTimer() {
+    if (this.#started && !this.#closed) this.#core._request(REQ.timerOff, 0, undefined)
+  }
+
+  /** Makes everything logged durable (fsync) now. */
+  flush() {
+    return this.#request(REQ.flush).then((r) => r === true)
+  }
+
+  /**
+   * Drains the queue (everything in it is logged), fsyncs, saves the learner and stops
+   * the worker. Later calls: addFeedback → false, others → a clear error or false.
+   */
+  async cleanup() {
+    if (this.#closed) return true
+    if (!this.#started) {
+      this.#closed = true
+      return true
+    }
+    await this.#ready
+    const done = this.#request(REQ.shutdown)
+    this.#closed = true
+    await done
+    const s = this.#core._stats()
+    this.#settleAcks(s ? s.durableSeq : 0, true)
+    this.#settleAcks(Number.MAX_SAFE_INTEGER, false)
+    for (const r of this.#replies.values()) r(null)
+    this.#replies.clear()
+    this.#holdAlive()
+    return true
+  }
+
+  on(event, listener) {
+    if (!EVENTS.includes(event)) throw v.rangeError('event', `one of ${EVENTS.join(', ')}`, event)
+    if (typeof listener !== 'function') throw v.typeError('listener', 'a function', listener)
+    this.#listeners[event].push(listener)
+    return this
+  }
+
+  off(event, listener) {
+    const l = this.#listeners[event]
+    if (l) {
+      const i = l.indexOf(listener)
+      if (i >= 0) l.splice(i, 1)
+    }
+    return this
+  }
+
+  getStatistics() {
+    const s = this.#started ? this.#core._stats() : null
+    const rej = this.#rejected
+    const base = s ?? {
+      bufferSize: 0, isUpdating: false, lastUpdateTime: null, updateCount: 0, recentUpdates: [], received: 0, accepted: 0,
+      rejected: { closed: 0 }, dropped: 0, processed: 0, queueDepth: 0, modelVersion: 0, swaps: 0, rollbacks: 0, drifts: 0,
+      replayed: 0, updatesAccepted: 0, updatesRejected: 0, durableSeq: 0, corruptLogLines: 0, lastError: null,
+    }
+    const closed = (base.rejected.closed ?? 0) + rej.closed
+    const rejectedTotal = rej.missing + rej.invalid + closed
+    return {
+      ...base,
+      bufferCapacity: this.config.bufferSize,
+      received: base.received + rej.missing + rej.invalid + rej.closed,
+      rejected: { missing: rej.missing, invalid: rej.invalid, closed, total: rejectedTotal },
+      queueFull: base.dropped,
+      pendingAcks: this.#acks.length - this.#ackHead,
+      closed: this.#closed,
+    }
+  }
+}
+
+let singleton = null
+function getRealTimeModelUpdates() {
+  if (singleton === null) singleton = new RealTimeModelUpdates()
+  return singleton
+}
+
+/** OnlineLinearModel accepts number arrays as well as Float64Arrays. */
+const toF64 = (x, field) => {
+  if (x instanceof Float64Array) return x
+  if (Array.isArray(x)) {
+    for (let i = 0; i < x.length; i++) if (typeof x[i] !== 'number') throw v.typeError(`${field}[${i}]`, 'a number', x[i])
+    return Float64Array.from(x)
+  }
+  throw v.typeError(field, 'an array of numbers or a Float64Array', x)
+}
+
+class OnlineLinearModel extends native.OnlineLinearModel {
+  learnOne(features, target) {
+    if (typeof target !== 'number') throw v.typeError('target', 'a number', target)
+    return super.learnOne(toF64(features, 'features'), target)
+  }
+
+  predictOne(features) {
+    return super.predictOne(toF64(features, 'features'))
+  }
+
+  learnBatch(X, y) {
+    return super.learnBatch(v.float64Array(X, 'X'), v.float64Array(y, 'y'))
+  }
+
+  predictBatch(X) {
+    return super.predictBatch(v.float64Array(X, 'X'))
+  }
+
+  static fromJSON(json) {
+    v.optionalObject(json, 'json')
+    if (json === undefined || json === null) throw new TypeError('json is required')
+    const m = native.OnlineLinearModel.fromJSON(json)
+    Object.setPrototypeOf(m, OnlineLinearModel.prototype)
+    return m
+  }
+
+  static fromModel(model, options) {
+    if (model === null || typeof model !== 'object') throw v.typeError('model', 'an object with weights and bias', model)
+    const m = native.OnlineLinearModel.fromModel(model, v.numericOptions(options, { features: { min: 1, integer: true }, learningRate: { min: 0, minExclusive: true }, clip: { min: 0, minExclusive: true }, l2: { min: 0 } }))
+    Object.setPrototypeOf(m, OnlineLinearModel.prototype)
+    return m
+  }
+
+  constructor(options) {
+    super(v.numericOptions(options, { features: { min: 1, max: 1_000_000, integer: true }, learningRate: { min: 0, minExclusive: true }, clip: { min: 0, minExclusive: true }, l2: { min: 0 } }))
+  }
+}
+
+module.exports = { RealTimeModelUpdates, getRealTimeModelUpdates, OnlineLinearModel }
