@@ -144,6 +144,7 @@ test('bad input: TypeError/RangeError naming the field from Sync forms and recor
     [() => p.predictCostSync({ inputTokens: NaN }), RangeError, /context\.inputTokens/],
     [() => p.predictAllSync({ latency: '100' }), TypeError, /context\.latency must be a number/],
     [() => p.predictAllSync({ serviceName: 7 }), TypeError, /context\.serviceName/],
+    [() => p.predictAllSync({ model: 'x'.repeat(1000) }), RangeError, /context\.model must be at most 256 characters/],
     [() => p.predictAllSync({ cacheHit: 'yes' }), TypeError, /context\.cacheHit/],
     [() => p.predictAllSync({ hour: 25 }), RangeError, /context\.hour/],
     [() => p.recordOutcomeSync({}, { latencyMs: -1 }), RangeError, /outcome\.latencyMs/],

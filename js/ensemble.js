@@ -15,6 +15,10 @@ const STRIDE = 4
 const HEAD = 8
 const STRATEGY = { stacking: 0, dynamic: 1, voting: 2, calibrated: 3 }
 const SOURCES = ['context', 'global', 'prior']
+/** Values beyond this would overflow the meta-learners' statistics (see src/core/ensemble.rs). */
+const MAX_MAGNITUDE = 1e100
+/** Entries per call: an ensemble of more base predictions than this is a caller bug. */
+const MAX_ENTRIES = 10_000
 
 const OPTIONS = {
   historySize: { min: 0, max: 10_000_000, integer: true },
@@ -27,8 +31,9 @@ const OPTIONS = {
 }
 
 function checkHybridModel(m, field) {
-  if (m === null || typeof m !== 'object' && typeof m !== 'function') throw v.typeError(field, 'an object', m)
-  if (typeof m.predict !== 'function') throw v.typeError(`${field}.predict`, 'a function', m.predict)
+  if (m === null || (typeof m !== 'object' && typeof m !== 'function')) throw v.typeError(field, 'an object', m)
+  const predict = v.prop(m, 'predict', `${field}.predict`)
+  if (typeof predict !== 'function') throw v.typeError(`${field}.predict`, 'a function', predict)
   return m
 }
 
@@ -101,10 +106,21 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
    * 0 is a real value.
    */
   #parse(predictions, contextType, extra) {
+    let at = 0
+    try {
+      return this.#parseEntries(predictions, contextType, extra, (i) => (at = i))
+    } catch (e) {
+      if (e instanceof TypeError || e instanceof RangeError) throw e
+      // A caller's getter or Proxy threw while we read the entry.
+      throw new TypeError(`predictions[${at}] could not be read: ${e && e.message ? e.message : String(e)}`)
+    }
+  }
+
+  #parseEntries(predictions, contextType, extra, mark) {
     if (!Array.isArray(predictions)) throw v.typeError('predictions', 'an array', predictions)
     const n = predictions.length
     if (n === 0 && extra === 0) throw new RangeError('predictions must not be empty')
-    if (n > 100_000) throw new RangeError(`predictions must hold at most 100000 entries, got ${n}`)
+    if (n > MAX_ENTRIES) throw new RangeError(`predictions must hold at most ${MAX_ENTRIES} entries, got ${n}`)
     this.#ensureCapacity(n + extra)
     const names = this.#names
     const values = this.#values
@@ -112,6 +128,7 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const input = this.#input
     names.length = values.length = confs.length = 0
     for (let i = 0; i < n; i++) {
+      mark(i)
       const p = predictions[i]
       let value
       let confidence = 0.5
@@ -119,14 +136,14 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
       let typeMatch = 0
       if (typeof p === 'number') {
         value = p
-        if (!Number.isFinite(p)) throw v.rangeError(`predictions[${i}]`, 'a finite number', p)
+        if (!(Math.abs(p) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}]`, 'a finite number within ±1e100', p)
       } else if (p !== null && typeof p === 'object') {
         const pred = p.prediction
         value = pred !== undefined && pred !== null ? pred : p.value
         if (typeof value !== 'number') {
           throw v.typeError(`predictions[${i}].${pred !== undefined && pred !== null ? 'prediction' : 'value'}`, 'a number', value)
         }
-        if (!Number.isFinite(value)) throw v.rangeError(`predictions[${i}].${pred !== undefined && pred !== null ? 'prediction' : 'value'}`, 'a finite number', value)
+        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}].${pred !== undefined && pred !== null ? 'prediction' : 'value'}`, 'a finite number within ±1e100', value)
         const c = p.confidence
         if (c !== undefined && c !== null) {
           if (typeof c !== 'number') throw v.typeError(`predictions[${i}].confidence`, 'a number', c)
@@ -136,6 +153,7 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
         const m = p.model
         if (m !== undefined && m !== null) {
           if (typeof m !== 'string') throw v.typeError(`predictions[${i}].model`, 'a string', m)
+          if (m.length > v.MAX_NAME) throw new RangeError(`predictions[${i}].model must be at most ${v.MAX_NAME} characters, got ${m.length}`)
           model = m
         }
         const t = p.predictionType
@@ -183,10 +201,10 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const c = v.optionalObject(context, 'context')
     if (c === undefined) return { service: '', type: '', features: undefined, calibrate: false }
     return {
-      service: v.optionalString(c.serviceName, 'context.serviceName'),
-      type: v.optionalString(c.predictionType, 'context.predictionType'),
-      features: c.features,
-      calibrate: v.optionalBoolean(c.calibrate, 'context.calibrate'),
+      service: v.optionalName(v.prop(c, 'serviceName', 'context.serviceName'), 'context.serviceName'),
+      type: v.optionalName(v.prop(c, 'predictionType', 'context.predictionType'), 'context.predictionType'),
+      features: v.prop(c, 'features', 'context.features'),
+      calibrate: v.optionalBoolean(v.prop(c, 'calibrate', 'context.calibrate'), 'context.calibrate'),
     }
   }
 
@@ -331,6 +349,7 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const ctx = this.#context(context)
     if (actual === undefined || actual === null) throw new TypeError('actual is required (a finite number)')
     v.finite(actual, 'actual')
+    if (Math.abs(actual) > MAX_MAGNITUDE) throw v.rangeError('actual', 'within ±1e100', actual)
     this.#parse(predictions, ctx.type, 0)
     const n = this.#names.length
     let id = this.#contextId(ctx.service, ctx.type)
@@ -350,13 +369,11 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     v.float64Array(predictions, 'predictions')
     if (!Array.isArray(models)) throw v.typeError('models', 'an array of strings', models)
     if (models.length === 0) throw new RangeError('models must not be empty')
-    for (let i = 0; i < models.length; i++) {
-      if (typeof models[i] !== 'string') throw v.typeError(`models[${i}]`, 'a string', models[i])
-    }
+    for (let i = 0; i < models.length; i++) v.optionalName(v.prop(models, i, `models[${i}]`) ?? 0, `models[${i}]`)
     if (confidences !== undefined && confidences !== null) v.float64Array(confidences, 'confidences')
     const ctx = this.#context(context)
     const id = this.#contextId(ctx.service, ctx.type)
-    return this._stackingBatch(id, models, predictions, confidences ?? undefined)
+    return this._stackingBatch(id, models.slice(), predictions, confidences ?? undefined)
   }
 
   registerNeuralNetwork(model) {

@@ -85,11 +85,12 @@ class ModelFineTuning {
 
   constructor(options) {
     const o = v.optionalObject(options, 'options') ?? {}
-    this.modelsDir = path.resolve(v.optionalString(o.modelsDir, 'options.modelsDir', 'models'))
-    this.fineTunedDir = path.resolve(v.optionalString(o.fineTunedDir, 'options.fineTunedDir', path.join(this.modelsDir, 'fine-tuned')))
+    this.modelsDir = path.resolve(v.optionalString(v.prop(o, 'modelsDir', 'options.modelsDir'), 'options.modelsDir', 'models'))
+    this.fineTunedDir = path.resolve(v.optionalString(v.prop(o, 'fineTunedDir', 'options.fineTunedDir'), 'options.fineTunedDir', path.join(this.modelsDir, 'fine-tuned')))
     this.config = { ...DEFAULT_CONFIG, adamLearningRate: 0.01 }
     for (const key of Object.keys(this.config)) {
-      if (o[key] !== undefined && o[key] !== null) this.config[key] = v.finite(o[key], `options.${key}`)
+      const x = v.prop(o, key, `options.${key}`)
+      if (x !== undefined && x !== null) this.config[key] = v.finite(x, `options.${key}`)
     }
     this.#core = new native.ModelFineTuningCore(this.fineTunedDir)
   }
@@ -190,9 +191,16 @@ class ModelFineTuning {
   async saveModel(model, baseModelPath, version) {
     v.optionalObject(model, 'model')
     if (model === undefined || model === null) throw new TypeError('model is required')
-    v.finiteArray(model.weights, 'model.weights', { allowEmpty: false })
-    v.finite(model.bias, 'model.bias')
-    return this.#core.saveModel(model, this.resolveModelPath(baseModelPath), String(version))
+    v.finiteArray(v.prop(model, 'weights', 'model.weights'), 'model.weights', { allowEmpty: false })
+    v.finite(v.prop(model, 'bias', 'model.bias'), 'model.bias')
+    if (typeof version !== 'string' && typeof version !== 'number') throw v.typeError('version', 'a string', version)
+    let plain
+    try {
+      plain = JSON.parse(JSON.stringify(model))
+    } catch (e) {
+      throw new TypeError(`model is not plain JSON data: ${e.message}`)
+    }
+    return this.#core.saveModel(plain, this.resolveModelPath(baseModelPath), String(version))
   }
 
   /** The version the next run of this base will get, as `v<N>`. */
@@ -235,29 +243,36 @@ class ModelFineTuning {
   // ---- the old helpers: plain arithmetic on plain objects, cheaper here than a crossing ----
 
   predictSingle(model, features) {
-    const w = model.weights
-    let s = model.bias
+    const { weights: w, bias } = checkModel(model)
+    v.finiteArray(features, 'features')
+    if (features.length !== w.length) throw new RangeError(`features has ${features.length} values, the model has ${w.length} weights`)
+    let s = bias
     for (let i = 0; i < w.length; i++) s += w[i] * features[i]
     return s
   }
 
   predictBatch(model, X) {
-    return X.map((x) => this.predictSingle(model, x))
+    checkModel(model)
+    if (!Array.isArray(X)) throw v.typeError('X', 'an array of feature arrays', X)
+    return X.map((x, i) => v.reading(`X[${i}]`, () => this.predictSingle(model, x)))
   }
 
   calculateMSE(pred, actual) {
+    checkPair(pred, actual)
     let s = 0
     for (let i = 0; i < actual.length; i++) s += (pred[i] - actual[i]) ** 2
     return actual.length ? s / actual.length : 0
   }
 
   calculateMAE(pred, actual) {
+    checkPair(pred, actual)
     let s = 0
     for (let i = 0; i < actual.length; i++) s += Math.abs(pred[i] - actual[i])
     return actual.length ? s / actual.length : 0
   }
 
   calculateR2(pred, actual) {
+    checkPair(pred, actual)
     if (actual.length === 0) return 0
     const mean = actual.reduce((a, b) => a + b, 0) / actual.length
     let res = 0
@@ -273,6 +288,19 @@ class ModelFineTuning {
     const pred = this.predictBatch(model, X)
     return { mse: this.calculateMSE(pred, y), mae: this.calculateMAE(pred, y), r2: this.calculateR2(pred, y) }
   }
+}
+
+function checkModel(model) {
+  if (model === null || typeof model !== 'object') throw v.typeError('model', 'an object with weights and bias', model)
+  const weights = v.finiteArray(v.prop(model, 'weights', 'model.weights'), 'model.weights')
+  const bias = v.finite(v.prop(model, 'bias', 'model.bias'), 'model.bias')
+  return { weights, bias }
+}
+
+function checkPair(pred, actual) {
+  v.finiteArray(pred, 'pred')
+  v.finiteArray(actual, 'actual')
+  if (pred.length !== actual.length) throw new RangeError(`pred has ${pred.length} values, actual has ${actual.length}`)
 }
 
 function toHistoryEntry(e) {

@@ -72,6 +72,7 @@ class ExpandedPredictions extends native.ExpandedPredictions {
 
   constructor(options) {
     const o = v.optionalObject(options, 'options') ?? {}
+    const priceTable = v.prop(o, 'priceTable', 'options.priceTable')
     super(v.numericOptions(o, {
       quantileWindow: { min: 1, max: 100_000, integer: true },
       minKeyResiduals: { min: 0, max: 4_294_967_295, integer: true },
@@ -80,7 +81,7 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     const [ns, no, nout] = this._layout()
     if (ns !== NSLOT || no !== OUTCOME.length || nout !== NOUT) throw new Error('mlops-native: JS and native layouts differ; rebuild the addon')
     this._setBuffers(this.#input, this.#output)
-    if (o.priceTable !== undefined && o.priceTable !== null) this.setPriceTable(o.priceTable, 'options.priceTable')
+    if (priceTable !== undefined && priceTable !== null) this.setPriceTable(priceTable, 'options.priceTable')
   }
 
   #id(kind, name) {
@@ -95,25 +96,29 @@ class ExpandedPredictions extends native.ExpandedPredictions {
 
   /** Validates `context` and writes it into the packed input. */
   #pack(context) {
+    return v.reading('context', () => this.#packFields(context))
+  }
+
+  #packFields(context) {
     const c = v.optionalObject(context, 'context') ?? {}
     const input = this.#input
-    const service = v.optionalString(c.serviceName, 'context.serviceName')
-    const provider = v.optionalString(c.provider, 'context.provider')
-    const model = v.optionalString(c.model, 'context.model')
+    const service = v.optionalName(v.prop(c, 'serviceName', 'context.serviceName'), 'context.serviceName')
+    const provider = v.optionalName(v.prop(c, 'provider', 'context.provider'), 'context.provider')
+    const model = v.optionalName(v.prop(c, 'model', 'context.model'), 'context.model')
     this.#packed[0] = service
     this.#packed[1] = provider
     this.#packed[2] = model
     input[S.service] = service === '' ? 0 : this.#id(0, service)
     input[S.provider] = provider === '' ? 0 : this.#id(1, provider)
     input[S.model] = model === '' ? 0 : this.#id(2, model)
-    const cache = c.cacheHit
+    const cache = v.prop(c, 'cacheHit', 'context.cacheHit')
     if (cache === undefined || cache === null) input[S.cacheHit] = NaN
     else if (typeof cache === 'boolean') input[S.cacheHit] = cache ? 1 : 0
     else if (typeof cache === 'number' && (cache === 0 || cache === 1)) input[S.cacheHit] = cache
     else throw v.typeError('context.cacheHit', 'a boolean', cache)
     for (let i = 0; i < NUMERIC.length; i++) {
       const [name, slot, min, max] = NUMERIC[i]
-      const x = c[name]
+      const x = v.prop(c, name, `context.${name}`)
       input[slot] = x === undefined || x === null ? NaN : checkNumber(x, `context.${name}`, min, max)
     }
     return c
@@ -270,7 +275,7 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     let any = false
     for (let i = 0; i < OUTCOME.length; i++) {
       const name = OUTCOME[i]
-      const x = oc[name]
+      const x = v.prop(oc, name, `outcome.${name}`)
       if (x === undefined || x === null) {
         input[NSLOT + i] = NaN
       } else {
@@ -297,8 +302,16 @@ class ExpandedPredictions extends native.ExpandedPredictions {
 
   /** Replaces the price table: an object in LiteLLM's format, or a path to such a file. */
   setPriceTable(table, field = 'table') {
-    const n = this._setPriceTable(readPriceTable(table, field))
-    return n
+    const t = readPriceTable(table, field)
+    // Through JSON first: a getter that throws, a BigInt or a cycle is a TypeError here,
+    // not an error from deep inside the conversion.
+    let plain
+    try {
+      plain = JSON.parse(JSON.stringify(t))
+    } catch (e) {
+      throw new TypeError(`${field} is not plain JSON data: ${e.message}`)
+    }
+    return this._setPriceTable(plain)
   }
 
   // ---- compat Promise forms: never reject; a bad context resolves the cold-start

@@ -46,10 +46,14 @@ class RealTimeModelUpdates {
   #rejected = { missing: 0, invalid: 0, closed: 0, queueFull: 0 }
   #logEnabled
   #lastDurable = 0
+  #packed = [0, 0]
   #waitingReady = false
 
   constructor(options) {
-    const o = v.optionalObject(options, 'options') ?? {}
+    const raw = v.optionalObject(options, 'options') ?? {}
+    // One read of every option, so a throwing getter is a TypeError naming it.
+    const o = {}
+    for (const k of [...Object.keys(OPTIONS), 'modelsDir', 'modelPath', 'feedbackLogDir', 'enableHotSwap', 'followRegistry']) o[k] = v.prop(raw, k, `options.${k}`)
     const n = v.numericOptions(o, OPTIONS)
     this.modelsDir = path.resolve(v.optionalString(o.modelsDir, 'options.modelsDir', 'models'))
     this.modelPath = v.optionalString(o.modelPath, 'options.modelPath', DEFAULT_MODEL)
@@ -195,10 +199,12 @@ class RealTimeModelUpdates {
   /** Validates and packs one feedback; returns the feature count, or a reason string. */
   #pack(fb) {
     if (fb === null || typeof fb !== 'object') throw v.typeError('feedback', 'an object', fb)
-    const { prediction, actual, features } = fb
+    const prediction = v.prop(fb, 'prediction', 'feedback.prediction')
+    const actual = v.prop(fb, 'actual', 'feedback.actual')
+    const features = v.prop(fb, 'features', 'feedback.features')
     if (prediction === undefined || prediction === null || actual === undefined || actual === null) return 'missing'
-    v.finite(prediction, 'feedback.prediction')
-    v.finite(actual, 'feedback.actual')
+    this.#packed[0] = v.finite(prediction, 'feedback.prediction')
+    this.#packed[1] = v.finite(actual, 'feedback.actual')
     if (features === undefined || features === null) return 0
     const isTyped = features instanceof Float64Array
     if (!Array.isArray(features) && !isTyped) throw v.typeError('feedback.features', 'an array of numbers', features)
@@ -206,7 +212,7 @@ class RealTimeModelUpdates {
     if (n > MAX_FEATURES) throw new RangeError(`feedback.features must have at most ${MAX_FEATURES} values, got ${n}`)
     const io = this.#io
     for (let i = 0; i < n; i++) {
-      const x = features[i]
+      const x = isTyped ? features[i] : v.prop(features, i, `feedback.features[${i}]`)
       if (typeof x !== 'number') throw v.typeError(`feedback.features[${i}]`, 'a number', x)
       if (!Number.isFinite(x)) throw v.rangeError(`feedback.features[${i}]`, 'a finite number', x)
       io[i] = x
@@ -224,7 +230,7 @@ class RealTimeModelUpdates {
       this.#rejected.closed++
       return -2
     }
-    const seq = this.#core._push(n, fb.prediction, fb.actual)
+    const seq = this.#core._push(n, this.#packed[0], this.#packed[1])
     if (seq === -1) this.#rejected.queueFull++
     return seq
   }
@@ -295,8 +301,16 @@ class RealTimeModelUpdates {
    * result ({metrics, baseMetrics}).
    */
   validateImprovement(result) {
+    try {
+      return Promise.resolve(this.#improves(result))
+    } catch {
+      return Promise.resolve(false)
+    }
+  }
+
+  #improves(result) {
     const t = this.config.updateThreshold
-    if (result === null || typeof result !== 'object') return Promise.resolve(false)
+    if (result === null || typeof result !== 'object') return false
     const num = (x) => typeof x === 'number' && Number.isFinite(x)
     let imp
     if (num(result.improvement)) imp = result.improvement
@@ -304,7 +318,7 @@ class RealTimeModelUpdates {
     else if (result.metrics && result.baseMetrics && num(Number(result.metrics.mse)) && Number(result.baseMetrics.mse) > 0) {
       imp = (Number(result.baseMetrics.mse) - Number(result.metrics.mse)) / Number(result.baseMetrics.mse)
     }
-    return Promise.resolve(imp !== undefined && imp >= t)
+    return imp !== undefined && imp >= t
   }
 
   /**
@@ -430,12 +444,26 @@ function getRealTimeModelUpdates() {
   return singleton
 }
 
+/** A caller's object as plain JSON data (getters run once, here, under a clear error). */
+function plainJson(x, field) {
+  try {
+    return JSON.parse(JSON.stringify(x))
+  } catch (e) {
+    throw new TypeError(`${field} is not plain JSON data: ${e.message}`)
+  }
+}
+
 /** OnlineLinearModel accepts number arrays as well as Float64Arrays. */
 const toF64 = (x, field) => {
   if (x instanceof Float64Array) return x
   if (Array.isArray(x)) {
-    for (let i = 0; i < x.length; i++) if (typeof x[i] !== 'number') throw v.typeError(`${field}[${i}]`, 'a number', x[i])
-    return Float64Array.from(x)
+    const out = new Float64Array(x.length)
+    for (let i = 0; i < x.length; i++) {
+      const e = v.prop(x, i, `${field}[${i}]`)
+      if (typeof e !== 'number') throw v.typeError(`${field}[${i}]`, 'a number', e)
+      out[i] = e
+    }
+    return out
   }
   throw v.typeError(field, 'an array of numbers or a Float64Array', x)
 }
@@ -461,14 +489,14 @@ class OnlineLinearModel extends native.OnlineLinearModel {
   static fromJSON(json) {
     v.optionalObject(json, 'json')
     if (json === undefined || json === null) throw new TypeError('json is required')
-    const m = native.OnlineLinearModel.fromJSON(json)
+    const m = native.OnlineLinearModel.fromJSON(plainJson(json, 'json'))
     Object.setPrototypeOf(m, OnlineLinearModel.prototype)
     return m
   }
 
   static fromModel(model, options) {
     if (model === null || typeof model !== 'object') throw v.typeError('model', 'an object with weights and bias', model)
-    const m = native.OnlineLinearModel.fromModel(model, v.numericOptions(options, { features: { min: 1, integer: true }, learningRate: { min: 0, minExclusive: true }, clip: { min: 0, minExclusive: true }, l2: { min: 0 } }))
+    const m = native.OnlineLinearModel.fromModel(plainJson(model, 'model'), v.numericOptions(options, { features: { min: 1, integer: true }, learningRate: { min: 0, minExclusive: true }, clip: { min: 0, minExclusive: true }, l2: { min: 0 } }))
     Object.setPrototypeOf(m, OnlineLinearModel.prototype)
     return m
   }

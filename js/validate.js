@@ -18,6 +18,31 @@ function rangeError(field, expected, got) {
   return new RangeError(`${field} must be ${expected}, got ${describe(got)}`)
 }
 
+/**
+ * Reads `o[key]`; a getter or Proxy trap that throws becomes a TypeError naming the field
+ * instead of escaping as whatever the caller's code threw.
+ */
+function prop(o, key, field) {
+  try {
+    return o[key]
+  } catch (e) {
+    throw new TypeError(`${field} could not be read: ${e && e.message ? e.message : String(e)}`)
+  }
+}
+
+/**
+ * Runs `fn`; any error that is not already a TypeError/RangeError (a throwing getter deep
+ * in a caller's value) becomes a TypeError naming `field`.
+ */
+function reading(field, fn) {
+  try {
+    return fn()
+  } catch (e) {
+    if (e instanceof TypeError || e instanceof RangeError) throw e
+    throw new TypeError(`${field} could not be read: ${e && e.message ? e.message : String(e)}`)
+  }
+}
+
 /** A finite number. */
 function finite(v, field) {
   if (typeof v !== 'number') throw typeError(field, 'a number', v)
@@ -39,6 +64,18 @@ function optionalString(v, field, fallback = '') {
   return v
 }
 
+/**
+ * Names the learners keep forever (model, service, provider, prediction type) are capped,
+ * so hostile or accidental values (a request id, a whole prompt) cannot grow memory and
+ * saved state without bound.
+ */
+const MAX_NAME = 256
+function optionalName(v, field, fallback = '') {
+  const s = optionalString(v, field, fallback)
+  if (s.length > MAX_NAME) throw new RangeError(`${field} must be at most ${MAX_NAME} characters, got ${s.length}`)
+  return s
+}
+
 function optionalBoolean(v, field, fallback = false) {
   if (v === undefined || v === null) return fallback
   if (typeof v !== 'boolean') throw typeError(field, 'a boolean', v)
@@ -54,7 +91,7 @@ function numericOptions(options, spec, field = 'options') {
   const out = {}
   if (!o) return out
   for (const key of Object.keys(spec)) {
-    const v = o[key]
+    const v = prop(o, key, `${field}.${key}`)
     if (v === undefined || v === null) continue
     const name = `${field}.${key}`
     finite(v, name)
@@ -75,8 +112,8 @@ function finiteArray(v, field, { allowEmpty = true } = {}) {
   if (!Array.isArray(v) && !isTyped) throw typeError(field, 'an array of numbers', v)
   if (!allowEmpty && v.length === 0) throw new RangeError(`${field} must not be empty`)
   for (let i = 0; i < v.length; i++) {
-    const x = v[i]
-    if (typeof x !== 'number' && typeof x !== 'bigint') throw typeError(`${field}[${i}]`, 'a number', x)
+    const x = isTyped ? v[i] : prop(v, i, `${field}[${i}]`)
+    if (typeof x !== 'number') throw typeError(`${field}[${i}]`, 'a number', x)
     if (!Number.isFinite(x)) throw rangeError(`${field}[${i}]`, 'a finite number', x)
   }
   return v
@@ -88,11 +125,15 @@ function float64Array(v, field) {
 }
 
 module.exports = {
+  prop,
+  reading,
   typeError,
   rangeError,
   finite,
   optionalObject,
   optionalString,
+  optionalName,
+  MAX_NAME,
   optionalBoolean,
   numericOptions,
   finiteArray,

@@ -31,6 +31,8 @@ const MAX_META_MODELS: usize = 64;
 /// How many distinct contexts and model names one ensemble accepts before refusing new ones,
 /// so a caller that puts request ids in `serviceName` cannot grow memory without bound.
 pub const MAX_CONTEXTS: usize = 100_000;
+/// Longest name kept (the JS layer caps names at 256 characters; UTF-8 may need 4 bytes each).
+pub const MAX_NAME_BYTES: usize = 1024;
 pub const MAX_MODELS: usize = 100_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -204,7 +206,11 @@ impl MetaLearner {
     ///
     /// Solving on the sub-matrix of the models present is exactly the least-squares fit of
     /// the target on those models over the remembered samples, so models that come and go
-    /// need no special case.
+    /// need no special case. An entry whose model has no column here has zero statistics,
+    /// which decouples it from the system: its weight is exactly the prior `1/k`, so it is
+    /// left out of the solve. Entries sharing a model share its column (and its weight,
+    /// split evenly). The system therefore never exceeds `MAX_META_MODELS + 1` unknowns,
+    /// however many entries a call has.
     pub fn solve(&mut self, entries: &[Entry], ridge_prior: f64) -> Vec<f64> {
         let key: Vec<u32> = entries.iter().map(|e| e.model).collect();
         if let Some((k, theta)) = &self.cache {
@@ -213,14 +219,32 @@ impl MetaLearner {
             }
         }
         let k = entries.len();
-        let n = k + 1;
+        let w0 = 1.0 / k.max(1) as f64;
         let d = self.dim();
-        let cols: Vec<Option<usize>> = entries.iter().map(|e| self.column(e.model)).collect();
-        let at = |i: Option<usize>, j: Option<usize>| match (i, j) {
-            (Some(i), Some(j)) => self.xtx.get(i * d + j).copied().unwrap_or(0.0),
-            _ => 0.0,
-        };
-        let col = |i: usize| if i == 0 { Some(0) } else { cols[i - 1] };
+        // Unique learner columns used by this call, and how many entries share each.
+        let mut cols: Vec<usize> = Vec::new();
+        let mut share: Vec<usize> = Vec::new();
+        let entry_col: Vec<Option<usize>> = entries
+            .iter()
+            .map(|e| {
+                self.column(e.model)
+                    .map(|c| match cols.iter().position(|&x| x == c) {
+                        Some(j) => {
+                            share[j] += 1;
+                            j
+                        }
+                        None => {
+                            cols.push(c);
+                            share.push(1);
+                            cols.len() - 1
+                        }
+                    })
+            })
+            .collect();
+        let m = cols.len();
+        let n = m + 1;
+        let at = |i: usize, j: usize| self.xtx.get(i * d + j).copied().unwrap_or(0.0);
+        let col = |i: usize| if i == 0 { 0 } else { cols[i - 1] };
         // Bayesian reading of the ridge: weights ~ N(equal, σ²/α) with σ² the noise
         // variance, so α = ridge_prior·σ² keeps the prior's pull in the target's units and
         // lets the small-variance directions that tell collinear models apart speak. σ² is
@@ -241,21 +265,26 @@ impl MetaLearner {
             for j in 0..n {
                 a[i * n + j] = at(col(i), col(j));
             }
-            b[i] = col(i).and_then(|c| self.xty.get(c).copied()).unwrap_or(0.0);
+            b[i] = self.xty.get(col(i)).copied().unwrap_or(0.0);
         }
         a[0] += alpha_c;
-        let w0 = 1.0 / k.max(1) as f64;
         for i in 1..n {
+            // A column shared by `s` entries carries their combined prior weight.
+            let prior = w0 * share[i - 1] as f64;
             a[i * n + i] += alpha;
-            b[i] += alpha * w0;
+            b[i] += alpha * prior;
         }
-        let theta = if cholesky_solve(&mut a, &mut b, n) {
-            b
-        } else {
-            let mut t = vec![w0; n];
-            t[0] = 0.0;
-            t
-        };
+        let solved = cholesky_solve(&mut a, &mut b, n);
+        let mut theta = vec![w0; k + 1];
+        theta[0] = 0.0;
+        if solved {
+            theta[0] = b[0];
+            for (i, c) in entry_col.iter().enumerate() {
+                if let Some(j) = c {
+                    theta[i + 1] = b[j + 1] / share[*j] as f64;
+                }
+            }
+        }
         self.cache = Some((key, theta.clone()));
         theta
     }
@@ -413,6 +442,10 @@ fn mean_value(entries: &[Entry]) -> f64 {
     entries.iter().map(|e| e.value).sum::<f64>() / entries.len().max(1) as f64
 }
 
+/// Largest magnitude a prediction or label may have: squares of larger values overflow
+/// the meta-learners' statistics and would disable learning for good.
+pub const MAX_MAGNITUDE: f64 = 1e100;
+
 /// Validates one call's entries (the JS layer checks too; this keeps the core safe on its own).
 pub fn check_entries(entries: &[Entry]) -> Result<(), String> {
     if entries.is_empty() {
@@ -421,6 +454,9 @@ pub fn check_entries(entries: &[Entry]) -> Result<(), String> {
     for (i, e) in entries.iter().enumerate() {
         if !e.value.is_finite() {
             return Err(format!("predictions[{i}].value must be a finite number"));
+        }
+        if e.value.abs() > MAX_MAGNITUDE {
+            return Err(format!("predictions[{i}].value must be within ±1e100"));
         }
         if !(e.confidence.is_finite() && (0.0..=1.0).contains(&e.confidence)) {
             return Err(format!(
@@ -446,6 +482,9 @@ impl Ensemble {
         if let Some(&id) = self.model_ids.get(name) {
             return Ok(id);
         }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(format!("model name must be at most {MAX_NAME_BYTES} bytes"));
+        }
         if self.models.len() >= MAX_MODELS {
             return Err(format!(
                 "too many distinct model names (limit {MAX_MODELS})"
@@ -468,6 +507,11 @@ impl Ensemble {
     }
 
     pub fn intern_context(&mut self, service: &str, prediction_type: &str) -> Result<u32, String> {
+        if service.len() > MAX_NAME_BYTES || prediction_type.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "serviceName and predictionType must be at most {MAX_NAME_BYTES} bytes"
+            ));
+        }
         let sid = self.intern_service(service);
         if let Some(&id) = self.context_ids.get(&(sid, prediction_type.to_owned())) {
             return Ok(id);
@@ -701,6 +745,9 @@ impl Ensemble {
         if !actual.is_finite() {
             return Err("actual must be a finite number".into());
         }
+        if actual.abs() > MAX_MAGNITUDE {
+            return Err("actual must be within ±1e100".into());
+        }
         let predictions = [
             self.stacking(ctx, entries)?.prediction,
             self.dynamic_selection(ctx, entries)?.prediction,
@@ -819,8 +866,16 @@ impl Ensemble {
                 out.len()
             ));
         }
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(format!("predictions[{i}] must be a finite number"));
+        if let Some(i) = values
+            .iter()
+            .position(|v| !v.is_finite() || v.abs() > MAX_MAGNITUDE)
+        {
+            return Err(format!(
+                "predictions[{i}] must be a finite number within ±1e100"
+            ));
+        }
+        if rows == 0 {
+            return Ok(()); // an empty batch combines to an empty result
         }
         let conf_at = |i: usize| confidences.map_or(0.5, |c| c[i]);
         let template: Vec<Entry> = models
@@ -1204,6 +1259,35 @@ mod tests {
             .unwrap_err()
             .contains("actual"));
         assert!(e.stacking(99, &es).is_err());
+    }
+
+    #[test]
+    fn a_call_with_thousands_of_entries_stays_cheap() {
+        let mut e = Ensemble::new(EnsembleConfig::default()).unwrap();
+        let ctx = e.intern_context("", "").unwrap();
+        let many: Vec<Entry> = (0..5000)
+            .map(|i| {
+                let name = if i % 2 == 0 {
+                    "same".to_owned()
+                } else {
+                    format!("m{i}")
+                };
+                Entry {
+                    model: e.intern_model(&name).unwrap(),
+                    value: (i % 7) as f64,
+                    confidence: 0.5,
+                    type_match: false,
+                }
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            e.feedback(ctx, &many, 3.0, 0.0).unwrap();
+        }
+        let r = e.stacking(ctx, &many).unwrap();
+        assert!(r.prediction.is_finite());
+        assert!(t.elapsed().as_secs_f64() < 5.0, "took {:?}", t.elapsed());
+        assert!(e.contexts[ctx as usize].meta.models.len() <= MAX_META_MODELS);
     }
 
     #[test]

@@ -126,6 +126,12 @@ pub fn parse_price_table(v: &serde_json::Value) -> Result<PriceTable, String> {
             },
         );
     }
+    // A file that prices nothing is a wrong file, not a request to forget every price.
+    if t.is_empty() && !obj.is_empty() {
+        return Err(
+            "price table has no entry with input_cost_per_token and output_cost_per_token".into(),
+        );
+    }
     Ok(t)
 }
 
@@ -181,9 +187,16 @@ impl Rls {
             return;
         }
         let e = residual - self.predict(phi);
+        // An absurd (finite) input can overflow the update; then the sample is dropped and
+        // the model stays as it was rather than turning every later answer into NaN.
+        let mut theta = [0.0; MAX_RLS_DIM];
         for i in 0..d {
-            self.theta[i] += px[i] * e / denom;
+            theta[i] = self.theta[i] + px[i] * e / denom;
         }
+        if !theta[..d].iter().all(|v| v.is_finite()) {
+            return;
+        }
+        let before = self.p.clone();
         let inv = 1.0 / denom;
         for i in 0..d {
             let a = px[i] * inv;
@@ -191,6 +204,11 @@ impl Rls {
                 *pij -= a * pxj;
             }
         }
+        if !self.p.iter().all(|v| v.is_finite()) {
+            self.p = before;
+            return;
+        }
+        self.theta[..d].copy_from_slice(&theta[..d]);
         self.n += 1;
     }
 }
@@ -493,6 +511,9 @@ impl Forecaster {
         let t = kind as usize;
         if let Some(&id) = self.names[t].get(name) {
             return Ok(id);
+        }
+        if name.len() > 1024 {
+            return Err("names must be at most 1024 bytes".into());
         }
         let table = match kind {
             NameKind::Service => &mut self.services,
@@ -1129,6 +1150,34 @@ mod tests {
         let mae = err / total as f64;
         assert!(mae < 0.25 * 8000.0, "mae {mae}");
         assert!(o[out::LATENCY_CONF] != 0.7);
+    }
+
+    #[test]
+    fn an_absurd_outcome_does_not_poison_the_model() {
+        let mut f = fresh();
+        let mut c = ctx();
+        c[slot::INPUT_TOKENS] = 1e300;
+        c[slot::OUTPUT_TOKENS] = 1e300;
+        let mut oc = [f64::NAN; outcome::COUNT];
+        oc[outcome::LATENCY_MS] = 1e300;
+        oc[outcome::COST] = 1e300;
+        f.record(&c, &oc).unwrap();
+        let mut o = [0.0; out::COUNT];
+        let mut normal = ctx();
+        normal[slot::INPUT_TOKENS] = 100.0;
+        f.predict_all(&normal, &mut o).unwrap();
+        assert!(o.iter().all(|v| v.is_finite()), "{o:?}");
+        let mut oc = [f64::NAN; outcome::COUNT];
+        oc[outcome::LATENCY_MS] = 500.0;
+        for _ in 0..30 {
+            f.record(&normal, &oc).unwrap();
+        }
+        f.predict_all(&normal, &mut o).unwrap();
+        assert!(
+            (o[out::LATENCY] - 500.0).abs() < 100.0,
+            "still learns: {}",
+            o[out::LATENCY]
+        );
     }
 
     #[test]

@@ -32,10 +32,12 @@ impl LinearModel {
     }
 
     pub fn from_value(v: Value) -> Result<Self, String> {
-        let Value::Object(mut map) = v else {
+        let Value::Object(map) = v else {
             return Err("model must be a JSON object with weights and bias".into());
         };
-        let weights = match map.remove("weights") {
+        // `extra` keeps the whole object, weights and bias included, so that writing it back
+        // updates those two in place and every key keeps its position.
+        let weights = match map.get("weights") {
             Some(Value::Array(a)) => a
                 .iter()
                 .enumerate()
@@ -47,7 +49,7 @@ impl LinearModel {
             Some(_) => return Err("weights must be an array of numbers".into()),
             None => return Err("model has no weights".into()),
         };
-        let bias = match map.remove("bias") {
+        let bias = match map.get("bias") {
             Some(b) => match b.as_f64() {
                 Some(f) if f.is_finite() => f,
                 _ => return Err("bias must be a finite number".into()),
@@ -102,6 +104,12 @@ mod tests {
         let back: Value = serde_json::from_str(&m.to_json_pretty()).unwrap();
         let orig: Value = serde_json::from_str(text).unwrap();
         assert_eq!(back, orig);
+        let keys: Vec<&String> = back.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["weights", "bias", "name", "meta"],
+            "keys keep their order"
+        );
     }
 
     #[test]

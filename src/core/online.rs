@@ -79,6 +79,9 @@ pub struct OnlineLinear {
 /// long stream keeps adapting to shifts instead of freezing on its first million rows.
 const STATS_HORIZON: f64 = 10_000.0;
 
+/// Largest magnitude a feature or target may have to be learned (squares stay finite).
+pub const MAX_MAGNITUDE: f64 = 1e100;
+
 impl OnlineLinear {
     pub fn new(features: usize, config: OnlineConfig) -> Self {
         Self {
@@ -128,10 +131,13 @@ impl OnlineLinear {
     }
 
     /// One prequential step: returns the prediction made before learning from `y`.
+    /// Samples with a value beyond ±MAX_MAGNITUDE are not learned: their squares would
+    /// overflow the running statistics and poison every later prediction.
     pub fn learn(&mut self, x: &[f64], y: f64) -> f64 {
         let d = self.w.len();
         let pred = self.predict(x);
-        if x.len() != d || !y.is_finite() || x.iter().any(|v| !v.is_finite()) {
+        let ok = |v: f64| v.is_finite() && v.abs() <= MAX_MAGNITUDE;
+        if x.len() != d || !ok(y) || !x.iter().all(|&v| ok(v)) {
             return pred;
         }
         self.n += 1;
@@ -329,11 +335,14 @@ mod tests {
             assert!(m.predict(&x).is_finite());
         }
         assert!(m.check().is_ok());
-        // Non-finite input is ignored, not learned.
+        // Non-finite or overflow-scale input is ignored, not learned.
         let n = m.n;
         m.learn(&[f64::NAN, 1.0, 1.0], 1.0);
         m.learn(&[1.0, 1.0, 1.0], f64::INFINITY);
+        m.learn(&[1.0, 1.0, 1.0], 1e308);
+        m.learn(&[1e200, 1.0, 1.0], 1.0);
         assert_eq!(m.n, n);
+        assert!(m.predict(&[1.0, 1.0, 1.0]).is_finite());
     }
 
     #[test]

@@ -314,8 +314,8 @@ impl AdvancedEnsemble {
     /// Writes the learned state to `path` as JSON, atomically (temp file, fsync, rename),
     /// off the JS thread. Resolves when the file is durable.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
-    pub fn save_state(&self, path: String) -> Result<AsyncTask<SaveState>> {
-        Ok(AsyncTask::new(SaveState::new(&*self.inner, path)?))
+    pub fn save_state(&self, path: String) -> Result<AsyncTask<SaveState<Ensemble>>> {
+        Ok(AsyncTask::new(SaveState::new(&*self.inner, path)))
     }
 
     /// Replaces the learned state with the one saved at `path`. The file is read and

@@ -209,8 +209,8 @@ impl ExpandedPredictions {
 
     /// Writes the learned state to `path` as JSON, atomically, off the JS thread.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
-    pub fn save_state(&self, path: String) -> Result<AsyncTask<SaveState>> {
-        Ok(AsyncTask::new(SaveState::new(&*self.inner, path)?))
+    pub fn save_state(&self, path: String) -> Result<AsyncTask<SaveState<Forecaster>>> {
+        Ok(AsyncTask::new(SaveState::new(&*self.inner, path)))
     }
 
     /// Replaces the learned state with the one saved at `path`; a missing, corrupt or

@@ -340,6 +340,18 @@ impl OnlineLinearModel {
     }
 }
 
+/// Values an OnlineLinearModel can learn from (finite, within ±1e100).
+fn check_learnable(env: &Env, x: &[f64], field: &str) -> Result<()> {
+    check_finite(env, x, field)?;
+    match x
+        .iter()
+        .position(|v| v.abs() > crate::core::online::MAX_MAGNITUDE)
+    {
+        Some(i) => Err(range(env, format!("{field}[{i}] must be within ±1e100"))),
+        None => Ok(()),
+    }
+}
+
 fn check_finite(env: &Env, x: &[f64], field: &str) -> Result<()> {
     // Branch-free pass first: `v − v` is 0 for finite v and NaN otherwise; eight
     // independent lanes keep it vectorised. The position is only searched on failure.
@@ -403,9 +415,12 @@ impl OnlineLinearModel {
         if features.is_empty() {
             return Err(range(&env, "features must not be empty".into()));
         }
-        check_finite(&env, features, "features")?;
-        if !target.is_finite() {
-            return Err(range(&env, "target must be a finite number".into()));
+        check_learnable(&env, features, "features")?;
+        if !(target.is_finite() && target.abs() <= crate::core::online::MAX_MAGNITUDE) {
+            return Err(range(
+                &env,
+                "target must be a finite number within ±1e100".into(),
+            ));
         }
         Ok(self
             .model_for(&env, features.len())?
@@ -444,8 +459,8 @@ impl OnlineLinearModel {
                 ),
             ));
         }
-        check_finite(&env, x, "X")?;
-        check_finite(&env, y, "y")?;
+        check_learnable(&env, x, "X")?;
+        check_learnable(&env, y, "y")?;
         let d = x.len() / y.len();
         let m = self.model_for(&env, d)?;
         for (row, t) in x.chunks_exact(d).zip(y) {
