@@ -166,6 +166,23 @@ class RealTimeModelUpdates {
         this.#waitingReady = false
         this.#readyResolve(true)
         break
+      case 'fatal': {
+        // The worker stopped on an internal bug: settle everything, refuse what follows.
+        this.#closed = true
+        this.#waitingReady = false
+        this.#readyResolve(false)
+        this.#settleAcks(this.#lastDurable, true)
+        this.#settleAcks(Number.MAX_SAFE_INTEGER, false)
+        for (const r of this.#replies.values()) r(null)
+        this.#replies.clear()
+        const data = payload ? JSON.parse(payload) : null
+        for (const cb of this.#listeners.error) {
+          try {
+            cb(data)
+          } catch {}
+        }
+        break
+      }
       default: {
         const data = payload ? JSON.parse(payload) : null
         for (const cb of this.#listeners[kind] ?? []) {

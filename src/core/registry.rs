@@ -149,6 +149,7 @@ impl Registry {
             .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
         lock.lock()
             .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        self.sweep_temp_files();
         let result = (|| {
             let mut m = self.read()?;
             let out = f(&mut m)?;
@@ -159,6 +160,30 @@ impl Registry {
         })();
         let _ = lock.unlock();
         result
+    }
+
+    /// Removes temp files that a process killed mid-write left behind. Only ones older than
+    /// a minute: a live writer's temp file is renamed within milliseconds.
+    fn sweep_temp_files(&self) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                continue;
+            }
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() >= 60);
+            if old {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     pub fn next_version(&self) -> Result<u32, String> {

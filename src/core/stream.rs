@@ -153,6 +153,9 @@ pub enum Request {
     /// Make everything logged durable (fsync) and write the watermark.
     Flush,
     Shutdown,
+    /// Test only: makes the worker panic, to check that callers are released.
+    #[cfg(test)]
+    Panic,
 }
 
 enum Msg {
@@ -239,7 +242,7 @@ fn now_ms() -> f64 {
 impl StreamHandle {
     /// Starts the worker. Loading the model, the saved learner and the log replay happen
     /// on the worker; "ready" is notified when it serves.
-    pub fn start(config: StreamConfig, notifier: Box<dyn Notifier>) -> Result<Self, String> {
+    pub fn start(config: StreamConfig, notifier: Box<dyn Notifier + Sync>) -> Result<Self, String> {
         let capacity = config.queue_capacity.max(1) as u64;
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let shared = Arc::new(Shared {
@@ -264,11 +267,32 @@ impl StreamHandle {
             shared.next_seq.store(max + 1, Ordering::SeqCst);
         }
         let worker_shared = shared.clone();
+        let notifier: Arc<dyn Notifier + Sync> = Arc::from(notifier);
         let join = std::thread::Builder::new()
             .name("mlops-realtime".into())
             .spawn(move || {
-                let mut w = Worker::new(config, worker_shared, notifier);
-                w.run(rx);
+                let fatal = notifier.clone();
+                let fatal_shared = worker_shared.clone();
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    let mut w = Worker::new(config, worker_shared, notifier);
+                    w.run(rx);
+                }));
+                // A bug in the worker must not leave callers waiting forever: close the
+                // stream and tell the JS side, which settles everything still pending.
+                if let Err(p) = run {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    fatal_shared.closed.store(true, Ordering::Release);
+                    *fatal_shared.last_error.lock() = Some(format!("worker stopped: {msg}"));
+                    fatal.notify(
+                        "fatal",
+                        0,
+                        json!({ "message": format!("worker stopped: {msg}") }),
+                    );
+                }
             })
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;
         Ok(Self {
@@ -454,7 +478,7 @@ struct Sample {
 struct Worker {
     cfg: StreamConfig,
     shared: Arc<Shared>,
-    notifier: Box<dyn Notifier>,
+    notifier: Arc<dyn Notifier + Sync>,
     learner: Option<OnlineLinear>,
     previous: Option<(Option<OnlineLinear>, Arc<Snapshot>)>,
     buffer: Vec<Sample>,
@@ -472,7 +496,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(cfg: StreamConfig, shared: Arc<Shared>, notifier: Box<dyn Notifier>) -> Self {
+    fn new(cfg: StreamConfig, shared: Arc<Shared>, notifier: Arc<dyn Notifier + Sync>) -> Self {
         let tick = Duration::from_millis(cfg.update_interval_ms.max(1));
         Self {
             timer: cfg.timer_enabled,
@@ -956,6 +980,8 @@ impl Worker {
                 self.write_watermark();
                 Ok(json!(true))
             }
+            #[cfg(test)]
+            Request::Panic => panic!("injected"),
             Request::Shutdown => {
                 self.fsync();
                 self.write_watermark();
@@ -1263,6 +1289,30 @@ mod tests {
         assert_eq!(seq, 31, "sequence numbers continue after the log");
         h.request(9, Request::Shutdown).unwrap();
         h.join();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_worker_panic_closes_the_stream_and_says_so() {
+        let (dir, cfg) = setup("panic");
+        let (tx, rx) = channel();
+        let h = StreamHandle::start(cfg, Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
+        wait_for(&rx, "ready");
+        h.request(1, Request::Panic).unwrap();
+        let (_, v) = wait_for(&rx, "fatal");
+        assert!(v["message"].as_str().unwrap().contains("injected"));
+        h.join();
+        assert_eq!(
+            h.send_feedback(vec![1.0, 2.0], 0.0, 1.0),
+            Err(SendError::Closed)
+        );
+        assert!(h
+            .shared
+            .last_error
+            .lock()
+            .as_deref()
+            .unwrap()
+            .contains("worker stopped"));
         fs::remove_dir_all(&dir).unwrap();
     }
 
