@@ -385,17 +385,11 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   }
 
   loadState(path) {
-    if (typeof path !== 'string') return Promise.reject(v.typeError('path', 'a string', path))
-    return super.loadState(path)
+    return v.stateFile(path, (p) => super.loadState(p))
   }
 
   saveState(path) {
-    if (typeof path !== 'string') return Promise.reject(v.typeError('path', 'a string', path))
-    try {
-      return super.saveState(path)
-    } catch (e) {
-      return Promise.reject(e)
-    }
+    return v.stateFile(path, (p) => super.saveState(p))
   }
 }
 

@@ -124,7 +124,21 @@ function float64Array(v, field) {
   return v
 }
 
+/**
+ * saveState/loadState of the native classes: a path that is not a string is a rejected
+ * Promise (a TypeError), and a synchronous failure becomes a rejection too.
+ */
+function stateFile(path, op) {
+  if (typeof path !== 'string') return Promise.reject(typeError('path', 'a string', path))
+  try {
+    return op(path)
+  } catch (e) {
+    return Promise.reject(e)
+  }
+}
+
 module.exports = {
+  stateFile,
   prop,
   reading,
   typeError,

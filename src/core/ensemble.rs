@@ -1060,18 +1060,14 @@ impl Ensemble {
 mod tests {
     use super::*;
 
-    /// Deterministic noise for tests (SplitMix64 → approx. normal by summing uniforms).
-    pub(crate) struct Rng(u64);
+    /// Deterministic noise for tests: the package's SplitMix64, plus an approximate normal.
+    pub(crate) struct Rng(crate::core::finetune::SplitMix);
+    fn rng(seed: u64) -> Rng {
+        Rng(crate::core::finetune::SplitMix(seed))
+    }
     impl Rng {
-        pub fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            z ^ (z >> 31)
-        }
         pub fn uniform(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+            (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
         }
         pub fn normal(&mut self) -> f64 {
             (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
@@ -1105,7 +1101,7 @@ mod tests {
     fn stacking_learns_to_undo_a_biased_model_and_weight_the_good_one() {
         let mut e = Ensemble::new(EnsembleConfig::default()).unwrap();
         let ctx = e.intern_context("svc", "").unwrap();
-        let mut rng = Rng(7);
+        let mut rng = rng(7);
         for t in 0..600 {
             let y = 10.0 * rng.uniform();
             let es = entries(
@@ -1141,7 +1137,7 @@ mod tests {
         let mut e = Ensemble::new(EnsembleConfig::default()).unwrap();
         let s1 = e.intern_context("one", "").unwrap();
         let s2 = e.intern_context("two", "").unwrap();
-        let mut rng = Rng(3);
+        let mut rng = rng(3);
         for t in 0..400 {
             let y = 5.0 + rng.normal();
             let (ctx, na, nb) = if t % 2 == 0 {
@@ -1195,7 +1191,7 @@ mod tests {
     fn calibrated_voting_discounts_an_overconfident_model() {
         let mut e = Ensemble::new(EnsembleConfig::default()).unwrap();
         let ctx = e.intern_context("", "").unwrap();
-        let mut rng = Rng(11);
+        let mut rng = rng(11);
         for _ in 0..100 {
             let y = rng.normal();
             let mut es = entries(
