@@ -19,8 +19,8 @@ const DEFAULT_CONFIG = Object.freeze({
   maxSamples: 10000,
 })
 const DEFAULT_BASE_MODEL = 'quality-predictor-v3-advanced.json'
-/** Rows converted per slice before yielding to the event loop (well under 1 ms at 32 features). */
-const ROWS_PER_SLICE = 250
+/** Values converted per slice before yielding to the event loop (~0.1 ms of work). */
+const VALUES_PER_SLICE = 8000
 const OPTIMIZERS = ['adam', 'sgd', 'ridge']
 
 const tick = () => new Promise((resolve) => setImmediate(resolve))
@@ -44,9 +44,10 @@ async function rowsToArrays(rows) {
   if (d === 0) throw new RangeError('newData[0].features must not be empty')
   const X = new Float64Array(n * d)
   const y = new Float64Array(n)
-  for (let start = 0; start < n; start += ROWS_PER_SLICE) {
+  const rowsPerSlice = Math.max(1, Math.floor(VALUES_PER_SLICE / d))
+  for (let start = 0; start < n; start += rowsPerSlice) {
     if (start > 0) await tick()
-    const end = Math.min(n, start + ROWS_PER_SLICE)
+    const end = Math.min(n, start + rowsPerSlice)
     for (let i = start; i < end; i++) {
       const r = rows[i]
       if (r === null || typeof r !== 'object') throw v.typeError(`newData[${i}]`, 'an object with features and quality', r)

@@ -17,6 +17,7 @@ const S = {
 }
 const NSLOT = 17
 const OUTCOME = ['latencyMs', 'inputTokens', 'outputTokens', 'cost', 'satisfaction', 'cpu', 'memory', 'network']
+const OUTCOME_FIELDS = OUTCOME.map((n) => `outcome.${n}`)
 // Output layout (`out`).
 const O = {
   latency: 0, latencyConf: 1, p50: 2, p95: 3, p99: 4, latencySamples: 5, baseLatency: 6, cost: 7, costConf: 8,
@@ -33,7 +34,7 @@ const NUMERIC = [
   ['latency', S.latency, 0], ['relevance', S.relevance], ['coherence', S.coherence],
   ['historicalSatisfaction', S.historicalSatisfaction], ['batchSize', S.batchSize, 0],
   ['concurrentRequests', S.concurrentRequests, 0], ['hour', S.hour, 0, 23],
-]
+].map(([name, slot, min, max]) => [name, slot, min, max, `context.${name}`])
 const OUTCOME_RANGES = { latencyMs: [0], inputTokens: [0], outputTokens: [0], cost: [0], satisfaction: [1, 5], cpu: [0, 100], memory: [0, 100], network: [0, 100] }
 
 function checkNumber(x, field, min, max) {
@@ -95,31 +96,46 @@ class ExpandedPredictions extends native.ExpandedPredictions {
   }
 
   /** Validates `context` and writes it into the packed input. */
+  // The field being read, so that a caller's throwing getter is reported by name without
+  // wrapping every single read (this path runs millions of times).
+  #at = 'context'
+
   #pack(context) {
-    return v.reading('context', () => this.#packFields(context))
+    this.#at = 'context'
+    try {
+      return this.#packFields(context)
+    } catch (e) {
+      if (e instanceof TypeError || e instanceof RangeError) throw e
+      throw new TypeError(`${this.#at} could not be read: ${e && e.message ? e.message : String(e)}`)
+    }
   }
 
   #packFields(context) {
     const c = v.optionalObject(context, 'context') ?? {}
     const input = this.#input
-    const service = v.optionalName(v.prop(c, 'serviceName', 'context.serviceName'), 'context.serviceName')
-    const provider = v.optionalName(v.prop(c, 'provider', 'context.provider'), 'context.provider')
-    const model = v.optionalName(v.prop(c, 'model', 'context.model'), 'context.model')
+    this.#at = 'context.serviceName'
+    const service = v.optionalName(c.serviceName, 'context.serviceName')
+    this.#at = 'context.provider'
+    const provider = v.optionalName(c.provider, 'context.provider')
+    this.#at = 'context.model'
+    const model = v.optionalName(c.model, 'context.model')
     this.#packed[0] = service
     this.#packed[1] = provider
     this.#packed[2] = model
     input[S.service] = service === '' ? 0 : this.#id(0, service)
     input[S.provider] = provider === '' ? 0 : this.#id(1, provider)
     input[S.model] = model === '' ? 0 : this.#id(2, model)
-    const cache = v.prop(c, 'cacheHit', 'context.cacheHit')
+    this.#at = 'context.cacheHit'
+    const cache = c.cacheHit
     if (cache === undefined || cache === null) input[S.cacheHit] = NaN
     else if (typeof cache === 'boolean') input[S.cacheHit] = cache ? 1 : 0
     else if (typeof cache === 'number' && (cache === 0 || cache === 1)) input[S.cacheHit] = cache
     else throw v.typeError('context.cacheHit', 'a boolean', cache)
     for (let i = 0; i < NUMERIC.length; i++) {
-      const [name, slot, min, max] = NUMERIC[i]
-      const x = v.prop(c, name, `context.${name}`)
-      input[slot] = x === undefined || x === null ? NaN : checkNumber(x, `context.${name}`, min, max)
+      const [name, slot, min, max, field] = NUMERIC[i]
+      this.#at = field
+      const x = c[name]
+      input[slot] = x === undefined || x === null ? NaN : checkNumber(x, field, min, max)
     }
     return c
   }
@@ -275,12 +291,12 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     let any = false
     for (let i = 0; i < OUTCOME.length; i++) {
       const name = OUTCOME[i]
-      const x = v.prop(oc, name, `outcome.${name}`)
+      const x = v.prop(oc, name, OUTCOME_FIELDS[i])
       if (x === undefined || x === null) {
         input[NSLOT + i] = NaN
       } else {
         const [min, max] = OUTCOME_RANGES[name]
-        input[NSLOT + i] = checkNumber(x, `outcome.${name}`, min, max)
+        input[NSLOT + i] = checkNumber(x, OUTCOME_FIELDS[i], min, max)
         any = true
       }
     }
