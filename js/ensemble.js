@@ -226,28 +226,25 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     return Promise.resolve(true)
   }
 
-  stackingEnsemble(predictions, context) {
+  /** The Promise form of a Sync method: settled at once, rejected on bad input. */
+  #settled(sync, predictions, context) {
     try {
-      return Promise.resolve(this.stackingEnsembleSync(predictions, context))
+      return Promise.resolve(sync.call(this, predictions, context))
     } catch (e) {
       return Promise.reject(e)
     }
+  }
+
+  stackingEnsemble(predictions, context) {
+    return this.#settled(this.stackingEnsembleSync, predictions, context)
   }
 
   dynamicSelection(predictions, context) {
-    try {
-      return Promise.resolve(this.dynamicSelectionSync(predictions, context))
-    } catch (e) {
-      return Promise.reject(e)
-    }
+    return this.#settled(this.dynamicSelectionSync, predictions, context)
   }
 
   confidenceWeightedVoting(predictions, context) {
-    try {
-      return Promise.resolve(this.confidenceWeightedVotingSync(predictions, context))
-    } catch (e) {
-      return Promise.reject(e)
-    }
+    return this.#settled(this.confidenceWeightedVotingSync, predictions, context)
   }
 
   /** Resolves false on bad input, as the old module did; the Sync twin throws. */

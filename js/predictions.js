@@ -337,50 +337,39 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     return Promise.resolve(true)
   }
 
-  #fallback(method, e) {
-    const r = this[method]({})
+  #fallback(sync, e) {
+    const r = sync.call(this, {})
     r.error = e && e.message ? e.message : String(e)
     return r
   }
 
-  predictLatency(context) {
+  /** The compat form of a Sync method: never rejects (see #fallback). */
+  #compat(sync, context) {
     try {
-      return Promise.resolve(this.predictLatencySync(context))
+      return Promise.resolve(sync.call(this, context))
     } catch (e) {
-      return Promise.resolve(this.#fallback('predictLatencySync', e))
+      return Promise.resolve(this.#fallback(sync, e))
     }
+  }
+
+  predictLatency(context) {
+    return this.#compat(this.predictLatencySync, context)
   }
 
   predictCost(context) {
-    try {
-      return Promise.resolve(this.predictCostSync(context))
-    } catch (e) {
-      return Promise.resolve(this.#fallback('predictCostSync', e))
-    }
+    return this.#compat(this.predictCostSync, context)
   }
 
   predictSatisfaction(context) {
-    try {
-      return Promise.resolve(this.predictSatisfactionSync(context))
-    } catch (e) {
-      return Promise.resolve(this.#fallback('predictSatisfactionSync', e))
-    }
+    return this.#compat(this.predictSatisfactionSync, context)
   }
 
   predictResources(context) {
-    try {
-      return Promise.resolve(this.predictResourcesSync(context))
-    } catch (e) {
-      return Promise.resolve(this.#fallback('predictResourcesSync', e))
-    }
+    return this.#compat(this.predictResourcesSync, context)
   }
 
   predictAll(context) {
-    try {
-      return Promise.resolve(this.predictAllSync(context))
-    } catch (e) {
-      return Promise.resolve(this.#fallback('predictAllSync', e))
-    }
+    return this.#compat(this.predictAllSync, context)
   }
 
   loadState(path) {
