@@ -262,8 +262,7 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     let res = this._predictBatch(this.#generation, packed)
     if (res === null) {
       // State replaced by loadState: re-intern every name and retry once.
-      for (const m of this.#names) m.clear()
-      this.#generation = this._generation
+      this.#resync()
       for (let i = 0; i < n; i++) {
         this.#pack(contexts[i])
         packed.set(this.#input.subarray(0, NSLOT), i * NSLOT)

@@ -178,6 +178,38 @@ enum Msg {
     },
 }
 
+impl Msg {
+    /// Every feedback event the message carries, as (seq, features, prediction, actual):
+    /// one for a `Feedback`, one per row for a `Batch`, none for a request.
+    fn for_each_event(&self, mut f: impl FnMut(u64, &[f64], f64, f64)) {
+        match self {
+            Msg::Feedback {
+                seq,
+                features,
+                prediction,
+                actual,
+            } => f(*seq, features, *prediction, *actual),
+            Msg::Batch {
+                first_seq,
+                d,
+                x,
+                predictions,
+                actuals,
+            } => {
+                for i in 0..actuals.len() {
+                    f(
+                        first_seq + i as u64,
+                        &x[i * d..(i + 1) * d],
+                        predictions[i],
+                        actuals[i],
+                    );
+                }
+            }
+            Msg::Request { .. } => {}
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendError {
     Full,
@@ -639,7 +671,7 @@ impl Worker {
         c.dequeued.fetch_add(n, Ordering::Relaxed);
         c.durable_seq.store(max, Ordering::Release);
         for l in lines {
-            self.ingest(l.seq, l.features, l.prediction, l.actual);
+            self.ingest(l.seq, &l.features, l.prediction, l.actual);
         }
     }
 
@@ -752,11 +784,45 @@ impl Worker {
         self.notifier.notify("durable", max_seq, Value::Null);
     }
 
+    /// Appends every feedback event of `msgs` to the log in one write, counts them as
+    /// taken from the queue, and reports the highest sequence number durable.
+    fn log_events(&mut self, msgs: &[Msg], lines: &mut Vec<u8>) {
+        lines.clear();
+        let (mut max_seq, mut n) = (0u64, 0u64);
+        let t = now_ms();
+        let logging = self.cfg.log_dir.is_some();
+        for m in msgs {
+            m.for_each_event(|seq, features, prediction, actual| {
+                n += 1;
+                max_seq = max_seq.max(seq);
+                if logging {
+                    push_line(
+                        lines,
+                        &LogLineRef {
+                            seq,
+                            t,
+                            features,
+                            prediction,
+                            actual,
+                        },
+                    );
+                }
+            });
+        }
+        self.shared
+            .counters
+            .dequeued
+            .fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            self.log_group(lines, max_seq);
+        }
+    }
+
     /// Scores one feedback against what serves (error statistics and drift), then buffers
     /// it for learning when it has usable features.
-    fn ingest(&mut self, seq: u64, features: Vec<f64>, prediction: f64, actual: f64) {
+    fn ingest(&mut self, seq: u64, features: &[f64], prediction: f64, actual: f64) {
         self.max_seq = self.max_seq.max(seq);
-        let served = self.shared.current.load().predict(&features);
+        let served = self.shared.current.load().predict(features);
         let residual = served.unwrap_or(prediction) - actual;
         if self.drift.update(residual) {
             self.shared.counters.drifts.fetch_add(1, Ordering::Relaxed);
@@ -775,7 +841,7 @@ impl Worker {
             }
             self.buffer.push(Sample {
                 seq,
-                x: features,
+                x: features.to_vec(),
                 y: actual,
             });
             self.shared
@@ -1035,132 +1101,32 @@ impl Worker {
                 }
             }
             // 1. Log every feedback of the group in one append, then acknowledge it.
-            lines.clear();
-            let mut max_seq = 0;
-            let mut n_events = 0u64;
-            let t = now_ms();
-            for m in &group {
-                match m {
-                    Msg::Feedback {
-                        seq,
-                        features,
-                        prediction,
-                        actual,
-                    } => {
-                        n_events += 1;
-                        max_seq = max_seq.max(*seq);
-                        if self.cfg.log_dir.is_some() {
-                            push_line(
-                                &mut lines,
-                                &LogLineRef {
-                                    seq: *seq,
-                                    t,
-                                    features,
-                                    prediction: *prediction,
-                                    actual: *actual,
-                                },
-                            );
-                        }
-                    }
-                    Msg::Batch {
-                        first_seq,
-                        d,
-                        x,
-                        predictions,
-                        actuals,
-                    } => {
-                        n_events += actuals.len() as u64;
-                        max_seq = max_seq.max(first_seq + actuals.len() as u64 - 1);
-                        if self.cfg.log_dir.is_some() {
-                            for i in 0..actuals.len() {
-                                let line = LogLineRef {
-                                    seq: first_seq + i as u64,
-                                    t,
-                                    features: &x[i * d..(i + 1) * d],
-                                    prediction: predictions[i],
-                                    actual: actuals[i],
-                                };
-                                push_line(&mut lines, &line);
-                            }
-                        }
-                    }
-                    Msg::Request { .. } => {}
-                }
-            }
-            self.shared
-                .counters
-                .dequeued
-                .fetch_add(n_events, Ordering::Relaxed);
-            if n_events > 0 {
-                let l = std::mem::take(&mut lines);
-                self.log_group(&l, max_seq);
-                lines = l;
-            }
+            self.log_events(&group, &mut lines);
             // 2. Learn, and answer requests, in arrival order.
             let mut keep_running = true;
             for m in group.drain(..) {
                 match m {
-                    Msg::Feedback {
-                        seq,
-                        features,
-                        prediction,
-                        actual,
-                    } => self.ingest(seq, features, prediction, actual),
-                    Msg::Batch {
-                        first_seq,
-                        d,
-                        x,
-                        predictions,
-                        actuals,
-                    } => {
-                        for i in 0..actuals.len() {
-                            self.ingest(
-                                first_seq + i as u64,
-                                x[i * d..(i + 1) * d].to_vec(),
-                                predictions[i],
-                                actuals[i],
-                            );
-                        }
-                    }
                     Msg::Request { id, req } => {
                         if !self.handle(id, req) {
                             keep_running = false;
                         }
                     }
+                    m => m.for_each_event(|seq, x, p, y| self.ingest(seq, x, p, y)),
                 }
             }
             if !keep_running {
-                // Anything that raced in behind the shutdown is logged, not lost.
-                while let Ok(m) = rx.try_recv() {
-                    if let Msg::Feedback {
-                        seq,
-                        features,
-                        prediction,
-                        actual,
-                    } = m
-                    {
-                        self.shared
-                            .counters
-                            .dequeued
-                            .fetch_add(1, Ordering::Relaxed);
-                        let mut line = Vec::new();
-                        push_line(
-                            &mut line,
-                            &LogLineRef {
-                                seq,
-                                t: now_ms(),
-                                features: &features,
-                                prediction,
-                                actual,
-                            },
-                        );
-                        self.log_group(&line, seq);
+                // Anything that raced in behind the shutdown — single events and batches —
+                // is logged and buffered (so replayed on the next start), not lost.
+                let rest: Vec<Msg> = rx.try_iter().collect();
+                self.log_events(&rest, &mut lines);
+                for m in &rest {
+                    m.for_each_event(|seq, x, _, y| {
                         self.buffer.push(Sample {
                             seq,
-                            x: features,
-                            y: actual,
-                        });
-                    }
+                            x: x.to_vec(),
+                            y,
+                        })
+                    });
                 }
                 self.fsync();
                 self.shared
@@ -1313,6 +1279,39 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("worker stopped"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_queued_behind_a_shutdown_is_logged_and_replayed() {
+        let (dir, cfg) = setup("drain");
+        let (tx, rx) = channel();
+        let h = StreamHandle::start(cfg.clone(), Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
+        wait_for(&rx, "ready");
+        // Bypass the closed flag, as a send racing with cleanup() can.
+        h.tx.send(Msg::Request {
+            id: 1,
+            req: Request::Shutdown,
+        })
+        .unwrap();
+        let batch = Msg::Batch {
+            first_seq: 1,
+            d: 2,
+            x: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            predictions: vec![0.0; 3],
+            actuals: vec![1.0, 2.0, 3.0],
+        };
+        h.tx.send(batch).unwrap();
+        h.join();
+        let (tx2, rx2) = channel();
+        let again = StreamHandle::start(cfg, Box::new(ChanNotifier(Mutex::new(tx2)))).unwrap();
+        let (_, ready) = wait_for(&rx2, "ready");
+        assert_eq!(
+            ready["replayed"], 3,
+            "all three batch events reached the log"
+        );
+        again.request(2, Request::Shutdown).unwrap();
+        again.join();
         fs::remove_dir_all(&dir).unwrap();
     }
 
