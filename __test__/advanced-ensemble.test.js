@@ -145,7 +145,7 @@ test('bad input gets a TypeError/RangeError naming the field; the Promise forms 
     [() => e.stackingEnsembleSync([{ value: 1, model: 'm'.repeat(257) }]), RangeError, /predictions\[0\]\.model must be at most 256 characters/],
     [() => e.stackingEnsembleSync([1], { serviceName: 'req-' + 'x'.repeat(300) }), RangeError, /context\.serviceName must be at most 256/],
     [() => e.stackingEnsembleSync([null]), TypeError, /predictions\[0\]/],
-    [() => e.dynamicSelectionSync([1], { serviceName: 5 }), TypeError, /context\.serviceName/],
+    [() => e.dynamicSelectionSync([1], { serviceName: {} }), TypeError, /context\.serviceName/],
     [() => e.confidenceWeightedVotingSync([1], 'ctx'), TypeError, /context must be an object/],
     [() => e.updateWithFeedbackSync([1]), TypeError, /actual/],
     [() => e.updateWithFeedbackSync([1], NaN), RangeError, /actual/],

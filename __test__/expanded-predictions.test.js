@@ -143,7 +143,7 @@ test('bad input: TypeError/RangeError naming the field from Sync forms and recor
     [() => p.predictCostSync({ inputTokens: -5 }), RangeError, /context\.inputTokens must be ≥ 0/],
     [() => p.predictCostSync({ inputTokens: NaN }), RangeError, /context\.inputTokens/],
     [() => p.predictAllSync({ latency: '100' }), TypeError, /context\.latency must be a number/],
-    [() => p.predictAllSync({ serviceName: 7 }), TypeError, /context\.serviceName/],
+    [() => p.predictAllSync({ serviceName: [7] }), TypeError, /context\.serviceName/],
     [() => p.predictAllSync({ model: 'x'.repeat(1000) }), RangeError, /context\.model must be at most 256 characters/],
     [() => p.predictAllSync({ cacheHit: 'yes' }), TypeError, /context\.cacheHit/],
     [() => p.predictAllSync({ hour: 25 }), RangeError, /context\.hour/],

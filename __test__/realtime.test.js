@@ -226,7 +226,7 @@ test('bad input: TypeError/RangeError naming the field (Sync), false (Promise); 
   const cases = [
     [() => rt.addFeedbackSync(null), TypeError, /feedback must be an object/],
     [() => rt.addFeedbackSync({ prediction: NaN, actual: 1 }), RangeError, /feedback\.prediction/],
-    [() => rt.addFeedbackSync({ prediction: 1, actual: '2' }), TypeError, /feedback\.actual/],
+    [() => rt.addFeedbackSync({ prediction: 1, actual: 'two' }), TypeError, /feedback\.actual/],
     [() => rt.addFeedbackSync({ prediction: 1, actual: 2, features: 'x' }), TypeError, /feedback\.features/],
     [() => rt.addFeedbackSync({ prediction: 1, actual: 2, features: [1, Infinity] }), RangeError, /feedback\.features\[1\]/],
     [() => rt.addFeedbackBatch([1], new Float64Array(1), new Float64Array(1)), TypeError, /features must be a Float64Array/],

@@ -245,7 +245,7 @@ class ModelFineTuning {
 
   predictSingle(model, features) {
     const { weights: w, bias } = checkModel(model)
-    v.finiteArray(features, 'features')
+    features = v.finiteArray(features, 'features')
     if (features.length !== w.length) throw new RangeError(`features has ${features.length} values, the model has ${w.length} weights`)
     let s = bias
     for (let i = 0; i < w.length; i++) s += w[i] * features[i]
@@ -259,21 +259,21 @@ class ModelFineTuning {
   }
 
   calculateMSE(pred, actual) {
-    checkPair(pred, actual)
+    ;[pred, actual] = checkPair(pred, actual)
     let s = 0
     for (let i = 0; i < actual.length; i++) s += (pred[i] - actual[i]) ** 2
     return actual.length ? s / actual.length : 0
   }
 
   calculateMAE(pred, actual) {
-    checkPair(pred, actual)
+    ;[pred, actual] = checkPair(pred, actual)
     let s = 0
     for (let i = 0; i < actual.length; i++) s += Math.abs(pred[i] - actual[i])
     return actual.length ? s / actual.length : 0
   }
 
   calculateR2(pred, actual) {
-    checkPair(pred, actual)
+    ;[pred, actual] = checkPair(pred, actual)
     if (actual.length === 0) return 0
     const mean = actual.reduce((a, b) => a + b, 0) / actual.length
     let res = 0
@@ -299,9 +299,10 @@ function checkModel(model) {
 }
 
 function checkPair(pred, actual) {
-  v.finiteArray(pred, 'pred')
-  v.finiteArray(actual, 'actual')
+  pred = v.finiteArray(pred, 'pred')
+  actual = v.finiteArray(actual, 'actual')
   if (pred.length !== actual.length) throw new RangeError(`pred has ${pred.length} values, actual has ${actual.length}`)
+  return [pred, actual]
 }
 
 function toHistoryEntry(e) {

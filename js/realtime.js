@@ -220,7 +220,7 @@ class RealTimeModelUpdates {
     const actual = v.prop(fb, 'actual', 'feedback.actual')
     const features = v.prop(fb, 'features', 'feedback.features')
     if (prediction === undefined || prediction === null || actual === undefined || actual === null) return 'missing'
-    this.#packed[0] = v.finite(prediction, 'feedback.prediction')
+    this.#packed[0] = v.predictionValue(prediction, 'feedback.prediction')
     this.#packed[1] = v.finite(actual, 'feedback.actual')
     if (features === undefined || features === null) return 0
     const isTyped = features instanceof Float64Array
@@ -230,9 +230,7 @@ class RealTimeModelUpdates {
     const io = this.#io
     for (let i = 0; i < n; i++) {
       const x = isTyped ? features[i] : v.prop(features, i, `feedback.features[${i}]`)
-      if (typeof x !== 'number') throw v.typeError(`feedback.features[${i}]`, 'a number', x)
-      if (!Number.isFinite(x)) throw v.rangeError(`feedback.features[${i}]`, 'a finite number', x)
-      io[i] = x
+      io[i] = typeof x === 'number' && Number.isFinite(x) ? x : v.finite(x, `feedback.features[${i}]`)
     }
     return n
   }

@@ -7,6 +7,7 @@ function describe(v) {
   if (v === null) return 'null'
   if (Array.isArray(v)) return 'an array'
   if (typeof v === 'number') return String(v)
+  if (typeof v === 'string') return v.length <= 40 ? `the string ${JSON.stringify(v)}` : 'a string'
   return typeof v
 }
 
@@ -43,11 +44,30 @@ function reading(field, fn) {
   }
 }
 
-/** A finite number. */
+/**
+ * Numeric strings: databases (node-postgres for NUMERIC/BIGINT columns, CSV imports) hand
+ * numbers over as strings, and the old modules did arithmetic on them through JS coercion.
+ * Accepted: a string whose trimmed form is a JS number literal in decimal or exponent
+ * notation ('7.5', ' -1e3 ', '0'). Refused: '', whitespace, hex/octal/binary ('0x10'),
+ * 'Infinity', 'NaN', and anything with trailing junk ('7.5abc'), because `Number()` would
+ * turn some of those into surprising values and the rest into NaN.
+ */
+const NUMERIC_STRING = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/
+function numberFrom(v) {
+  if (typeof v === 'number') return v
+  if (typeof v === 'string') {
+    const t = v.trim()
+    if (NUMERIC_STRING.test(t)) return Number(t)
+  }
+  return undefined
+}
+
+/** A finite number, or a numeric string (see `numberFrom`); returns the number. */
 function finite(v, field) {
-  if (typeof v !== 'number') throw typeError(field, 'a number', v)
-  if (!Number.isFinite(v)) throw rangeError(field, 'a finite number', v)
-  return v
+  const n = numberFrom(v)
+  if (n === undefined) throw typeError(field, 'a number', v)
+  if (!Number.isFinite(n)) throw rangeError(field, 'a finite number', v)
+  return n
 }
 
 /** undefined/null → undefined; otherwise an object (not an array). */
@@ -71,6 +91,12 @@ function optionalString(v, field, fallback = '') {
  */
 const MAX_NAME = 256
 function optionalName(v, field, fallback = '') {
+  // Model ids from a database are numbers: they become their decimal string (101 → '101').
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) throw rangeError(field, 'a string or a finite number', v)
+    return String(v)
+  }
+  if (typeof v === 'bigint') return String(v)
   const s = optionalString(v, field, fallback)
   if (s.length > MAX_NAME) throw new RangeError(`${field} must be at most ${MAX_NAME} characters, got ${s.length}`)
   return s
@@ -91,10 +117,10 @@ function numericOptions(options, spec, field = 'options') {
   const out = {}
   if (!o) return out
   for (const key of Object.keys(spec)) {
-    const v = prop(o, key, `${field}.${key}`)
+    let v = prop(o, key, `${field}.${key}`)
     if (v === undefined || v === null) continue
     const name = `${field}.${key}`
-    finite(v, name)
+    v = finite(v, name)
     const s = spec[key]
     if (s.integer && !Number.isInteger(v)) throw rangeError(name, 'an integer', v)
     if (s.min !== undefined && (s.minExclusive ? v <= s.min : v < s.min)) {
@@ -106,17 +132,50 @@ function numericOptions(options, spec, field = 'options') {
   return out
 }
 
-/** An array (or typed array) of finite numbers, returned as-is. */
+/**
+ * An array (or typed array) of finite numbers. Returned as-is when every element already is
+ * a number; when some are numeric strings, a new array of the converted numbers is returned
+ * (callers must use the return value).
+ */
 function finiteArray(v, field, { allowEmpty = true } = {}) {
   const isTyped = ArrayBuffer.isView(v) && !(v instanceof DataView)
   if (!Array.isArray(v) && !isTyped) throw typeError(field, 'an array of numbers', v)
   if (!allowEmpty && v.length === 0) throw new RangeError(`${field} must not be empty`)
-  for (let i = 0; i < v.length; i++) {
-    const x = isTyped ? v[i] : prop(v, i, `${field}[${i}]`)
-    if (typeof x !== 'number') throw typeError(`${field}[${i}]`, 'a number', x)
-    if (!Number.isFinite(x)) throw rangeError(`${field}[${i}]`, 'a finite number', x)
+  if (isTyped) {
+    for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) throw rangeError(`${field}[${i}]`, 'a finite number', v[i])
+    return v
   }
-  return v
+  let out = v
+  for (let i = 0; i < v.length; i++) {
+    const x = prop(v, i, `${field}[${i}]`)
+    if (typeof x === 'number') {
+      if (!Number.isFinite(x)) throw rangeError(`${field}[${i}]`, 'a finite number', x)
+      if (out !== v) out[i] = x
+      continue
+    }
+    const n = finite(x, `${field}[${i}]`)
+    if (out === v) out = Array.prototype.slice.call(v, 0, i)
+    out[i] = n
+  }
+  return out
+}
+
+/**
+ * A prediction as the services' feedback loops send it: a number (or numeric string), or an
+ * object carrying one in `predictedQuality`, `quality`, `prediction` or `value` (the first
+ * present, in that order). `x.predictedQuality || x.quality || x` yields the whole object
+ * when the predicted quality is 0, so the object form is a real call, not a curiosity.
+ */
+const PREDICTION_KEYS = ['predictedQuality', 'quality', 'prediction', 'value']
+function predictionValue(v, field) {
+  if (v !== null && typeof v === 'object' && !Array.isArray(v) && !ArrayBuffer.isView(v)) {
+    for (const key of PREDICTION_KEYS) {
+      const x = prop(v, key, `${field}.${key}`)
+      if (x !== undefined && x !== null) return finite(x, `${field}.${key}`)
+    }
+    throw typeError(field, `a number or an object with one of ${PREDICTION_KEYS.join(', ')}`, v)
+  }
+  return finite(v, field)
 }
 
 function float64Array(v, field) {
@@ -144,6 +203,9 @@ module.exports = {
   typeError,
   rangeError,
   finite,
+  numberFrom,
+  predictionValue,
+  PREDICTION_KEYS,
   optionalObject,
   optionalString,
   optionalName,
