@@ -9,6 +9,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 const native = require('../index.js')
 const v = require('./validate.js')
+const { defaultModelsDir } = require('./paths.js')
 
 const DEFAULT_CONFIG = Object.freeze({
   learningRate: 0.001,
@@ -86,7 +87,7 @@ class ModelFineTuning {
 
   constructor(options) {
     const o = v.optionalObject(options, 'options') ?? {}
-    this.modelsDir = path.resolve(v.optionalString(v.prop(o, 'modelsDir', 'options.modelsDir'), 'options.modelsDir', 'models'))
+    this.modelsDir = path.resolve(v.optionalString(v.prop(o, 'modelsDir', 'options.modelsDir'), 'options.modelsDir', '') || defaultModelsDir())
     this.fineTunedDir = path.resolve(v.optionalString(v.prop(o, 'fineTunedDir', 'options.fineTunedDir'), 'options.fineTunedDir', path.join(this.modelsDir, 'fine-tuned')))
     this.config = { ...DEFAULT_CONFIG, adamLearningRate: 0.01 }
     for (const key of Object.keys(this.config)) {

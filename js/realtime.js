@@ -10,6 +10,7 @@
 const path = require('node:path')
 const native = require('../index.js')
 const v = require('./validate.js')
+const { defaultModelsDir } = require('./paths.js')
 
 const MAX_FEATURES = 4096
 const EVENTS = ['update', 'rejected', 'drift', 'error']
@@ -55,7 +56,7 @@ class RealTimeModelUpdates {
     const o = {}
     for (const k of [...Object.keys(OPTIONS), 'modelsDir', 'modelPath', 'feedbackLogDir', 'enableHotSwap', 'followRegistry']) o[k] = v.prop(raw, k, `options.${k}`)
     const n = v.numericOptions(o, OPTIONS)
-    this.modelsDir = path.resolve(v.optionalString(o.modelsDir, 'options.modelsDir', 'models'))
+    this.modelsDir = path.resolve(v.optionalString(o.modelsDir, 'options.modelsDir', '') || defaultModelsDir())
     this.modelPath = v.optionalString(o.modelPath, 'options.modelPath', DEFAULT_MODEL)
     if (this.modelPath === '') throw new RangeError('options.modelPath must not be empty')
     let logDir = o.feedbackLogDir
