@@ -17,7 +17,8 @@
 
 use super::fsutil::{read_text, write_atomic};
 use super::linear::LinearModel;
-use super::online::{OnlineConfig, OnlineLinear, PageHinkley};
+use super::drift::PageHinkley;
+use super::online::{OnlineConfig, OnlineLinear};
 use super::registry::Registry;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
