@@ -380,6 +380,7 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<(u64, PathBuf)> = fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
                 .filter_map(|p| log_file_info(&p).map(|(n, _)| (n, p)))
                 .collect()
         })
@@ -696,6 +697,7 @@ struct Worker {
     names: Option<Arc<Vec<String>>>,
     registry_version: Option<u32>,
     version: u64,
+    replaying: bool,
 }
 
 fn names_of(m: &LinearModel) -> Option<Arc<Vec<String>>> {
@@ -737,6 +739,7 @@ impl Worker {
             names: None,
             registry_version: None,
             version: 0,
+            replaying: false,
         }
     }
 
@@ -940,9 +943,11 @@ impl Worker {
         c.accepted.fetch_add(n, Ordering::Relaxed);
         c.dequeued.fetch_add(n, Ordering::Relaxed);
         c.durable_seq.store(scan.max_seq, Ordering::Release);
+        self.replaying = true;
         for l in records {
             self.ingest(l.seq, &l.features, l.prediction, l.actual);
         }
+        self.replaying = false;
         self.write_watermark();
         match self.open_log(self.seq_base + 1) {
             Ok(()) => self.set_log_healthy(true),
@@ -1173,7 +1178,9 @@ impl Worker {
     fn ingest(&mut self, seq: u64, features: &[f64], prediction: f64, actual: f64) {
         let served = self.shared.current.load().predict(features);
         let residual = served.unwrap_or(prediction) - actual;
-        let alarm = self.drift.update(residual);
+        // Replayed events were scored by the process that logged them; drift is about
+        // what arrives now.
+        let alarm = !self.replaying && self.drift.update(residual);
         let dims = self.learner.as_ref().map(|l| l.features());
         let usable = !features.is_empty() && dims.is_none_or(|d| d == features.len());
         if usable {
