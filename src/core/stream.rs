@@ -421,6 +421,10 @@ fn scan_log(dir: &Path, after: u64, f: &mut dyn FnMut(LogLine)) -> LogScan {
             if !terminated {
                 // The write of this record never finished: it was never acknowledged.
                 s.torn += 1;
+                s.damage.push(format!(
+                    "{}: the last record (byte {at}) is torn — a write cut short, never acknowledged; skipped",
+                    file.display()
+                ));
                 continue;
             }
             let parsed = if checksummed && !record_ok(line) {
@@ -1032,7 +1036,7 @@ impl Worker {
             };
             if let Ok(b) = serde_json::to_vec(&w) {
                 if let Err(e) = write_atomic(&p, &b) {
-                    self.error(format!("cannot write the watermark: {e}"));
+                    self.error(format!("feedback log: cannot write the watermark: {e}"));
                 }
             }
         }
