@@ -292,7 +292,12 @@ mod tests {
 
     /// False alarms per 100k stationary residuals (warm-up residuals after each alarm
     /// included in the count of samples, as in production).
-    fn false_alarms_per_100k(mut update: impl FnMut(f64) -> bool, d: Dist, n: usize, seed: u64) -> f64 {
+    fn false_alarms_per_100k(
+        mut update: impl FnMut(f64) -> bool,
+        d: Dist,
+        n: usize,
+        seed: u64,
+    ) -> f64 {
         let mut r = Rng(seed);
         let alarms = (0..n).filter(|_| update(d.sample(&mut r))).count();
         alarms as f64 * 100_000.0 / n as f64
@@ -346,9 +351,14 @@ mod tests {
             delays.sort_by(f64::total_cmp);
             let mean = delays.iter().sum::<f64>() / delays.len() as f64;
             let p95 = delays[delays.len() * 95 / 100];
-            println!("robust CUSUM, {d:?}: +1 sd shift detected after {mean:.1} residuals (p95 {p95})");
+            println!(
+                "robust CUSUM, {d:?}: +1 sd shift detected after {mean:.1} residuals (p95 {p95})"
+            );
             assert!(delays.len() >= 195);
-            assert!(mean <= 150.0 && p95 <= 150.0, "{d:?}: mean {mean}, p95 {p95}");
+            assert!(
+                mean <= 150.0 && p95 <= 150.0,
+                "{d:?}: mean {mean}, p95 {p95}"
+            );
         }
     }
 

@@ -147,7 +147,10 @@ impl Registry {
                         None,
                     ));
                 }
-                return Ok((self.rebuild("manifest.json was missing".into(), files), None));
+                return Ok((
+                    self.rebuild("manifest.json was missing".into(), files),
+                    None,
+                ));
             }
             Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
             Ok(meta) if meta.is_dir() => {
@@ -274,7 +277,9 @@ impl Registry {
             let (mut m, corrupt) = self.load()?;
             if corrupt.is_some() {
                 // Keep the damaged file for whoever investigates; the rebuilt one replaces it.
-                let aside = self.dir.join(format!("manifest.json.corrupt-{}", now_ms() as u64));
+                let aside = self
+                    .dir
+                    .join(format!("manifest.json.corrupt-{}", now_ms() as u64));
                 let _ = fs::rename(self.manifest_path(), aside);
             }
             let out = f(&mut m)?;
@@ -429,7 +434,8 @@ impl Registry {
             return Ok(None);
         };
         let mut notes = vec![];
-        let mut order: Vec<&VersionEntry> = m.versions.iter().filter(|v| v.version == prod).collect();
+        let mut order: Vec<&VersionEntry> =
+            m.versions.iter().filter(|v| v.version == prod).collect();
         if order.is_empty() {
             notes.push(format!("production v{prod} is not in the manifest"));
         }
@@ -546,10 +552,10 @@ mod tests {
         assert!(rec["reason"].as_str().unwrap().contains("corrupt"));
         assert_eq!(rec["versions"], serde_json::json!([1, 2]));
         assert_eq!(rec["unreadable"][0]["file"], "q-v3.json");
-        assert!(fs::read_dir(dir.join("q"))
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("manifest.json.corrupt-")));
+        assert!(fs::read_dir(dir.join("q")).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("manifest.json.corrupt-")));
         // Missing: the same, from the files alone.
         fs::remove_file(dir.join("q/manifest.json")).unwrap();
         assert_eq!(r.next_version().unwrap(), 5);
@@ -568,7 +574,10 @@ mod tests {
     fn serving_falls_back_to_the_newest_readable_version() {
         let dir = tmp("serving");
         let r = Registry::new(&dir, Path::new("q.json"));
-        assert!(r.serving().unwrap().is_none(), "nothing promoted: the base serves");
+        assert!(
+            r.serving().unwrap().is_none(),
+            "nothing promoted: the base serves"
+        );
         for _ in 0..3 {
             r.register(&LinearModel::zeros(1), NewVersion::default())
                 .unwrap();

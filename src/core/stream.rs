@@ -433,9 +433,10 @@ fn scan_log(dir: &Path, after: u64, f: &mut dyn FnMut(LogLine)) -> LogScan {
                 serde_json::from_slice::<LogLine>(line).ok()
             };
             match parsed {
-                Some(l) if l.features.iter().all(|x| x.is_finite())
-                    && l.prediction.is_finite()
-                    && l.actual.is_finite() =>
+                Some(l)
+                    if l.features.iter().all(|x| x.is_finite())
+                        && l.prediction.is_finite()
+                        && l.actual.is_finite() =>
                 {
                     s.good += 1;
                     s.max_seq = s.max_seq.max(l.seq);
@@ -707,9 +708,7 @@ struct Worker {
 fn names_of(m: &LinearModel) -> Option<Arc<Vec<String>>> {
     let a = m.extra.get("featureNames")?.as_array()?;
     let names: Option<Vec<String>> = a.iter().map(|v| v.as_str().map(str::to_owned)).collect();
-    names
-        .filter(|n| n.len() == m.weights.len())
-        .map(Arc::new)
+    names.filter(|n| n.len() == m.weights.len()).map(Arc::new)
 }
 
 impl Worker {
@@ -906,7 +905,10 @@ impl Worker {
         };
         if let Err(e) = fs::create_dir_all(&dir) {
             self.set_log_healthy(false);
-            self.error(format!("feedback log: cannot create {}: {e}", dir.display()));
+            self.error(format!(
+                "feedback log: cannot create {}: {e}",
+                dir.display()
+            ));
             return;
         }
         // Files a start created and never wrote to carry no records.
@@ -998,7 +1000,10 @@ impl Worker {
                 Err(e) => return Err(format!("cannot create {}: {e}", p.display())),
             }
         }
-        Err(format!("cannot find a free log file name in {}", dir.display()))
+        Err(format!(
+            "cannot find a free log file name in {}",
+            dir.display()
+        ))
     }
 
     /// Deletes old log files, keeping `keep_log_files` and anything not yet processed.
@@ -1113,7 +1118,12 @@ impl Worker {
     /// tickets are durable. Returns the highest ticket whose record is completely in the
     /// log (all of them when logging is off): later events of the group failed, are
     /// answered `false`, and must not be learned from.
-    fn log_events(&mut self, msgs: &[Msg], lines: &mut Vec<u8>, ends: &mut Vec<(usize, u64)>) -> u64 {
+    fn log_events(
+        &mut self,
+        msgs: &[Msg],
+        lines: &mut Vec<u8>,
+        ends: &mut Vec<(usize, u64)>,
+    ) -> u64 {
         lines.clear();
         ends.clear();
         let (mut max_ticket, mut n) = (0u64, 0u64);
@@ -1169,7 +1179,8 @@ impl Worker {
                 self.error(format!(
                     "feedback log: {e}; {done} event(s) of this write are logged, {failed} are not (answered false, not learned from)"
                 ));
-                self.notifier.notify("durable-failed", max_ticket, Value::Null);
+                self.notifier
+                    .notify("durable-failed", max_ticket, Value::Null);
             }
         }
         ok_through
@@ -1457,7 +1468,9 @@ impl Worker {
                 let healthy = self.probe_log();
                 self.fsync();
                 self.write_watermark();
-                Ok(json!(healthy && self.shared.log_healthy.load(Ordering::Acquire)))
+                Ok(json!(
+                    healthy && self.shared.log_healthy.load(Ordering::Acquire)
+                ))
             }
             #[cfg(test)]
             Request::Panic => panic!("injected"),
@@ -1817,7 +1830,10 @@ mod tests {
         assert!(record_ok(&buf[..line1]));
         let text = String::from_utf8(buf[..line1].to_vec()).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["seq"], 1, "still a JSON line any reader can parse: {text}");
+        assert_eq!(
+            v["seq"], 1,
+            "still a JSON line any reader can parse: {text}"
+        );
         // A flipped digit inside record 2 (still valid JSON): only the checksum sees it.
         let mut damaged = buf.clone();
         let second = line1 + 1 + 8; // inside `{"seq":2`'s neighbourhood
@@ -1826,7 +1842,11 @@ mod tests {
             .position(|b| b.is_ascii_digit())
             .unwrap()
             + second;
-        damaged[at] = if damaged[at] == b'9' { b'8' } else { damaged[at] + 1 };
+        damaged[at] = if damaged[at] == b'9' {
+            b'8'
+        } else {
+            damaged[at] + 1
+        };
         // Invalid UTF-8 glued to the end, and a torn record after it.
         damaged.extend_from_slice(&[0xff, 0xfe, 0x00, 0xc3, b'\n']);
         damaged.extend_from_slice(b"{\"seq\":6,\"t\":1.0,\"feat");
@@ -1839,9 +1859,12 @@ mod tests {
         assert_eq!((scan.corrupt, scan.torn, scan.max_seq), (2, 1, 5));
         assert!(scan.damage[0].contains("2 damaged record(s)"));
         // Old JSON-lines logs are still read, line by line, bytes and all.
-        let mut old = b"{\"seq\":7,\"t\":1,\"features\":[1,2],\"prediction\":0,\"actual\":1}\n".to_vec();
+        let mut old =
+            b"{\"seq\":7,\"t\":1,\"features\":[1,2],\"prediction\":0,\"actual\":1}\n".to_vec();
         old.extend_from_slice(&[0xff, 0xfe, 0x00, 0xc3]);
-        old.extend_from_slice(b"\n{\"seq\":8,\"t\":1,\"features\":[],\"prediction\":0,\"actual\":2}\n");
+        old.extend_from_slice(
+            b"\n{\"seq\":8,\"t\":1,\"features\":[],\"prediction\":0,\"actual\":2}\n",
+        );
         fs::write(dir.join("feedback-0000000000000007.jsonl"), &old).unwrap();
         let (got, scan) = records(&dir);
         assert_eq!(
@@ -1862,7 +1885,10 @@ mod tests {
         let err = StreamHandle::start(cfg.clone(), Box::new(ChanNotifier(Mutex::new(tx2))))
             .err()
             .expect("refused");
-        assert!(err.contains(&format!("process {}", std::process::id())), "{err}");
+        assert!(
+            err.contains(&format!("process {}", std::process::id())),
+            "{err}"
+        );
         a.request(1, Request::Shutdown).unwrap();
         wait_for(&rx, "reply");
         // Released before the shutdown reply: a new instance starts at once.
