@@ -444,7 +444,7 @@ impl Registry {
             .iter()
             .filter(|v| v.version != prod && v.accepted != Some(false))
             .collect();
-        rest.sort_by(|a, b| b.version.cmp(&a.version));
+        rest.sort_by_key(|e| std::cmp::Reverse(e.version));
         order.extend(rest);
         for e in order {
             match LinearModel::load(Path::new(&e.model_path)) {

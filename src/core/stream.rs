@@ -313,7 +313,7 @@ fn push_record(out: &mut Vec<u8>, l: &LogLineRef) {
     out.pop(); // the closing brace; the checksum field goes before it
     let crc = crc32c(&out[start..]);
     out.extend_from_slice(CRC_SUFFIX);
-    let _ = write!(out, "{crc:08x}\"}}\n");
+    let _ = writeln!(out, "{crc:08x}\"}}");
 }
 
 /// Checks a record line written by `push_record`: the checksum covers every byte before
