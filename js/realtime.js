@@ -135,6 +135,7 @@ class RealTimeModelUpdates {
       this.#emit('error', { message: e.message })
       return false
     }
+    this.#lastError = null
     // Tickets (what acknowledgements refer to) count from 1 in every stream.
     this.#lastDurable = 0
     this.#namesVersion = -1

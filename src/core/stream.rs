@@ -1857,7 +1857,8 @@ mod tests {
             vec![1, 3, 4, 5]
         );
         assert_eq!((scan.corrupt, scan.torn, scan.max_seq), (2, 1, 5));
-        assert!(scan.damage[0].contains("2 damaged record(s)"));
+        assert!(scan.damage.iter().any(|d| d.contains("2 damaged record(s)")));
+        assert!(scan.damage.iter().any(|d| d.contains("torn")));
         // Old JSON-lines logs are still read, line by line, bytes and all.
         let mut old =
             b"{\"seq\":7,\"t\":1,\"features\":[1,2],\"prediction\":0,\"actual\":1}\n".to_vec();
