@@ -261,6 +261,7 @@ class RealTimeModelUpdates {
   #packNamed(obj, field) {
     const names = this.#currentNames()
     if (!names) throw new TypeError(`${field} is an object of named features, but the serving model has no featureNames and no featureNames option was given`)
+    if (names.length > MAX_FEATURES) throw new RangeError(`${field}: the serving model has ${names.length} features, at most ${MAX_FEATURES} are supported`)
     const index = new Map(names.map((n, i) => [n, i]))
     const io = this.#io
     io.fill(0, 0, names.length)
