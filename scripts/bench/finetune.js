@@ -143,5 +143,5 @@ async function run() {
   return { typed, objects, js, old, idle, busyTyped, busyObjects }
 }
 
-module.exports = { run, jsSgd }
+module.exports = { run, jsSgd, oldStyleSgd, data, ROWS, D, OPTS }
 if (require.main === module) run()

@@ -9,6 +9,7 @@ const suites = {
   finetune: () => require('./finetune.js').run(),
   predictions: () => require('./predictions.js').run(),
   realtime: () => require('./realtime.js').run(),
+  training: () => require('./training.js').run(),
 }
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(suites)
 

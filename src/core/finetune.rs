@@ -11,6 +11,7 @@
 //!
 //! Whatever the optimiser, the result is folded back to raw-feature weights.
 
+use super::kernels;
 use super::linalg::cholesky_solve;
 use super::linear::LinearModel;
 use serde::Serialize;
@@ -464,20 +465,22 @@ pub fn fine_tune(
                 for batch in train.chunks(opts.batch_size) {
                     gw.iter_mut().for_each(|g| *g = 0.0);
                     let mut gb = 0.0;
-                    for &r in batch {
-                        let raw = &x[r * d..(r + 1) * d];
-                        let row: &[f64] = if adam {
+                    if adam {
+                        for &r in batch {
+                            let raw = &x[r * d..(r + 1) * d];
                             for j in 0..d {
                                 z[j] = (raw[j] - sc.mean[j]) * inv_std[j];
                             }
-                            &z
-                        } else {
-                            raw
-                        };
-                        let err = p.b + dot(&p.w, row) - y[r];
-                        train_se += err * err;
-                        axpy(&mut gw, err, row);
-                        gb += err;
+                            let err = p.b + dot(&p.w, &z) - y[r];
+                            train_se += err * err;
+                            axpy(&mut gw, err, &z);
+                            gb += err;
+                        }
+                    } else {
+                        // Raw rows: the runtime-dispatched SIMD kernel (src/core/kernels.rs).
+                        let (g, se) = kernels::batch_gradient(&p.w, p.b, x, y, batch, &mut gw);
+                        gb = g;
+                        train_se += se;
                     }
                     let m = batch.len() as f64;
                     for j in 0..d {

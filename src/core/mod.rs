@@ -6,6 +6,7 @@ pub mod ensemble;
 pub mod finetune;
 pub mod forecast;
 pub mod fsutil;
+pub mod kernels;
 pub mod linalg;
 pub mod linear;
 pub mod online;
