@@ -1857,7 +1857,10 @@ mod tests {
             vec![1, 3, 4, 5]
         );
         assert_eq!((scan.corrupt, scan.torn, scan.max_seq), (2, 1, 5));
-        assert!(scan.damage.iter().any(|d| d.contains("2 damaged record(s)")));
+        assert!(scan
+            .damage
+            .iter()
+            .any(|d| d.contains("2 damaged record(s)")));
         assert!(scan.damage.iter().any(|d| d.contains("torn")));
         // Old JSON-lines logs are still read, line by line, bytes and all.
         let mut old =
