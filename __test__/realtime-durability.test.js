@@ -187,6 +187,26 @@ test('case 4: a watermark ahead of the log is reported and repaired; numbers nev
   }
 })
 
+test('the high-water mark is persisted with the log: numbers never go back even if a killed process’s log files are lost', async () => {
+  const dir = sandbox()
+  const r = await child(`${header(dir)}
+    rt.initialize().then(async () => {
+      const acks = await Promise.all(Array.from({ length: 50 }, (_, i) => rt.addFeedback(fb(i))))
+      console.log(acks.filter(Boolean).length)
+      setTimeout(() => process.kill(process.pid, 'SIGKILL'), 400) // past one fsync tick, no cycle, no cleanup
+    })`)
+  assert.equal(r.signal, 'SIGKILL')
+  assert.equal(Number(r.lines[0]), 50)
+  assert.equal(readWatermark(logDirOf(dir)).highWaterSeq, 50)
+  for (const f of logFiles(dir)) fs.rmSync(path.join(logDirOf(dir), f))
+  const { rt } = await start(dir)
+  assert.equal(await rt.addFeedback(fb(1)), true)
+  await rt.flush()
+  assert.equal(rt.getStatistics().durableSeq, 51)
+  await rt.cleanup()
+  fs.rmSync(dir, { recursive: true })
+})
+
 test('case 5: a drift alarm never loses the event that raised it (3 runs, SIGKILL after the drift cycle)', async () => {
   for (let run = 0; run < 3; run++) {
     const dir = sandbox({ weights: [2, -1], bias: 1 })

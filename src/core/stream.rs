@@ -693,8 +693,9 @@ struct Worker {
     timer: bool,
     /// seq = seq_base + ticket.
     seq_base: u64,
-    /// Highest seq ever handed out (persisted as `highWaterSeq`).
+    /// Highest seq ever handed out (persisted as `highWaterSeq`), and the value last written.
     high_water: u64,
+    high_water_written: u64,
     /// Highest seq that has been buffered or processed.
     ingested: u64,
     /// The model file the serving learner started from.
@@ -738,6 +739,7 @@ impl Worker {
             next_tick: Instant::now() + tick,
             seq_base: 0,
             high_water: 0,
+            high_water_written: 0,
             ingested: 0,
             names: None,
             registry_version: None,
@@ -1033,7 +1035,8 @@ impl Worker {
         }
     }
 
-    fn write_watermark(&self) {
+    fn write_watermark(&mut self) {
+        self.high_water_written = self.high_water;
         if let Some(p) = self.watermark_path() {
             let w = Watermark {
                 processed_seq: self.watermark(),
@@ -1595,6 +1598,11 @@ impl Worker {
             let now = Instant::now();
             if self.dirty && now >= self.last_fsync + fsync_every {
                 self.fsync();
+                // Persist the high-water mark with the log, so that numbers never go back
+                // even if the log files are lost before the next cycle writes it.
+                if self.high_water > self.high_water_written {
+                    self.write_watermark();
+                }
             }
             if self.timer && now >= self.next_tick {
                 self.next_tick = now + tick_every;
