@@ -469,14 +469,22 @@ impl StreamHandle {
     /// it, nothing starts and the error names the holder. Loading the model, the saved
     /// learner and the log replay happen on the worker; "ready" is notified when done.
     pub fn start(config: StreamConfig, notifier: Box<dyn Notifier + Sync>) -> Result<Self, String> {
+        let mut lock_error = None;
         let lock = match &config.log_dir {
-            Some(dir) => match fs::create_dir_all(dir) {
-                // An unwritable folder is an unhealthy log (reported by the worker), not
-                // a refusal to serve.
-                Err(_) => None,
-                Ok(()) => Some(FileLock::try_acquire(&dir.join(".lock")).map_err(|e| {
-                    format!("feedback log folder {} is in use: {e}", dir.display())
-                })?),
+            Some(dir) => match FileLock::try_acquire(&dir.join(".lock")) {
+                Ok(l) => Some(l),
+                Err(e) if e.contains("is locked") => {
+                    return Err(format!(
+                        "feedback log folder {} is in use: {e}",
+                        dir.display()
+                    ))
+                }
+                // An unwritable folder is an unhealthy log (the worker reports it and the
+                // stream writes nothing without the lock), not a refusal to serve.
+                Err(e) => {
+                    lock_error = Some(e);
+                    None
+                }
             },
             None => None,
         };
@@ -508,6 +516,7 @@ impl StreamHandle {
                 let fatal_shared = worker_shared.clone();
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                     let mut w = Worker::new(config, worker_shared, notifier, lock);
+                    w.lock_error = lock_error;
                     w.run(rx);
                 }));
                 // A bug in the worker must not leave callers waiting forever: close the
@@ -682,8 +691,9 @@ struct Worker {
     previous: Option<Previous>,
     buffer: Vec<Sample>,
     drift: RobustCusum,
-    /// The log folder's lock, released when the worker stops.
+    /// The log folder's lock, released when the worker stops; nothing is written without it.
     lock: Option<FileLock>,
+    lock_error: Option<String>,
     log: Option<File>,
     log_path: Option<PathBuf>,
     log_bytes: u64,
@@ -731,6 +741,7 @@ impl Worker {
             buffer: Vec::new(),
             drift: RobustCusum::default(),
             lock,
+            lock_error: None,
             log: None,
             log_path: None,
             log_bytes: 0,
@@ -975,6 +986,12 @@ impl Worker {
         if self.log.is_some() && self.log_bytes < self.cfg.max_log_bytes {
             return Ok(());
         }
+        if self.lock.is_none() {
+            return Err(format!(
+                "not writing without the folder's lock ({})",
+                self.lock_error.as_deref().unwrap_or("released")
+            ));
+        }
         if let Some(f) = self.log.take() {
             let _ = f.sync_data();
         }
@@ -1037,6 +1054,9 @@ impl Worker {
 
     fn write_watermark(&mut self) {
         self.high_water_written = self.high_water;
+        if self.lock.is_none() {
+            return; // the folder is not ours (or not writable): write nothing into it
+        }
         if let Some(p) = self.watermark_path() {
             let w = Watermark {
                 processed_seq: self.watermark(),
