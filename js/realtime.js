@@ -50,6 +50,7 @@ class RealTimeModelUpdates {
   #packed = [0, 0]
   #waitingReady = false
   #lastError = null
+  #startFailed = false
   #featureNames = null
   // The serving model's feature names, cached per served version.
   #namesVersion = -1
@@ -121,9 +122,11 @@ class RealTimeModelUpdates {
     return path.isAbsolute(p) ? p : path.resolve(this.modelsDir, p)
   }
 
-  #start() {
+  /** Starts the worker on first use. After a refused start only initialize() tries again. */
+  #start(retry = false) {
     if (this.#started) return true
     if (this.#closed) return false
+    if (this.#startFailed && !retry) return false
     this.#ready = new Promise((resolve) => (this.#readyResolve = resolve))
     try {
       this.#core._start((notice) => this.#onNotice(notice), this.#io)
@@ -131,11 +134,13 @@ class RealTimeModelUpdates {
       // Typically: another instance owns the feedback log folder. Nothing started, nothing
       // written; a later initialize() may try again.
       this.#lastError = e.message
+      this.#startFailed = true
       this.#readyResolve(false)
       this.#emit('error', { message: e.message })
       return false
     }
     this.#lastError = null
+    this.#startFailed = false
     // Tickets (what acknowledgements refer to) count from 1 in every stream.
     this.#lastDurable = 0
     this.#namesVersion = -1
@@ -240,7 +245,7 @@ class RealTimeModelUpdates {
       this.#closed = false
       this.#started = false
     }
-    if (!this.#start()) return Promise.resolve(false)
+    if (!this.#start(true)) return Promise.resolve(false)
     return this.#ready
   }
 
