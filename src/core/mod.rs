@@ -7,6 +7,7 @@ pub mod forecast;
 pub mod fsutil;
 pub mod linalg;
 pub mod linear;
+pub mod models;
 pub mod online;
 pub mod registry;
 pub mod stats;
