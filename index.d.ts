@@ -607,6 +607,39 @@ export declare class ExpandedPredictions {
   loadState(path: string): Promise<boolean>
 }
 
+/**
+ * A loaded model of any family: `await Model.load(path)`, then `predict(features)` or
+ * `predictBatch(Float64Array, rows)`. Prediction walks flat arrays (see `core::models`),
+ * so one call costs a crossing plus the tree walk, not a JSON parse or an allocation.
+ */
+export declare class Model {
+  /**
+   * Reads a model file of any family off the JS thread: old `{weights, bias}` files, the
+   * services' nested linear shapes and `mlops-native/<family>@1` envelopes. Rejects with
+   * the file's name and what is wrong for anything else.
+   */
+  static load(path: string): Promise<Model>
+  /** Builds a model from the parsed content of a model file. */
+  static fromJson(json: any): Model
+  /** `linear`, `gbm`, `random_forest` or `extra_trees`. */
+  get family(): string
+  /** Feature names (`x0…` when the file has none); the length is the feature count. */
+  get features(): Array<string>
+  /**
+   * One prediction; `features` (an array or a Float64Array) must have exactly
+   * `model.features.length` finite values.
+   */
+  predict(features: Float64Array | Array<number>): number
+  /** Predictions for `rows` rows of row-major `x` (`rows × features` values). */
+  predictBatch(x: Float64Array, rows: number): Float64Array
+  /**
+   * The file body: `{weights, bias, …}` for linear models (in the file's own shape), the
+   * versioned envelope for tree families.
+   */
+  toJson(): Record<string, unknown>
+}
+export type NativeModel = Model
+
 export declare class ModelFineTuningCore {
   constructor(fineTunedDir: string)
   /**
@@ -621,6 +654,8 @@ export declare class ModelFineTuningCore {
   production(basePath: string): Promise<Record<string, unknown> | null>
   /** Reads and checks a model file; resolves the parsed object (extra keys included). */
   loadModel(path: string): Promise<Record<string, unknown>>
+  /** `{family, features, featureNames}` of a model file of any family. */
+  modelInfo(path: string): Promise<{ family: string; features: number; featureNames: string[] | null }>
   /** Writes `model` as `<fineTunedDir>/<stem>/<stem>-<version>.json`, atomically. */
   saveModel(model: any, basePath: string, version: string): Promise<string>
 }
@@ -703,7 +738,21 @@ export interface NativeFineTuneOptions {
   patience: number
   minImprovement: number
   save: boolean
+  /** Write a version even when the run returns the base unchanged. */
+  saveAlways: boolean
   promote: boolean
+  testSplit: number
+  confidence: number
+  /** `linear`, `gbm`, `random_forest`, `extra_trees`, `auto`; absent: the base's family. */
+  model?: string
+  trees?: number
+  maxDepth?: number
+  /** gbm shrinkage (only when the caller gave `learningRate` for this run). */
+  treeLearningRate?: number
+  minSamplesLeaf?: number
+  mtry?: number
+  subsample?: number
+  earlyStoppingRounds?: number
 }
 
 export interface OnlineLinearModelOptions {

@@ -20,6 +20,7 @@ module.exports = {
   RealTimeModelUpdates,
   getRealTimeModelUpdates,
   OnlineLinearModel,
+  Model: native.Model,
   ModelFineTuningCore: native.ModelFineTuningCore,
   RealTimeModelUpdatesCore: native.RealTimeModelUpdatesCore,
 }

@@ -415,3 +415,106 @@ impl Task for RegistryTask {
         Ok(Json(std::mem::take(&mut self.out)))
     }
 }
+
+/// A loaded model of any family: `await Model.load(path)`, then `predict(features)` or
+/// `predictBatch(Float64Array, rows)`. Prediction walks flat arrays (see `core::models`),
+/// so one call costs a crossing plus the tree walk, not a JSON parse or an allocation.
+#[napi(js_name = "Model")]
+pub struct NativeModel {
+    inner: Model,
+}
+
+pub struct LoadModelTask {
+    path: PathBuf,
+    out: Option<Model>,
+}
+
+impl Task for LoadModelTask {
+    type Output = ();
+    type JsValue = NativeModel;
+
+    fn compute(&mut self) -> Result<()> {
+        self.out = Some(Model::load(&self.path).map_err(plain)?);
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<NativeModel> {
+        let inner = self.out.take().ok_or_else(|| plain("model was not loaded"))?;
+        Ok(NativeModel { inner })
+    }
+}
+
+#[napi]
+impl NativeModel {
+    /// Reads a model file of any family off the JS thread: old `{weights, bias}` files, the
+    /// services' nested linear shapes and `mlops-native/<family>@1` envelopes. Rejects with
+    /// the file's name and what is wrong for anything else.
+    #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
+    pub fn load(path: String) -> AsyncTask<LoadModelTask> {
+        AsyncTask::new(LoadModelTask {
+            path: PathBuf::from(path),
+            out: None,
+        })
+    }
+
+    /// Builds a model from the parsed content of a model file.
+    #[napi(factory, catch_unwind)]
+    pub fn from_json(env: Env, json: Value) -> Result<Self> {
+        match Model::from_value(json) {
+            Ok(inner) => Ok(Self { inner }),
+            Err(e) => Err(super::range(&env, format!("json: {e}"))),
+        }
+    }
+
+    /// `linear`, `gbm`, `random_forest` or `extra_trees`.
+    #[napi(getter)]
+    pub fn family(&self) -> &'static str {
+        self.inner.family().name()
+    }
+
+    /// Feature names (`x0…` when the file has none); the length is the feature count.
+    #[napi(getter)]
+    pub fn features(&self) -> Vec<String> {
+        self.inner.feature_list()
+    }
+
+    /// One prediction; `features` (an array or a Float64Array) must have exactly
+    /// `model.features.length` finite values.
+    #[napi(catch_unwind)]
+    pub fn predict(&self, env: Env, features: Either<Float64Array, Vec<f64>>) -> Result<f64> {
+        let features: &[f64] = match &features {
+            Either::A(t) => t,
+            Either::B(v) => v,
+        };
+        let d = self.inner.n_features();
+        if features.len() != d {
+            return Err(super::range(&env, format!("features has {} values, the model has {d}", features.len())));
+        }
+        if let Some(j) = features.iter().position(|v| !v.is_finite()) {
+            return Err(super::range(&env, format!("features[{j}] must be a finite number")));
+        }
+        Ok(self.inner.predict(features))
+    }
+
+    /// Predictions for `rows` rows of row-major `x` (`rows × features` values).
+    #[napi(catch_unwind)]
+    pub fn predict_batch(&self, env: Env, x: Float64Array, rows: u32) -> Result<Float64Array> {
+        let d = self.inner.n_features();
+        let n = rows as usize;
+        if x.len() != n * d {
+            return Err(super::range(&env, format!("x has {} values, expected rows × features = {n} × {d}", x.len())));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(super::range(&env, format!("x[{i}] (row {}, feature {}) must be a finite number", i / d, i % d)));
+        }
+        let out: Vec<f64> = x.chunks_exact(d.max(1)).take(n).map(|r| self.inner.predict(r)).collect();
+        Ok(Float64Array::new(out))
+    }
+
+    /// The file body: `{weights, bias, …}` for linear models (in the file's own shape), the
+    /// versioned envelope for tree families.
+    #[napi(catch_unwind, ts_return_type = "Record<string, unknown>")]
+    pub fn to_json(&self) -> Json {
+        Json(self.inner.to_value())
+    }
+}
