@@ -636,7 +636,7 @@ export declare class Model {
    * The file body: `{weights, bias, …}` for linear models (in the file's own shape), the
    * versioned envelope for tree families.
    */
-  toJson(): Record<string, unknown>
+  toJSON(): Record<string, unknown>
 }
 export type NativeModel = Model
 

@@ -502,6 +502,9 @@ function toHistoryEntry(e) {
     accepted: e.accepted ?? null,
     options: e.options,
     data: e.data,
+    // Versions registered before families existed were all linear.
+    family: e.family ?? 'linear',
+    hyperparameters: e.hyperparameters ?? null,
   }
 }
 

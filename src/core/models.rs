@@ -235,6 +235,26 @@ impl FlatTree {
     }
 }
 
+/// smartcore marks a boosted leaf with `split_feature_idx: usize::MAX`, which JSON readers
+/// in JS (doubles) turn into 18446744073709552000, a number serde then refuses as a usize.
+/// Leaves never read the index, so it is written as 0 and any value is accepted back.
+fn zero_leaf_features(node: &mut Value, depth: usize) {
+    if depth > 64 {
+        return;
+    }
+    let Value::Object(m) = node else { return };
+    let leaf = !matches!(m.get("left"), Some(Value::Object(_)));
+    if leaf {
+        m.insert("split_feature_idx".into(), 0.into());
+    } else {
+        for k in ["left", "right"] {
+            if let Some(child) = m.get_mut(k) {
+                zero_leaf_features(child, depth + 1);
+            }
+        }
+    }
+}
+
 /// A fitted tree ensemble: `base + scale · Σ tree(x)` (gbm: base score and learning rate;
 /// forests: 0 and 1/trees, the mean).
 #[derive(Clone, Debug)]
@@ -260,11 +280,20 @@ impl TreeModel {
 
     /// Builds the flat form from smartcore's serde form, after checking that smartcore
     /// itself accepts it.
-    pub fn from_native(family: Family, native: Value, d: usize, hyper: Value) -> Result<Self, String> {
+    pub fn from_native(family: Family, mut native: Value, d: usize, hyper: Value) -> Result<Self, String> {
+        if family == Family::Gbm {
+            if let Some(Value::Array(regs)) = native.get_mut("regressors") {
+                regs.iter_mut().for_each(|r| zero_leaf_features(r, 0));
+            }
+        }
         let bad = |e: String| format!("model is not a smartcore {} ({e})", family.name());
         if family != Family::Linear {
             smartfit::check(family.name(), &native).map_err(bad)?;
         }
+        Self::flatten(family, native, d, hyper).map_err(bad)
+    }
+
+    fn flatten(family: Family, native: Value, d: usize, hyper: Value) -> Result<Self, String> {
         match family {
             Family::Gbm => {
                 let regs = native.get("regressors").and_then(Value::as_array).ok_or("model has no trees")?;

@@ -513,7 +513,7 @@ impl NativeModel {
 
     /// The file body: `{weights, bias, …}` for linear models (in the file's own shape), the
     /// versioned envelope for tree families.
-    #[napi(catch_unwind, ts_return_type = "Record<string, unknown>")]
+    #[napi(js_name = "toJSON", catch_unwind, ts_return_type = "Record<string, unknown>")]
     pub fn to_json(&self) -> Json {
         Json(self.inner.to_value())
     }
