@@ -620,7 +620,7 @@ export declare class Model {
    */
   static load(path: string): Promise<Model>
   /** Builds a model from the parsed content of a model file. */
-  static fromJson(json: any): Model
+  static fromJSON(json: Record<string, unknown>): Model
   /** `linear`, `gbm`, `random_forest` or `extra_trees`. */
   get family(): string
   /** Feature names (`x0…` when the file has none); the length is the feature count. */

@@ -375,7 +375,10 @@ class ModelFineTuning {
     } catch (e) {
       throw new TypeError(`model is not plain JSON data: ${e.message}`)
     }
-    return this.#core.saveModel(plain, this.resolveModelPath(baseModelPath), String(version))
+    // A body Rust refuses as a model (checked there for every family) is the caller's input.
+    return this.#core.saveModel(plain, this.resolveModelPath(baseModelPath), String(version)).catch((e) => {
+      throw /^model: /.test(e.message) ? new TypeError(e.message) : e
+    })
   }
 
   /** The version the next run of this base will get, as `v<N>`. */
@@ -508,10 +511,72 @@ function toHistoryEntry(e) {
   }
 }
 
+// Model: a thin JS face over the native class (src/js/finetune.rs). napi's own argument
+// conversion fails with a plain Error ("Failed to convert JavaScript value …"), and the
+// native statics cannot be redefined, so this wrapper checks arguments first and names the
+// field in a TypeError, as everywhere else in the package. It adds one call per predict.
+function wrapNative(fn, field, expected) {
+  try {
+    return fn()
+  } catch (e) {
+    if (e instanceof TypeError || e instanceof RangeError) throw e
+    if (e && /Failed to convert|expect|none of these types/i.test(String(e.message))) throw new TypeError(`${field} must be ${expected}`)
+    throw e
+  }
+}
+
+class Model {
+  #m
+  constructor(nativeModel) {
+    if (!(nativeModel instanceof native.Model)) throw new TypeError('use Model.load(path) or Model.fromJSON(json)')
+    this.#m = nativeModel
+  }
+
+  /** Loads a model file of any family off the JS thread. */
+  static async load(path) {
+    if (typeof path !== 'string') throw v.typeError('path', 'a string', path)
+    return new Model(await native.Model.load(path))
+  }
+
+  /** A model from the parsed content of a model file. */
+  static fromJSON(json) {
+    if (json === null || typeof json !== 'object' || Array.isArray(json)) throw v.typeError('json', 'a model object', json)
+    let plain
+    try {
+      plain = JSON.parse(JSON.stringify(json))
+    } catch (e) {
+      throw new TypeError(`json is not plain JSON data: ${e.message}`)
+    }
+    return new Model(wrapNative(() => native.Model.fromJSON(plain), 'json', 'a model object'))
+  }
+
+  get family() {
+    return this.#m.family
+  }
+
+  get features() {
+    return this.#m.features
+  }
+
+  predict(features) {
+    return wrapNative(() => this.#m.predict(features), 'features', 'an array of numbers or a Float64Array')
+  }
+
+  predictBatch(x, rows) {
+    if (!(x instanceof Float64Array)) throw v.typeError('x', 'a Float64Array', x)
+    if (!Number.isInteger(rows) || rows < 0 || rows > 4294967295) throw v.typeError('rows', 'a non-negative integer', rows)
+    return this.#m.predictBatch(x, rows)
+  }
+
+  toJSON() {
+    return this.#m.toJSON()
+  }
+}
+
 let singleton = null
 function getModelFineTuning() {
   if (singleton === null) singleton = new ModelFineTuning()
   return singleton
 }
 
-module.exports = { ModelFineTuning, getModelFineTuning, DEFAULT_BASE_MODEL, DEFAULT_CONFIG }
+module.exports = { ModelFineTuning, getModelFineTuning, Model, DEFAULT_BASE_MODEL, DEFAULT_CONFIG }

@@ -458,7 +458,7 @@ impl NativeModel {
     }
 
     /// Builds a model from the parsed content of a model file.
-    #[napi(factory, catch_unwind)]
+    #[napi(factory, js_name = "fromJSON", catch_unwind, ts_args_type = "json: Record<string, unknown>")]
     pub fn from_json(env: Env, json: Value) -> Result<Self> {
         match Model::from_value(json) {
             Ok(inner) => Ok(Self { inner }),
