@@ -205,6 +205,43 @@ impl ModelFineTuningCore {
         self.task(path, RegistryOp::Load)
     }
 
+    /// Bench protocol: fits `family` on all rows with no early stopping; resolves
+    /// `{ms, model}` (the envelope). Left out of the typings.
+    #[napi(js_name = "_fitFamily", catch_unwind, ts_return_type = "Promise<Record<string, unknown>>")]
+    pub fn fit_family(
+        &self,
+        family: String,
+        x: Float64Array,
+        y: Float64Array,
+        features: u32,
+        trees: u32,
+        max_depth: Option<u32>,
+        learning_rate: Option<f64>,
+        seed: u32,
+    ) -> Result<AsyncTask<FitTask>> {
+        let family = Family::parse(&family)
+            .filter(|f| *f != Family::Linear)
+            .ok_or_else(|| plain(format!("unknown tree family {family}")))?;
+        if features == 0 || x.len() != y.len() * features as usize {
+            return Err(plain("x must hold y.length × features values"));
+        }
+        Ok(AsyncTask::new(FitTask {
+            family,
+            x,
+            y,
+            d: features as usize,
+            params: TreeParams {
+                trees: Some(trees as usize),
+                max_depth: max_depth.map(|v| v.min(64) as u16),
+                learning_rate,
+                early_stopping_rounds: Some(0),
+                seed: seed as u64,
+                ..Default::default()
+            },
+            out: Value::Null,
+        }))
+    }
+
     /// `{family, features, featureNames}` of a model file of any family.
     #[napi(
         catch_unwind,
@@ -359,6 +396,35 @@ impl Task for FineTuneTask {
 
     fn resolve(&mut self, _env: Env, _: ()) -> Result<Json> {
         Ok(Json(std::mem::take(&mut self.result)))
+    }
+}
+
+pub struct FitTask {
+    family: Family,
+    x: Float64Array,
+    y: Float64Array,
+    d: usize,
+    params: TreeParams,
+    out: Value,
+}
+
+impl Task for FitTask {
+    type Output = ();
+    type JsValue = Json;
+
+    fn compute(&mut self) -> Result<()> {
+        let rows: Vec<usize> = (0..self.y.len()).collect();
+        let t0 = std::time::Instant::now();
+        let t = crate::core::models::fit_trees(self.family, &self.x, &self.y, self.d, &rows, &[], &self.params)
+            .map_err(plain)?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let m = Model { kind: ModelKind::Trees(t), features: None, metrics: Value::Null };
+        self.out = json!({"ms": ms, "model": m.to_value()});
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<Json> {
+        Ok(Json(std::mem::take(&mut self.out)))
     }
 }
 
