@@ -533,7 +533,7 @@ impl NativeModel {
     }
 
     /// `linear`, `gbm`, `random_forest` or `extra_trees`.
-    #[napi(getter)]
+    #[napi(getter, ts_return_type = "ModelFamily")]
     pub fn family(&self) -> &'static str {
         self.inner.family().name()
     }
