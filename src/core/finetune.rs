@@ -166,7 +166,12 @@ pub fn metrics(pred: &[f64], actual: &[f64]) -> Metrics {
     Metrics {
         mse: se / n as f64,
         mae: ae / n as f64,
-        r2: r2_of(se, tot, actual[..n].iter().fold(0.0f64, |m, a| m.max(a.abs())), n),
+        r2: r2_of(
+            se,
+            tot,
+            actual[..n].iter().fold(0.0f64, |m, a| m.max(a.abs())),
+            n,
+        ),
     }
 }
 
@@ -217,7 +222,8 @@ fn inc_beta(a: f64, b: f64, x: f64) -> f64 {
     if x >= 1.0 {
         return 1.0;
     }
-    let front = (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+    let front =
+        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
     if x > (a + 1.0) / (a + b + 2.0) {
         return 1.0 - inc_beta(b, a, 1.0 - x);
     }
@@ -277,7 +283,11 @@ pub fn paired_gate(base_err: &[f64], new_err: &[f64], min_improvement: f64) -> G
         .map(|i| (1.0 - min_improvement) * base_err[i].powi(2) - new_err[i].powi(2))
         .collect();
     if n < 2 {
-        return Gate { statistic: 0.0, p_value: 1.0, rows: n };
+        return Gate {
+            statistic: 0.0,
+            p_value: 1.0,
+            rows: n,
+        };
     }
     let mean = d.iter().sum::<f64>() / n as f64;
     let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
@@ -291,7 +301,11 @@ pub fn paired_gate(base_err: &[f64], new_err: &[f64], min_improvement: f64) -> G
     } else {
         0.0
     };
-    Gate { statistic, p_value: t_sf(statistic, (n - 1) as f64), rows: n }
+    Gate {
+        statistic,
+        p_value: t_sf(statistic, (n - 1) as f64),
+        rows: n,
+    }
 }
 
 /// SplitMix64: tiny, seedable, and good enough for shuffling.
@@ -360,7 +374,11 @@ pub fn check_data(
         return Err(format!(
             "newData rows have {d} features but the base model has {} {}",
             base.n_features(),
-            if base.family() == Family::Linear { "weights" } else { "features" }
+            if base.family() == Family::Linear {
+                "weights"
+            } else {
+                "features"
+            }
         ));
     }
     if y.len() < opts.min_samples {
@@ -418,7 +436,10 @@ pub fn check_options(o: &FineTuneOptions) -> Result<(), String> {
         ));
     }
     if !(o.confidence >= 0.5 && o.confidence < 1.0) {
-        return Err(format!("confidence must be in [0.5, 1), got {}", o.confidence));
+        return Err(format!(
+            "confidence must be in [0.5, 1), got {}",
+            o.confidence
+        ));
     }
     Ok(())
 }
@@ -444,7 +465,11 @@ fn split(rows: usize, start: usize, opts: &FineTuneOptions) -> Split {
     let n_test = n_test.min(rows.saturating_sub(1 + n_val));
     let test = idx.split_off(rows - n_test);
     let val = idx.split_off(idx.len() - n_val);
-    Split { train: idx, val, test }
+    Split {
+        train: idx,
+        val,
+        test,
+    }
 }
 
 /// Linear predictor in whatever space training happens in.
@@ -502,7 +527,11 @@ impl Scaler {
             mean,
             std: std.collect(),
             ym,
-            ys: if ys > 1e-12 * ym.abs().max(1e-300) && ys > 0.0 { ys } else { 1.0 },
+            ys: if ys > 1e-12 * ym.abs().max(1e-300) && ys > 0.0 {
+                ys
+            } else {
+                1.0
+            },
         }
     }
     /// Raw-space model → standardised-space parameters.
@@ -525,13 +554,13 @@ impl Scaler {
     }
     /// Standardised-space parameters → raw-space weights and bias.
     fn to_raw(&self, p: &Params) -> (Vec<f64>, f64) {
-        let w: Vec<f64> = p
-            .w
-            .iter()
-            .zip(&self.std)
-            .map(|(w, s)| w * self.ys / s)
-            .collect();
-        let b = self.ym + self.ys * p.b - w.iter().zip(&self.mean).map(|(w, mu)| w * mu).sum::<f64>();
+        let w: Vec<f64> =
+            p.w.iter()
+                .zip(&self.std)
+                .map(|(w, s)| w * self.ys / s)
+                .collect();
+        let b =
+            self.ym + self.ys * p.b - w.iter().zip(&self.mean).map(|(w, mu)| w * mu).sum::<f64>();
         (w, b)
     }
 }
@@ -752,7 +781,9 @@ fn fit_linear(
 }
 
 fn predict_rows(m: &Model, x: &[f64], d: usize, rows: &[usize]) -> Vec<f64> {
-    rows.iter().map(|&r| m.predict(&x[r * d..(r + 1) * d])).collect()
+    rows.iter()
+        .map(|&r| m.predict(&x[r * d..(r + 1) * d]))
+        .collect()
 }
 
 /// Fine-tunes `base` on row-major `x` (`rows × d`) and `y`. `progress` is called after
@@ -772,14 +803,18 @@ pub fn fine_tune(
     let start = y.len() - rows;
     let Split { train, val, test } = split(rows, start, opts);
     if train.is_empty() {
-        return Err("not enough rows left for training after the validation and test splits".into());
+        return Err(
+            "not enough rows left for training after the validation and test splits".into(),
+        );
     }
     let actual = |idx: &[usize]| idx.iter().map(|&r| y[r]).collect::<Vec<f64>>();
     let (yv, yt) = (actual(&val), actual(&test));
     let base_val = metrics(&predict_rows(base, x, d, &val), &yv);
 
     let families: Vec<Family> = if opts.auto {
-        std::iter::once(Family::Linear).chain(TREE_FAMILIES).collect()
+        std::iter::once(Family::Linear)
+            .chain(TREE_FAMILIES)
+            .collect()
     } else {
         vec![opts.family.unwrap_or(base.family())]
     };
@@ -800,7 +835,13 @@ pub fn fine_tune(
                     if let Some(n) = &names {
                         m.extra.insert("featureNames".into(), n.clone().into());
                     }
-                    (m, FineTuneOptions { optimizer: Optimizer::Ridge, ..opts.clone() })
+                    (
+                        m,
+                        FineTuneOptions {
+                            optimizer: Optimizer::Ridge,
+                            ..opts.clone()
+                        },
+                    )
                 }
             };
             let (m, h, e) = fit_linear(&start_from, x, y, d, train.clone(), &val, &o, progress)?;
@@ -812,11 +853,30 @@ pub fn fine_tune(
             if e == 0 && judged {
                 base.clone()
             } else {
-                Model { kind: ModelKind::Linear(m), features: names.clone(), metrics: serde_json::Value::Null }
+                Model {
+                    kind: ModelKind::Linear(m),
+                    features: names.clone(),
+                    metrics: serde_json::Value::Null,
+                }
             }
         } else {
-            let t = fit_trees(family, x, y, d, &train, &val, &TreeParams { seed: opts.seed, ..opts.tree.clone() })?;
-            Model { kind: ModelKind::Trees(t), features: names.clone(), metrics: serde_json::Value::Null }
+            let t = fit_trees(
+                family,
+                x,
+                y,
+                d,
+                &train,
+                &val,
+                &TreeParams {
+                    seed: opts.seed,
+                    ..opts.tree.clone()
+                },
+            )?;
+            Model {
+                kind: ModelKind::Trees(t),
+                features: names.clone(),
+                metrics: serde_json::Value::Null,
+            }
         };
         let train_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let vm = metrics(&predict_rows(&model, x, d, &val), &yv);
@@ -965,7 +1025,15 @@ mod tests {
             optimizer: Optimizer::Ridge,
             ..Default::default()
         };
-        let out = fine_tune(&Model::linear(LinearModel::zeros(2)), &x, &y, 2, &opts, &mut |_| {}).unwrap();
+        let out = fine_tune(
+            &Model::linear(LinearModel::zeros(2)),
+            &x,
+            &y,
+            2,
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap();
         let m = lin(&out.model);
         assert!((m.bias - 3.0).abs() < 0.05 && (m.weights[1] + 4.0).abs() < 0.05);
     }
@@ -975,25 +1043,41 @@ mod tests {
         let (mut x, y) = data(200, 3);
         let base = LinearModel::zeros(2);
         let o = FineTuneOptions::default();
-        assert!(
-            fine_tune(&Model::linear(LinearModel::zeros(3)), &x, &y, 2, &o, &mut |_| {})
-                .unwrap_err()
-                .contains("base model has 3")
-        );
-        assert!(fine_tune(&Model::linear(base.clone()), &x[..100], &y[..50], 2, &o, &mut |_| {})
-            .unwrap_err()
-            .contains("minSamples"));
+        assert!(fine_tune(
+            &Model::linear(LinearModel::zeros(3)),
+            &x,
+            &y,
+            2,
+            &o,
+            &mut |_| {}
+        )
+        .unwrap_err()
+        .contains("base model has 3"));
+        assert!(fine_tune(
+            &Model::linear(base.clone()),
+            &x[..100],
+            &y[..50],
+            2,
+            &o,
+            &mut |_| {}
+        )
+        .unwrap_err()
+        .contains("minSamples"));
         x[7] = f64::NAN;
-        assert!(fine_tune(&Model::linear(base.clone()), &x, &y, 2, &o, &mut |_| {})
-            .unwrap_err()
-            .contains("newData[3].features[1]"));
+        assert!(
+            fine_tune(&Model::linear(base.clone()), &x, &y, 2, &o, &mut |_| {})
+                .unwrap_err()
+                .contains("newData[3].features[1]")
+        );
         let bad = FineTuneOptions {
             validation_split: 1.5,
             ..Default::default()
         };
-        assert!(fine_tune(&Model::linear(base.clone()), &x, &y, 2, &bad, &mut |_| {})
-            .unwrap_err()
-            .contains("validationSplit"));
+        assert!(
+            fine_tune(&Model::linear(base.clone()), &x, &y, 2, &bad, &mut |_| {})
+                .unwrap_err()
+                .contains("validationSplit")
+        );
     }
 
     #[test]
@@ -1003,7 +1087,15 @@ mod tests {
             max_samples: 200,
             ..Default::default()
         };
-        let a = fine_tune(&Model::linear(LinearModel::zeros(2)), &x, &y, 2, &o, &mut |_| {}).unwrap();
+        let a = fine_tune(
+            &Model::linear(LinearModel::zeros(2)),
+            &x,
+            &y,
+            2,
+            &o,
+            &mut |_| {},
+        )
+        .unwrap();
         let b = fine_tune(
             &Model::linear(LinearModel::zeros(2)),
             &x[600..],
@@ -1015,7 +1107,11 @@ mod tests {
         .unwrap();
         assert_eq!(a.rows_used, 200);
         assert_eq!(a.data_hash, b.data_hash);
-        assert_eq!(lin(&a.model), lin(&b.model), "same rows + same seed = same model");
+        assert_eq!(
+            lin(&a.model),
+            lin(&b.model),
+            "same rows + same seed = same model"
+        );
     }
 
     fn gauss(r: &mut SplitMix) -> f64 {
@@ -1047,7 +1143,11 @@ mod tests {
     /// a 95 % paired test on rows no choice saw: at most 5 % of runs may be promoted.
     #[test]
     fn the_gate_promotes_noise_in_at_most_five_percent_of_runs() {
-        let truth = LinearModel { weights: vec![1.5, -2.0, 0.5], bias: 1.0, extra: Default::default() };
+        let truth = LinearModel {
+            weights: vec![1.5, -2.0, 0.5],
+            bias: 1.0,
+            extra: Default::default(),
+        };
         let base = Model::linear(truth.clone());
         let (mut promoted, mut no_change) = (0, 0);
         let runs = 300;
@@ -1059,7 +1159,11 @@ mod tests {
                 y.push(truth.predict(&row) + gauss(&mut r));
                 x.extend(row);
             }
-            let o = FineTuneOptions { seed: run, min_samples: 1, ..Default::default() };
+            let o = FineTuneOptions {
+                seed: run,
+                min_samples: 1,
+                ..Default::default()
+            };
             let out = fine_tune(&base, &x, &y, 3, &o, &mut |_| {}).unwrap();
             promoted += out.accepted as usize;
             if out.no_change {
@@ -1069,7 +1173,10 @@ mod tests {
             }
         }
         eprintln!("false promotions: {promoted} of {runs} runs ({no_change} no change)");
-        assert!(promoted * 100 <= 5 * runs as usize, "{promoted} of {runs} runs promoted noise ({no_change} no change)");
+        assert!(
+            promoted * 100 <= 5 * runs as usize,
+            "{promoted} of {runs} runs promoted noise ({no_change} no change)"
+        );
     }
 
     /// Issue 11, case 5: Adam standardises the target, so y in milliseconds (×1000) fits
@@ -1084,8 +1191,19 @@ mod tests {
                 x.extend([a, b]);
                 y.push(scale * (3.0 * a - 1.0 * b + 0.1 * gauss(&mut r)));
             }
-            let o = FineTuneOptions { learning_rate: 0.01, ..Default::default() };
-            let out = fine_tune(&Model::linear(LinearModel::zeros(2)), &x, &y, 2, &o, &mut |_| {}).unwrap();
+            let o = FineTuneOptions {
+                learning_rate: 0.01,
+                ..Default::default()
+            };
+            let out = fine_tune(
+                &Model::linear(LinearModel::zeros(2)),
+                &x,
+                &y,
+                2,
+                &o,
+                &mut |_| {},
+            )
+            .unwrap();
             assert!(out.metrics.r2 >= 0.97, "y×{scale}: R² {}", out.metrics.r2);
             assert!(out.accepted);
         }

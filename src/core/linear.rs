@@ -153,7 +153,9 @@ impl LinearModel {
 /// Feature names in a model object (see `LinearModel::feature_names`).
 pub fn feature_names_in(map: &Map<String, Value>) -> Option<Vec<String>> {
     let as_names = |v: Option<&Value>| -> Option<Vec<String>> {
-        let Some(Value::Array(a)) = v else { return None };
+        let Some(Value::Array(a)) = v else {
+            return None;
+        };
         a.iter()
             .map(|x| x.as_str().map(str::to_owned))
             .collect::<Option<Vec<String>>>()
@@ -209,7 +211,10 @@ mod tests {
     fn the_services_nested_shapes_load_and_write_back_in_their_own_shape() {
         let nested = r#"{"model":{"weights":[1,2],"bias":0.5,"featureNames":["a","b"]},"metrics":{"mse":1},"featureNames":["a","b"]}"#;
         let mut m = LinearModel::from_json(nested).unwrap();
-        assert_eq!((m.weights.clone(), m.bias, m.shape()), (vec![1.0, 2.0], 0.5, "nested"));
+        assert_eq!(
+            (m.weights.clone(), m.bias, m.shape()),
+            (vec![1.0, 2.0], 0.5, "nested")
+        );
         assert_eq!(m.feature_names().unwrap(), ["a", "b"]);
         m.weights[0] = 3.0;
         let back = m.to_value();
@@ -217,13 +222,18 @@ mod tests {
         assert!(back.get("weights").is_none(), "no second copy at the top");
         let coef = r#"{"model":{"type":"linear_regression","coefficients":[0.25],"intercept":-1,"featureNames":["x"]}}"#;
         let mut c = LinearModel::from_json(coef).unwrap();
-        assert_eq!((c.weights.clone(), c.bias, c.shape()), (vec![0.25], -1.0, "coefficients"));
+        assert_eq!(
+            (c.weights.clone(), c.bias, c.shape()),
+            (vec![0.25], -1.0, "coefficients")
+        );
         c.bias = 2.0;
         let back = c.to_value();
         assert_eq!(back["model"]["intercept"], 2.0);
         assert_eq!(back["model"]["type"], "linear_regression");
-        assert!(LinearModel::from_json(r#"{"model":{"coefficients":[1,"x"],"intercept":0}}"#)
-            .unwrap_err()
-            .contains("coefficients[1]"));
+        assert!(
+            LinearModel::from_json(r#"{"model":{"coefficients":[1,"x"],"intercept":0}}"#)
+                .unwrap_err()
+                .contains("coefficients[1]")
+        );
     }
 }

@@ -177,7 +177,9 @@ impl FlatTree {
             return Err("tree deeper than 64 levels".into());
         }
         let num = |k: &str| node.get(k).and_then(Value::as_f64);
-        let value = num("value").filter(|v| v.is_finite()).ok_or("node value must be a finite number")?;
+        let value = num("value")
+            .filter(|v| v.is_finite())
+            .ok_or("node value must be a finite number")?;
         let (l, r) = (node.get("left"), node.get("right"));
         match (l, r) {
             (Some(l @ Value::Object(_)), Some(r @ Value::Object(_))) => {
@@ -185,8 +187,12 @@ impl FlatTree {
                     .get("split_feature_idx")
                     .and_then(Value::as_u64)
                     .filter(|&f| (f as usize) < d)
-                    .ok_or_else(|| format!("split feature out of range (model has {d} features)"))?;
-                let thr = num("threshold").filter(|t| !t.is_nan()).ok_or("split threshold must be a number")?;
+                    .ok_or_else(|| {
+                        format!("split feature out of range (model has {d} features)")
+                    })?;
+                let thr = num("threshold")
+                    .filter(|t| !t.is_nan())
+                    .ok_or("split threshold must be a number")?;
                 let i = self.push(f as u32, thr, value);
                 let li = self.add_xgb(l, d, depth + 1)?;
                 let ri = self.add_xgb(r, d, depth + 1)?;
@@ -201,21 +207,38 @@ impl FlatTree {
     /// smartcore's forest tree: `nodes[]` of `{output, split_feature, split_value, true_child,
     /// false_child}`, children by index.
     fn from_forest(tree: &Value, d: usize) -> Result<Self, String> {
-        let nodes = tree.get("nodes").and_then(Value::as_array).ok_or("tree has no nodes")?;
+        let nodes = tree
+            .get("nodes")
+            .and_then(Value::as_array)
+            .ok_or("tree has no nodes")?;
         if nodes.is_empty() {
             return Err("tree has no nodes".into());
         }
         let mut t = FlatTree::default();
         for n in nodes {
-            let value = n.get("output").and_then(Value::as_f64).filter(|v| v.is_finite()).ok_or("node output must be a finite number")?;
+            let value = n
+                .get("output")
+                .and_then(Value::as_f64)
+                .filter(|v| v.is_finite())
+                .ok_or("node output must be a finite number")?;
             let child = |k: &str| n.get(k).and_then(Value::as_u64);
             match (child("true_child"), child("false_child")) {
                 (Some(a), Some(b)) => {
                     if a as usize >= nodes.len() || b as usize >= nodes.len() {
                         return Err("child index out of range".into());
                     }
-                    let f = n.get("split_feature").and_then(Value::as_u64).filter(|&f| (f as usize) < d).ok_or_else(|| format!("split feature out of range (model has {d} features)"))?;
-                    let thr = n.get("split_value").and_then(Value::as_f64).filter(|t| !t.is_nan()).ok_or("split value must be a number")?;
+                    let f = n
+                        .get("split_feature")
+                        .and_then(Value::as_u64)
+                        .filter(|&f| (f as usize) < d)
+                        .ok_or_else(|| {
+                            format!("split feature out of range (model has {d} features)")
+                        })?;
+                    let thr = n
+                        .get("split_value")
+                        .and_then(Value::as_f64)
+                        .filter(|t| !t.is_nan())
+                        .ok_or("split value must be a number")?;
                     let i = t.push(f as u32, thr, value);
                     t.left[i] = a as u32;
                     t.right[i] = b as u32;
@@ -280,7 +303,12 @@ impl TreeModel {
 
     /// Builds the flat form from smartcore's serde form, after checking that smartcore
     /// itself accepts it.
-    pub fn from_native(family: Family, mut native: Value, d: usize, hyper: Value) -> Result<Self, String> {
+    pub fn from_native(
+        family: Family,
+        mut native: Value,
+        d: usize,
+        hyper: Value,
+    ) -> Result<Self, String> {
         if family == Family::Gbm {
             if let Some(Value::Array(regs)) = native.get_mut("regressors") {
                 regs.iter_mut().for_each(|r| zero_leaf_features(r, 0));
@@ -296,26 +324,67 @@ impl TreeModel {
     fn flatten(family: Family, native: Value, d: usize, hyper: Value) -> Result<Self, String> {
         match family {
             Family::Gbm => {
-                let regs = native.get("regressors").and_then(Value::as_array).ok_or("model has no trees")?;
+                let regs = native
+                    .get("regressors")
+                    .and_then(Value::as_array)
+                    .ok_or("model has no trees")?;
                 let p = native.get("parameters").ok_or("model has no parameters")?;
-                let lr = p.get("learning_rate").and_then(Value::as_f64).filter(|v| v.is_finite()).ok_or("learning_rate must be a number")?;
-                let base = p.get("base_score").and_then(Value::as_f64).filter(|v| v.is_finite()).ok_or("base_score must be a number")?;
-                let trees = regs.iter().map(|r| FlatTree::from_xgb(r, d)).collect::<Result<Vec<_>, _>>()?;
-                Ok(Self { family, base, scale: lr, trees, d, native, hyperparameters: hyper })
+                let lr = p
+                    .get("learning_rate")
+                    .and_then(Value::as_f64)
+                    .filter(|v| v.is_finite())
+                    .ok_or("learning_rate must be a number")?;
+                let base = p
+                    .get("base_score")
+                    .and_then(Value::as_f64)
+                    .filter(|v| v.is_finite())
+                    .ok_or("base_score must be a number")?;
+                let trees = regs
+                    .iter()
+                    .map(|r| FlatTree::from_xgb(r, d))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Self {
+                    family,
+                    base,
+                    scale: lr,
+                    trees,
+                    d,
+                    native,
+                    hyperparameters: hyper,
+                })
             }
             Family::RandomForest | Family::ExtraTrees => {
-                let f = native.get("forest_regressor").ok_or("model has no forest")?;
+                let f = native
+                    .get("forest_regressor")
+                    .ok_or("model has no forest")?;
                 let n = f.get("num_features").and_then(Value::as_u64);
                 if n.is_some_and(|n| n as usize != d) {
-                    return Err(format!("forest has {} features, the file lists {d}", n.unwrap_or(0)));
+                    return Err(format!(
+                        "forest has {} features, the file lists {d}",
+                        n.unwrap_or(0)
+                    ));
                 }
-                let trees = f.get("trees").and_then(Value::as_array).ok_or("model has no trees")?;
-                let trees = trees.iter().map(|t| FlatTree::from_forest(t, d)).collect::<Result<Vec<_>, _>>()?;
+                let trees = f
+                    .get("trees")
+                    .and_then(Value::as_array)
+                    .ok_or("model has no trees")?;
+                let trees = trees
+                    .iter()
+                    .map(|t| FlatTree::from_forest(t, d))
+                    .collect::<Result<Vec<_>, _>>()?;
                 if trees.is_empty() {
                     return Err("model has no trees".into());
                 }
                 let scale = 1.0 / trees.len() as f64;
-                Ok(Self { family, base: 0.0, scale, trees, d, native, hyperparameters: hyper })
+                Ok(Self {
+                    family,
+                    base: 0.0,
+                    scale,
+                    trees,
+                    d,
+                    native,
+                    hyperparameters: hyper,
+                })
             }
             Family::Linear => Err("linear is not a tree family".into()),
         }
@@ -355,7 +424,11 @@ pub const MAX_MODEL_BYTES: u64 = 256 << 20;
 impl Model {
     pub fn linear(m: LinearModel) -> Self {
         let features = m.feature_names().filter(|n| n.len() == m.weights.len());
-        Self { kind: ModelKind::Linear(m), features, metrics: Value::Null }
+        Self {
+            kind: ModelKind::Linear(m),
+            features,
+            metrics: Value::Null,
+        }
     }
 
     pub fn family(&self) -> Family {
@@ -403,9 +476,14 @@ impl Model {
             .ok_or_else(|| {
                 format!(
                     "unknown model format {format:?} (known: {})",
-                    [Family::Linear, Family::Gbm, Family::RandomForest, Family::ExtraTrees]
-                        .map(|f| f.format())
-                        .join(", ")
+                    [
+                        Family::Linear,
+                        Family::Gbm,
+                        Family::RandomForest,
+                        Family::ExtraTrees
+                    ]
+                    .map(|f| f.format())
+                    .join(", ")
                 )
             })?;
         let metrics = map.get("metrics").cloned().unwrap_or(Value::Null);
@@ -425,7 +503,11 @@ impl Model {
         let native = map.get("model").cloned().ok_or("envelope has no model")?;
         let hyper = map.get("hyperparameters").cloned().unwrap_or(Value::Null);
         let t = TreeModel::from_native(family, native, features.len(), hyper)?;
-        Ok(Self { kind: ModelKind::Trees(t), features: Some(features), metrics })
+        Ok(Self {
+            kind: ModelKind::Trees(t),
+            features: Some(features),
+            metrics,
+        })
     }
 
     pub fn from_json(text: &str) -> Result<Self, String> {
@@ -441,7 +523,9 @@ impl Model {
 
     /// Feature names for an envelope: the known ones, else `x0…x{d-1}`.
     pub fn feature_list(&self) -> Vec<String> {
-        self.features.clone().unwrap_or_else(|| (0..self.n_features()).map(|i| format!("x{i}")).collect())
+        self.features
+            .clone()
+            .unwrap_or_else(|| (0..self.n_features()).map(|i| format!("x{i}")).collect())
     }
 
     /// The file body: linear models in their own shape, tree models as the envelope.
@@ -464,7 +548,9 @@ impl Model {
         match &self.kind {
             // Linear files stay human-readable; tree bodies are large, so compact.
             ModelKind::Linear(m) => m.to_json_pretty(),
-            ModelKind::Trees(_) => serde_json::to_string(&self.to_value()).unwrap_or_else(|_| "{}".into()),
+            ModelKind::Trees(_) => {
+                serde_json::to_string(&self.to_value()).unwrap_or_else(|_| "{}".into())
+            }
         }
     }
 }
@@ -607,9 +693,16 @@ mod tests {
         let train: Vec<usize> = (0..400).collect();
         let val: Vec<usize> = (400..600).collect();
         for family in TREE_FAMILIES {
-            let params = TreeParams { trees: Some(30), ..Default::default() };
+            let params = TreeParams {
+                trees: Some(30),
+                ..Default::default()
+            };
             let t = fit_trees(family, &x, &y, 3, &train, &val, &params).unwrap();
-            let m = Model { kind: ModelKind::Trees(t.clone()), features: None, metrics: json!({"mse": 1}) };
+            let m = Model {
+                kind: ModelKind::Trees(t.clone()),
+                features: None,
+                metrics: json!({"mse": 1}),
+            };
             let text = m.to_json_pretty();
             let back = Model::from_json(&text).unwrap();
             assert_eq!(back.family(), family);
@@ -620,11 +713,19 @@ mod tests {
             let mut se = 0.0;
             for (i, &r) in val.iter().enumerate() {
                 let ours = back.predict(&x[r * 3..r * 3 + 3]);
-                assert!((ours - theirs[i]).abs() < 1e-9, "{family:?} row {r}: {ours} vs {}", theirs[i]);
+                assert!(
+                    (ours - theirs[i]).abs() < 1e-9,
+                    "{family:?} row {r}: {ours} vs {}",
+                    theirs[i]
+                );
                 se += (ours - y[r]).powi(2);
             }
             // y has variance ≈ 1.4; a line leaves ≈ 0.35 (the interaction).
-            assert!(se / 200.0 < 0.25, "{family:?} fits the step: mse {}", se / 200.0);
+            assert!(
+                se / 200.0 < 0.25,
+                "{family:?} fits the step: mse {}",
+                se / 200.0
+            );
         }
     }
 
@@ -633,17 +734,28 @@ mod tests {
         let (x, y) = data(300, 2);
         let train: Vec<usize> = (0..200).collect();
         let val: Vec<usize> = (200..300).collect();
-        let p = TreeParams { trees: Some(400), learning_rate: Some(0.5), early_stopping_rounds: Some(10), ..Default::default() };
+        let p = TreeParams {
+            trees: Some(400),
+            learning_rate: Some(0.5),
+            early_stopping_rounds: Some(10),
+            ..Default::default()
+        };
         let t = fit_trees(Family::Gbm, &x, &y, 3, &train, &val, &p).unwrap();
         assert!(t.trees.len() < 400, "stopped at {}", t.trees.len());
         assert_eq!(t.hyperparameters["trees"], t.trees.len());
-        assert_eq!(t.native["regressors"].as_array().unwrap().len(), t.trees.len());
+        assert_eq!(
+            t.native["regressors"].as_array().unwrap().len(),
+            t.trees.len()
+        );
     }
 
     #[test]
     fn unknown_or_corrupt_files_are_refused_with_the_reason() {
         let e = Model::from_json(r#"{"format":"mlops-native/gbm@2","model":{}}"#).unwrap_err();
-        assert!(e.contains("unknown model format") && e.contains("gbm@2"), "{e}");
+        assert!(
+            e.contains("unknown model format") && e.contains("gbm@2"),
+            "{e}"
+        );
         let e = Model::from_json(r#"{"format":"mlops-native/registry-manifest@1"}"#).unwrap_err();
         assert!(e.contains("unknown model format"), "{e}");
         let e = Model::from_json(r#"{"format":"mlops-native/random_forest@1","features":["a"],"model":{"forest_regressor":{"trees":"x"}}}"#).unwrap_err();
@@ -653,8 +765,25 @@ mod tests {
         // A split on a feature the file does not list is refused, not an out-of-bounds read.
         let (x, y) = data(100, 3);
         let idx: Vec<usize> = (0..100).collect();
-        let t = fit_trees(Family::RandomForest, &x, &y, 3, &idx, &[], &TreeParams { trees: Some(2), ..Default::default() }).unwrap();
-        let mut v = Model { kind: ModelKind::Trees(t), features: None, metrics: Value::Null }.to_value();
+        let t = fit_trees(
+            Family::RandomForest,
+            &x,
+            &y,
+            3,
+            &idx,
+            &[],
+            &TreeParams {
+                trees: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut v = Model {
+            kind: ModelKind::Trees(t),
+            features: None,
+            metrics: Value::Null,
+        }
+        .to_value();
         v["features"] = json!(["only-one"]);
         assert!(Model::from_value(v).unwrap_err().contains("features"));
         // Old flat files still load as linear.

@@ -207,7 +207,11 @@ impl ModelFineTuningCore {
 
     /// Bench protocol: fits `family` on all rows with no early stopping; resolves
     /// `{ms, model}` (the envelope). Left out of the typings.
-    #[napi(js_name = "_fitFamily", catch_unwind, ts_return_type = "Promise<Record<string, unknown>>")]
+    #[napi(
+        js_name = "_fitFamily",
+        catch_unwind,
+        ts_return_type = "Promise<Record<string, unknown>>"
+    )]
     pub fn fit_family(
         &self,
         family: String,
@@ -329,7 +333,9 @@ impl Task for FineTuneTask {
         let family = out.model.family();
         let model_json = match &out.model.kind {
             ModelKind::Linear(m) => json!({"weights": m.weights, "bias": m.bias}),
-            ModelKind::Trees(t) => json!({"family": family.name(), "trees": t.trees.len(), "hyperparameters": t.hyperparameters}),
+            ModelKind::Trees(t) => {
+                json!({"family": family.name(), "trees": t.trees.len(), "hyperparameters": t.hyperparameters})
+            }
         };
         let test = json!({
             "metrics": v(out.metrics), "baseMetrics": v(out.base_metrics), "rows": out.test_rows,
@@ -415,10 +421,22 @@ impl Task for FitTask {
     fn compute(&mut self) -> Result<()> {
         let rows: Vec<usize> = (0..self.y.len()).collect();
         let t0 = std::time::Instant::now();
-        let t = crate::core::models::fit_trees(self.family, &self.x, &self.y, self.d, &rows, &[], &self.params)
-            .map_err(plain)?;
+        let t = crate::core::models::fit_trees(
+            self.family,
+            &self.x,
+            &self.y,
+            self.d,
+            &rows,
+            &[],
+            &self.params,
+        )
+        .map_err(plain)?;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let m = Model { kind: ModelKind::Trees(t), features: None, metrics: Value::Null };
+        let m = Model {
+            kind: ModelKind::Trees(t),
+            features: None,
+            metrics: Value::Null,
+        };
         self.out = json!({"ms": ms, "model": m.to_value()});
         Ok(())
     }
@@ -505,7 +523,10 @@ impl Task for LoadModelTask {
     }
 
     fn resolve(&mut self, _env: Env, _: ()) -> Result<NativeModel> {
-        let inner = self.out.take().ok_or_else(|| plain("model was not loaded"))?;
+        let inner = self
+            .out
+            .take()
+            .ok_or_else(|| plain("model was not loaded"))?;
         Ok(NativeModel { inner })
     }
 }
@@ -524,7 +545,12 @@ impl NativeModel {
     }
 
     /// Builds a model from the parsed content of a model file.
-    #[napi(factory, js_name = "fromJSON", catch_unwind, ts_args_type = "json: Record<string, unknown>")]
+    #[napi(
+        factory,
+        js_name = "fromJSON",
+        catch_unwind,
+        ts_args_type = "json: Record<string, unknown>"
+    )]
     pub fn from_json(env: Env, json: Value) -> Result<Self> {
         match Model::from_value(json) {
             Ok(inner) => Ok(Self { inner }),
@@ -554,10 +580,16 @@ impl NativeModel {
         };
         let d = self.inner.n_features();
         if features.len() != d {
-            return Err(super::range(&env, format!("features has {} values, the model has {d}", features.len())));
+            return Err(super::range(
+                &env,
+                format!("features has {} values, the model has {d}", features.len()),
+            ));
         }
         if let Some(j) = features.iter().position(|v| !v.is_finite()) {
-            return Err(super::range(&env, format!("features[{j}] must be a finite number")));
+            return Err(super::range(
+                &env,
+                format!("features[{j}] must be a finite number"),
+            ));
         }
         Ok(self.inner.predict(features))
     }
@@ -568,18 +600,39 @@ impl NativeModel {
         let d = self.inner.n_features();
         let n = rows as usize;
         if x.len() != n * d {
-            return Err(super::range(&env, format!("x has {} values, expected rows × features = {n} × {d}", x.len())));
+            return Err(super::range(
+                &env,
+                format!(
+                    "x has {} values, expected rows × features = {n} × {d}",
+                    x.len()
+                ),
+            ));
         }
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(super::range(&env, format!("x[{i}] (row {}, feature {}) must be a finite number", i / d, i % d)));
+            return Err(super::range(
+                &env,
+                format!(
+                    "x[{i}] (row {}, feature {}) must be a finite number",
+                    i / d,
+                    i % d
+                ),
+            ));
         }
-        let out: Vec<f64> = x.chunks_exact(d.max(1)).take(n).map(|r| self.inner.predict(r)).collect();
+        let out: Vec<f64> = x
+            .chunks_exact(d.max(1))
+            .take(n)
+            .map(|r| self.inner.predict(r))
+            .collect();
         Ok(Float64Array::new(out))
     }
 
     /// The file body: `{weights, bias, …}` for linear models (in the file's own shape), the
     /// versioned envelope for tree families.
-    #[napi(js_name = "toJSON", catch_unwind, ts_return_type = "Record<string, unknown>")]
+    #[napi(
+        js_name = "toJSON",
+        catch_unwind,
+        ts_return_type = "Record<string, unknown>"
+    )]
     pub fn to_json(&self) -> Json {
         Json(self.inner.to_value())
     }

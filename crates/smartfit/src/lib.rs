@@ -29,7 +29,11 @@ fn to_json<T: serde::Serialize>(m: T) -> Result<Value, String> {
     serde_json::to_value(m).map_err(|e| e.to_string())
 }
 
-pub fn fit_gbm(x: &Array2<f64>, y: &Array1<f64>, p: XGRegressorParameters) -> Result<Value, String> {
+pub fn fit_gbm(
+    x: &Array2<f64>,
+    y: &Array1<f64>,
+    p: XGRegressorParameters,
+) -> Result<Value, String> {
     to_json(Gbm::fit(x, y, p).map_err(|e| format!("gbm fit failed: {e}"))?)
 }
 
