@@ -140,6 +140,9 @@ test('the services\' nested linear files load, fine-tune, and are written back i
     const m = await Model.load(r.modelPath)
     assert.equal(m.family, 'linear')
     assert.deepEqual(m.features, ['a', 'b'])
+    // The old helpers read these shapes too.
+    const loaded = await ft.loadModel(r.modelPath)
+    assert.equal(ft.predictSingle(loaded, [1, 2]), m.predict([1, 2]))
   }
   fs.rmSync(dir, { recursive: true })
 })

@@ -474,8 +474,21 @@ class ModelFineTuning {
   }
 }
 
+/**
+ * `{weights, bias}` of a linear model object in any of its shapes: flat, the services'
+ * nested `{model: {weights, bias}}` or exported `{model: {coefficients, intercept}}`.
+ */
 function checkModel(model) {
   if (model === null || typeof model !== 'object') throw v.typeError('model', 'an object with weights and bias', model)
+  const inner = v.prop(model, 'weights', 'model.weights') === undefined ? v.prop(model, 'model', 'model.model') : undefined
+  if (inner !== null && typeof inner === 'object') {
+    const coef = v.prop(inner, 'coefficients', 'model.model.coefficients') !== undefined
+    const [wk, bk] = coef ? ['coefficients', 'intercept'] : ['weights', 'bias']
+    return {
+      weights: v.finiteArray(v.prop(inner, wk, `model.model.${wk}`), `model.model.${wk}`),
+      bias: v.finite(v.prop(inner, bk, `model.model.${bk}`), `model.model.${bk}`),
+    }
+  }
   const weights = v.finiteArray(v.prop(model, 'weights', 'model.weights'), 'model.weights')
   const bias = v.finite(v.prop(model, 'bias', 'model.bias'), 'model.bias')
   return { weights, bias }

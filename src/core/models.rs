@@ -125,97 +125,135 @@ impl Resolved {
     }
 }
 
-const LEAF: u32 = u32::MAX;
+/// One node, 16 bytes. The walk always does `i = left + (x[feat] > thr)`: a split sends
+/// `x <= thr` to `left` and the rest to `left + 1` (siblings are adjacent, so a child is an
+/// add, not a branch); a leaf points at itself with `thr = +∞`, so extra steps stay put.
+/// That lets [`TreeModel::predict`] walk several trees in lockstep for a fixed number of
+/// steps, overlapping their memory latencies instead of chasing one pointer chain at a time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Node {
+    thr: f64,
+    feat: u32,
+    left: u32,
+}
 
-/// One tree as parallel arrays: node `i` is a leaf when `feat[i] == LEAF`, else the walk
-/// goes to `left[i]` when `x[feat[i]] <= thr[i]` and to `right[i]` otherwise (smartcore's
-/// rule for both its boosted and its forest trees).
+/// One tree as a node array (see [`Node`]) plus leaf values; smartcore's rule for both its
+/// boosted and its forest trees is `x <= threshold` → left.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FlatTree {
-    feat: Vec<u32>,
-    thr: Vec<f64>,
-    left: Vec<u32>,
-    right: Vec<u32>,
-    value: Vec<f64>,
+    nodes: Vec<Node>,
+    values: Vec<f64>,
+    /// Longest root-to-leaf path: steps that reach a leaf from anywhere.
+    depth: usize,
 }
 
 impl FlatTree {
     #[inline]
+    fn step(&self, i: usize, x: &[f64]) -> usize {
+        let n = self.nodes[i];
+        n.left as usize + (x[n.feat as usize] > n.thr) as usize
+    }
+
+    /// `x` must hold at least as many values as the model has features (checked by callers;
+    /// every `feat` was checked against that count at load).
+    #[inline]
     pub fn predict(&self, x: &[f64]) -> f64 {
         let mut i = 0usize;
-        loop {
-            let f = self.feat[i];
-            if f == LEAF {
-                return self.value[i];
-            }
-            i = if x[f as usize] <= self.thr[i] {
-                self.left[i]
-            } else {
-                self.right[i]
-            } as usize;
+        for _ in 0..self.depth {
+            i = self.step(i, x);
+        }
+        self.values[i]
+    }
+
+    fn new_root() -> Self {
+        FlatTree {
+            nodes: vec![Self::leaf(0)],
+            values: vec![0.0],
+            depth: 0,
         }
     }
 
-    fn push(&mut self, feat: u32, thr: f64, value: f64) -> usize {
-        self.feat.push(feat);
-        self.thr.push(thr);
-        self.left.push(0);
-        self.right.push(0);
-        self.value.push(value);
-        self.feat.len() - 1
+    fn leaf(at: usize) -> Node {
+        Node {
+            thr: f64::INFINITY,
+            feat: 0,
+            left: at as u32,
+        }
+    }
+
+    fn set_leaf(&mut self, at: usize, value: f64) {
+        self.nodes[at] = Self::leaf(at);
+        self.values[at] = value;
+    }
+
+    /// Makes `at` a split and returns the index of its left child (the right one follows).
+    fn set_split(&mut self, at: usize, feat: u32, thr: f64) -> usize {
+        let left = self.nodes.len();
+        self.nodes.extend([Self::leaf(left), Self::leaf(left + 1)]);
+        self.values.extend([0.0, 0.0]);
+        self.nodes[at] = Node {
+            thr,
+            feat,
+            left: left as u32,
+        };
+        left
     }
 
     /// smartcore's boosted tree: nested `{left, right, value, threshold, split_feature_idx}`.
-    fn from_xgb(node: &Value, d: usize) -> Result<Self, String> {
-        let mut t = FlatTree::default();
-        t.add_xgb(node, d, 0)?;
+    fn from_xgb(root: &Value, d: usize) -> Result<Self, String> {
+        let mut t = Self::new_root();
+        let mut stack = vec![(root, 0usize, 0usize)];
+        while let Some((node, at, depth)) = stack.pop() {
+            if depth > 64 {
+                return Err("tree deeper than 64 levels".into());
+            }
+            t.depth = t.depth.max(depth);
+            let num = |k: &str| node.get(k).and_then(Value::as_f64);
+            let value = num("value")
+                .filter(|v| v.is_finite())
+                .ok_or("node value must be a finite number")?;
+            match (node.get("left"), node.get("right")) {
+                (Some(l @ Value::Object(_)), Some(r @ Value::Object(_))) => {
+                    let f = node
+                        .get("split_feature_idx")
+                        .and_then(Value::as_u64)
+                        .filter(|&f| (f as usize) < d)
+                        .ok_or_else(|| {
+                            format!("split feature out of range (model has {d} features)")
+                        })?;
+                    let thr = num("threshold")
+                        .filter(|t| !t.is_nan())
+                        .ok_or("split threshold must be a number")?;
+                    let left = t.set_split(at, f as u32, thr);
+                    stack.push((l, left, depth + 1));
+                    stack.push((r, left + 1, depth + 1));
+                }
+                _ => t.set_leaf(at, value),
+            }
+        }
         Ok(t)
     }
 
-    fn add_xgb(&mut self, node: &Value, d: usize, depth: usize) -> Result<usize, String> {
-        if depth > 64 {
-            return Err("tree deeper than 64 levels".into());
-        }
-        let num = |k: &str| node.get(k).and_then(Value::as_f64);
-        let value = num("value")
-            .filter(|v| v.is_finite())
-            .ok_or("node value must be a finite number")?;
-        let (l, r) = (node.get("left"), node.get("right"));
-        match (l, r) {
-            (Some(l @ Value::Object(_)), Some(r @ Value::Object(_))) => {
-                let f = node
-                    .get("split_feature_idx")
-                    .and_then(Value::as_u64)
-                    .filter(|&f| (f as usize) < d)
-                    .ok_or_else(|| {
-                        format!("split feature out of range (model has {d} features)")
-                    })?;
-                let thr = num("threshold")
-                    .filter(|t| !t.is_nan())
-                    .ok_or("split threshold must be a number")?;
-                let i = self.push(f as u32, thr, value);
-                let li = self.add_xgb(l, d, depth + 1)?;
-                let ri = self.add_xgb(r, d, depth + 1)?;
-                self.left[i] = li as u32;
-                self.right[i] = ri as u32;
-                Ok(i)
-            }
-            _ => Ok(self.push(LEAF, 0.0, value)),
-        }
-    }
-
     /// smartcore's forest tree: `nodes[]` of `{output, split_feature, split_value, true_child,
-    /// false_child}`, children by index.
+    /// false_child}`, children by index. Re-laid out so siblings are adjacent; a node
+    /// reached twice (a cycle or a shared child in a corrupt file) is refused.
     fn from_forest(tree: &Value, d: usize) -> Result<Self, String> {
-        let nodes = tree
+        let src = tree
             .get("nodes")
             .and_then(Value::as_array)
             .ok_or("tree has no nodes")?;
-        if nodes.is_empty() {
+        if src.is_empty() {
             return Err("tree has no nodes".into());
         }
-        let mut t = FlatTree::default();
-        for n in nodes {
+        let mut seen = vec![false; src.len()];
+        let mut t = Self::new_root();
+        let mut stack = vec![(0usize, 0usize, 0usize)];
+        while let Some((si, at, depth)) = stack.pop() {
+            if std::mem::replace(&mut seen[si], true) {
+                return Err("tree nodes form a cycle or share a child".into());
+            }
+            t.depth = t.depth.max(depth);
+            let n = &src[si];
             let value = n
                 .get("output")
                 .and_then(Value::as_f64)
@@ -224,7 +262,7 @@ impl FlatTree {
             let child = |k: &str| n.get(k).and_then(Value::as_u64);
             match (child("true_child"), child("false_child")) {
                 (Some(a), Some(b)) => {
-                    if a as usize >= nodes.len() || b as usize >= nodes.len() {
+                    if a as usize >= src.len() || b as usize >= src.len() {
                         return Err("child index out of range".into());
                     }
                     let f = n
@@ -239,19 +277,11 @@ impl FlatTree {
                         .and_then(Value::as_f64)
                         .filter(|t| !t.is_nan())
                         .ok_or("split value must be a number")?;
-                    let i = t.push(f as u32, thr, value);
-                    t.left[i] = a as u32;
-                    t.right[i] = b as u32;
+                    let left = t.set_split(at, f as u32, thr);
+                    stack.push((a as usize, left, depth + 1));
+                    stack.push((b as usize, left + 1, depth + 1));
                 }
-                _ => {
-                    t.push(LEAF, 0.0, value);
-                }
-            }
-        }
-        // A child must come after its parent, so a corrupt file cannot make a walk loop.
-        for i in 0..t.feat.len() {
-            if t.feat[i] != LEAF && (t.left[i] as usize <= i || t.right[i] as usize <= i) {
-                return Err("tree nodes are not in parent-before-child order".into());
+                _ => t.set_leaf(at, value),
             }
         }
         Ok(t)
@@ -294,8 +324,24 @@ pub struct TreeModel {
 
 impl TreeModel {
     pub fn predict(&self, x: &[f64]) -> f64 {
+        // Eight trees in lockstep: eight independent load chains in flight at once.
+        const K: usize = 8;
         let mut s = 0.0;
-        for t in &self.trees {
+        let chunks = self.trees.chunks_exact(K);
+        let rest = chunks.remainder();
+        for c in chunks {
+            let steps = c.iter().map(|t| t.depth).max().unwrap_or(0);
+            let mut i = [0usize; K];
+            for _ in 0..steps {
+                for k in 0..K {
+                    i[k] = c[k].step(i[k], x);
+                }
+            }
+            for k in 0..K {
+                s += c[k].values[i[k]];
+            }
+        }
+        for t in rest {
             s += t.predict(x);
         }
         self.base + self.scale * s
