@@ -278,6 +278,10 @@ for (const family of ['gbm', 'random_forest', 'extra_trees']) {
       assert.ok(Math.abs(jsPredict(file, x) - batch[i]) < 1e-9, `row ${i}: ${jsPredict(file, x)} vs ${batch[i]}`)
     }
     assert.deepEqual(m.toJSON(), file)
+    // Through JS and back: loadModel → saveModel → Model.load predicts the same.
+    const copy = await ft.saveModel(await ft.loadModel(r.modelPath), BASE, 'v99')
+    assert.deepEqual((await Model.load(copy)).predictBatch(X, 100), batch)
+    assert.deepEqual(Model.fromJSON(file).predictBatch(X, 100), batch)
     // The registry records the family and hyperparameters; promote/rollback work.
     const [entry] = await ft.getFineTuningHistory(BASE)
     assert.equal(entry.family, family)

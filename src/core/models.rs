@@ -832,6 +832,32 @@ mod tests {
         .to_value();
         v["features"] = json!(["only-one"]);
         assert!(Model::from_value(v).unwrap_err().contains("features"));
+        // A forest whose nodes loop back is refused instead of walked forever.
+        let t = fit_trees(
+            Family::RandomForest,
+            &x,
+            &y,
+            3,
+            &idx,
+            &[],
+            &TreeParams {
+                trees: Some(1),
+                max_depth: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut v = Model {
+            kind: ModelKind::Trees(t),
+            features: None,
+            metrics: Value::Null,
+        }
+        .to_value();
+        v["model"]["forest_regressor"]["trees"][0]["nodes"][1]["true_child"] = json!(0);
+        v["model"]["forest_regressor"]["trees"][0]["nodes"][1]["false_child"] = json!(2);
+        v["model"]["forest_regressor"]["trees"][0]["nodes"][1]["split_value"] = json!(0.5);
+        let e = Model::from_value(v).unwrap_err();
+        assert!(e.contains("cycle"), "{e}");
         // Old flat files still load as linear.
         let m = Model::from_json(r#"{"weights":[1,2],"bias":3}"#).unwrap();
         assert_eq!((m.family(), m.predict(&[1.0, 1.0])), (Family::Linear, 6.0));
