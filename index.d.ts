@@ -759,11 +759,6 @@ export declare class ModelFineTuningCore {
   production(basePath: string): Promise<Record<string, unknown> | null>
   /** Reads and checks a model file; resolves the parsed object (extra keys included). */
   loadModel(path: string): Promise<Record<string, unknown>>
-  /**
-   * Bench protocol: fits `family` on all rows with no early stopping; resolves
-   * `{ms, model}` (the envelope). Left out of the typings.
-   */
-  _fitFamily(family: string, x: Float64Array, y: Float64Array, features: number, trees: number, maxDepth: number | undefined | null, learningRate: number | undefined | null, seed: number): Promise<Record<string, unknown>>
   /** `{family, features, featureNames}` of a model file of any family. */
   modelInfo(path: string): Promise<{ family: string; features: number; featureNames: string[] | null }>
   /** Writes `model` as `<fineTunedDir>/<stem>/<stem>-<version>.json`, atomically. */

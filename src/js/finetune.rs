@@ -207,11 +207,7 @@ impl ModelFineTuningCore {
 
     /// Bench protocol: fits `family` on all rows with no early stopping; resolves
     /// `{ms, model}` (the envelope). Left out of the typings.
-    #[napi(
-        js_name = "_fitFamily",
-        catch_unwind,
-        ts_return_type = "Promise<Record<string, unknown>>"
-    )]
+    #[napi(js_name = "_fitFamily", skip_typescript, catch_unwind)]
     pub fn fit_family(
         &self,
         family: String,
