@@ -160,15 +160,22 @@ export interface FineTuneConfig {
 }
 
 export interface ModelFineTuningOptions extends Partial<FineTuneConfig> {
-  /** Default `models` under the working directory. */
+  /** Default: `MLOPS_MODELS_DIR`, else `<project root>/models` (nearest package.json). */
   modelsDir?: string
   /** Default `<modelsDir>/fine-tuned`. */
   fineTunedDir?: string
 }
 
+/** A number, or a numeric string as databases hand numbers over (`'7.5'`, `' 1e3 '`). */
+export type NumberLike = number | string
+
 export interface TrainingRow {
-  features: number[]
-  quality: number
+  /**
+   * Values in the model's feature order, or named values mapped through the model file's
+   * `featureNames` (or `options.featureNames`).
+   */
+  features: NumberLike[] | Record<string, NumberLike>
+  quality: NumberLike
 }
 
 /** Typed-array input: `X` row-major (`y.length × features`). */
@@ -185,24 +192,49 @@ export interface FineTuneProgressInfo {
   valLoss: number
 }
 
-export interface FineTuneRunOptions extends Partial<FineTuneConfig> {
-  /** Default 'adam' (adaptive, standardised features); 'sgd' is the old algorithm exactly. */
+export type ModelFamily = 'linear' | 'gbm' | 'random_forest' | 'extra_trees'
+
+/** Per-run options; numeric ones also accept numeric strings (`epochs: '10'`). */
+export interface FineTuneRunOptions extends Partial<{ [K in keyof FineTuneConfig]: NumberLike }> {
+  /** Default 'adam' (adaptive, standardised features and target); 'sgd' is the old algorithm exactly. */
   optimizer?: 'adam' | 'sgd' | 'ridge'
   /** `'ridge'` is the same as `optimizer: 'ridge'`: a closed-form refit. */
   method?: 'ridge' | 'gradient'
-  /** Seed of the shuffle that splits train/validation (default 42). */
-  seed?: number
+  /** Family to fit (default: the base file's). `'auto'` fits all and picks on validation. */
+  model?: ModelFamily | 'auto'
+  /** Seed of the shuffle that splits train/validation/test (default 42). */
+  seed?: NumberLike
   /** L2 penalty (default 0). */
-  l2?: number
+  l2?: NumberLike
   /** Epochs without a better validation loss before stopping (default 3 for adam, off for sgd). */
-  patience?: number
+  patience?: NumberLike
   earlyStopping?: boolean
-  /** `accepted` when improvement ≥ this (default 0). */
-  minImprovement?: number
-  /** false: train and evaluate without writing anything. */
-  save?: boolean
+  /** Share of rows held out for the acceptance test only (default 0.2). */
+  testSplit?: NumberLike
+  /** Confidence of the paired test that accepts a run (default 0.95). */
+  confidence?: NumberLike
+  /** Accepted only when the test MSE is below (1 − minImprovement) × the base's, significantly (default 0). */
+  minImprovement?: NumberLike
+  /** false: write nothing. true (default): write a version unless the run is 'no change'. 'always': write even then. */
+  save?: boolean | 'always'
   /** Promote the new version to production when accepted. */
   promote?: boolean
+  /** true: fail on the first unusable row (the old behaviour). Default: skip and count it. */
+  strict?: boolean
+  /** Names for rows whose `features` are objects, when the model file has none. */
+  featureNames?: string[]
+  /** Tree families: trees to fit (gbm 200, forests 100). */
+  trees?: NumberLike
+  /** Tree depth (gbm 4; forests unlimited). */
+  maxDepth?: NumberLike
+  /** Forests: minimum rows per leaf (default 5); gbm: minimum child weight (default 1). */
+  minSamplesLeaf?: NumberLike
+  /** Forests: features tried per split (random forest ⌈d/2⌉, extra trees d). */
+  mtry?: NumberLike
+  /** gbm: rows sampled per tree, (0, 1] (default 1). */
+  subsample?: NumberLike
+  /** gbm: stop after this many trees without a better validation loss (default 20; 0: off). */
+  earlyStoppingRounds?: NumberLike
   /** Called per epoch on the JS thread; never keeps the process alive. */
   onProgress?: (info: FineTuneProgressInfo) => void
 }
@@ -213,30 +245,95 @@ export interface RegressionMetrics {
   r2: number
 }
 
-export type FineTuneResult =
-  | {
-      success: true
-      /** null when `save: false`. */
-      modelPath: string | null
-      version: string | null
-      versionNumber: number | null
-      status: 'candidate' | 'production' | null
-      parent?: number | null
-      promoted: boolean
-      baseModel: string
-      metrics: RegressionMetrics
-      baseMetrics: RegressionMetrics
-      /** Relative MSE improvement over the base model on the same held-out rows. */
-      improvement: number
-      accepted: boolean
-      epochs: FineTuneProgressInfo[]
-      bestEpoch: number
-      samples: { total: number; used: number; train: number; validation: number }
-      data: { rows: number; hash: string }
-      model: { weights: number[]; bias: number }
-      durationMs: number
-    }
-  | { success: false; error: string }
+export type SkipReason =
+  | 'notAnObject'
+  | 'missingFeatures'
+  | 'emptyFeatures'
+  | 'wrongLength'
+  | 'unknownFeature'
+  | 'missingFeature'
+  | 'badFeature'
+  | 'missingQuality'
+  | 'badQuality'
+
+export interface SkippedRows {
+  count: number
+  reasons: Partial<Record<SkipReason, number>>
+  /** The first 10 skipped rows (index into newData). */
+  first: Array<{ row: number; reason: SkipReason; message: string }>
+}
+
+export interface FineTuneCandidate {
+  family: ModelFamily
+  /** Validation metrics: what the choice was made on. */
+  metrics: RegressionMetrics
+  /** Metrics on the test rows (reported, never used to choose). */
+  testMetrics: RegressionMetrics
+  trainMs: number
+  hyperparameters: Record<string, unknown> | null
+}
+
+interface FineTuneSuccessBase {
+  success: true
+  baseModel: string
+  family: ModelFamily
+  baseFamily: ModelFamily
+  /** Metrics on the test rows, which no choice saw. */
+  metrics: RegressionMetrics
+  baseMetrics: RegressionMetrics
+  /** Relative test MSE improvement over the base. */
+  improvement: number
+  /** The paired test passed at `confidence` (and the run changed the model). */
+  accepted: boolean
+  /** Why not accepted; null when accepted. */
+  reason: 'no change' | 'not significant' | 'too few test rows' | null
+  /** t statistic of the paired per-row squared-error differences on the test rows. */
+  statistic: number
+  /** One-sided p-value; accepted when below 1 − confidence. */
+  pValue: number
+  confidence: number
+  test: { metrics: RegressionMetrics; baseMetrics: RegressionMetrics; rows: number; statistic: number; pValue: number }
+  validation: { metrics: RegressionMetrics; baseMetrics: RegressionMetrics }
+  /** One per family fitted (several with `model: 'auto'`). */
+  candidates: FineTuneCandidate[]
+  epochs: FineTuneProgressInfo[]
+  /** 0: the base itself was best on validation. */
+  bestEpoch: number
+  samples: { total: number; used: number; train: number; validation: number; test: number }
+  skipped: SkippedRows
+  data: { rows: number; hash: string }
+  /** Linear: the coefficients; tree families: a summary (the file holds the trees). */
+  model: { weights: number[]; bias: number } | { family: ModelFamily; trees: number; hyperparameters: Record<string, unknown> }
+  promoted: boolean
+  durationMs: number
+}
+
+/** A run that wrote a version: `modelPath` is the file. */
+export interface FineTuneSaved extends FineTuneSuccessBase {
+  saved: true
+  modelPath: string
+  version: string
+  versionNumber: number
+  status: 'candidate' | 'production'
+  parent?: number | null
+}
+
+/** A run that wrote nothing (`save: false`, or 'no change' without `save: 'always'`). */
+export interface FineTuneNotSaved extends FineTuneSuccessBase {
+  saved: false
+  modelPath: null
+  version: null
+  versionNumber: null
+  status: null
+}
+
+export interface FineTuneFailure {
+  success: false
+  error: string
+}
+
+/** Narrow on `success`, then on `saved` for the file: `if (r.success && r.saved) r.modelPath // string`. */
+export type FineTuneResult = FineTuneSaved | FineTuneNotSaved | FineTuneFailure
 
 export interface ModelVersionEntry {
   /** `v<N>` */
@@ -256,6 +353,9 @@ export interface ModelVersionEntry {
   accepted: boolean | null
   options: Record<string, unknown>
   data: { rows: number; hash: string }
+  /** 'linear' for versions registered before families existed. */
+  family: ModelFamily
+  hyperparameters: Record<string, unknown> | null
 }
 
 export interface LinearModelFile {
@@ -272,8 +372,13 @@ export declare class ModelFineTuning {
   initialize(): Promise<boolean>
   resolveModelPath(path?: string): string
   fineTuneModel(baseModelPath: string | undefined, newData: TrainingRow[] | TypedTrainingData, options?: FineTuneRunOptions): Promise<FineTuneResult>
+  /**
+   * The file's object (linear files in their own shape, extra keys kept), or null. For a
+   * tree family this is its envelope (`{format, features, metrics, model}`); use
+   * `Model.load` to predict with any family.
+   */
   loadModel(path: string): Promise<LinearModelFile | null>
-  saveModel(model: LinearModelFile, baseModelPath: string, version: string): Promise<string>
+  saveModel(model: LinearModelFile | Record<string, unknown>, baseModelPath: string, version: string): Promise<string>
   getNextVersion(baseModelPath?: string): string
   getFineTuningHistory(baseModelPath?: string): Promise<ModelVersionEntry[]>
   promoteVersion(baseModelPath: string, version: number | string): Promise<ModelVersionEntry>
@@ -641,6 +746,39 @@ export declare class ExpandedPredictions {
   loadState(path: string): Promise<boolean>
 }
 
+/**
+ * A loaded model of any family: `await Model.load(path)`, then `predict(features)` or
+ * `predictBatch(Float64Array, rows)`. Prediction walks flat arrays (see `core::models`),
+ * so one call costs a crossing plus the tree walk, not a JSON parse or an allocation.
+ */
+export declare class Model {
+  /**
+   * Reads a model file of any family off the JS thread: old `{weights, bias}` files, the
+   * services' nested linear shapes and `mlops-native/<family>@1` envelopes. Rejects with
+   * the file's name and what is wrong for anything else.
+   */
+  static load(path: string): Promise<Model>
+  /** Builds a model from the parsed content of a model file. */
+  static fromJSON(json: Record<string, unknown>): Model
+  /** `linear`, `gbm`, `random_forest` or `extra_trees`. */
+  get family(): ModelFamily
+  /** Feature names (`x0…` when the file has none); the length is the feature count. */
+  get features(): Array<string>
+  /**
+   * One prediction; `features` (an array or a Float64Array) must have exactly
+   * `model.features.length` finite values.
+   */
+  predict(features: Float64Array | Array<number>): number
+  /** Predictions for `rows` rows of row-major `x` (`rows × features` values). */
+  predictBatch(x: Float64Array, rows: number): Float64Array
+  /**
+   * The file body: `{weights, bias, …}` for linear models (in the file's own shape), the
+   * versioned envelope for tree families.
+   */
+  toJSON(): Record<string, unknown>
+}
+export type NativeModel = Model
+
 export declare class ModelFineTuningCore {
   constructor(fineTunedDir: string)
   /**
@@ -655,6 +793,8 @@ export declare class ModelFineTuningCore {
   production(basePath: string): Promise<Record<string, unknown> | null>
   /** Reads and checks a model file; resolves the parsed object (extra keys included). */
   loadModel(path: string): Promise<Record<string, unknown>>
+  /** `{family, features, featureNames}` of a model file of any family. */
+  modelInfo(path: string): Promise<{ family: string; features: number; featureNames: string[] | null }>
   /** Writes `model` as `<fineTunedDir>/<stem>/<stem>-<version>.json`, atomically. */
   saveModel(model: any, basePath: string, version: string): Promise<string>
 }
@@ -737,7 +877,21 @@ export interface NativeFineTuneOptions {
   patience: number
   minImprovement: number
   save: boolean
+  /** Write a version even when the run returns the base unchanged. */
+  saveAlways: boolean
   promote: boolean
+  testSplit: number
+  confidence: number
+  /** `linear`, `gbm`, `random_forest`, `extra_trees`, `auto`; absent: the base's family. */
+  model?: string
+  trees?: number
+  maxDepth?: number
+  /** gbm shrinkage (only when the caller gave `learningRate` for this run). */
+  treeLearningRate?: number
+  minSamplesLeaf?: number
+  mtry?: number
+  subsample?: number
+  earlyStoppingRounds?: number
 }
 
 export interface OnlineLinearModelOptions {

@@ -23,6 +23,10 @@ void ft.fineTuneModel('m.json', [{ features: [1] }])
 void ft.fineTuneModel('m.json', [], { optimizer: 'lbfgs' })
 // @ts-expect-error the result may be a failure: narrow on success first
 void ((r: mlops.FineTuneResult) => r.metrics)
+// @ts-expect-error a successful run may have written nothing: narrow on saved for the path
+void ((r: mlops.FineTuneResult) => (r.success ? r.modelPath.length : 0))
+// @ts-expect-error unknown family
+void ft.fineTuneModel('m.json', [], { model: 'xgboost' })
 const p = new mlops.ExpandedPredictions()
 // @ts-expect-error cacheHit is a boolean
 void p.predictAllSync({ cacheHit: 'yes' })
