@@ -10,6 +10,9 @@ const path = require('node:path')
 const native = require('../index.js')
 const v = require('./validate.js')
 const { defaultModelsDir } = require('./paths.js')
+const { makeLog } = require('./log.js')
+const { mlflowFrom, warning: mlflowWarning } = require('./mlflow.js')
+const metrics = require('./metrics.js')
 
 const DEFAULT_CONFIG = Object.freeze({
   learningRate: 0.001,
@@ -193,9 +196,22 @@ function skippedSummary(s) {
   return Object.entries(s.reasons).map(([k, n]) => `${n} ${k}`).join(', ')
 }
 
+/** Buckets of fine-tune wall time (ms) and of relative MSE improvement. */
+const DURATION_BUCKETS = [10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000]
+const IMPROVEMENT_BUCKETS = [-0.5, -0.1, -0.01, 0, 0.01, 0.05, 0.1, 0.25, 0.5, 1]
+
 class ModelFineTuning {
   #core
   #initialized = false
+  #log
+  #mlflow
+  // Counted here, where every run's result passes: runs by outcome and their distributions.
+  #runs = { accepted: 0, rejected: 0, noChange: 0, failed: 0 }
+  #duration = new metrics.Histogram(DURATION_BUCKETS)
+  #improvement = new metrics.Histogram(IMPROVEMENT_BUCKETS)
+  #promotions = 0
+  #rollbacks = 0
+  #mlflowFailures = 0
   /** Where `modelsDir` came from, named in the missing-base-model error. */
   #modelsDirFrom
 
@@ -212,6 +228,8 @@ class ModelFineTuning {
       if (x !== undefined && x !== null) this.config[key] = v.finite(x, `options.${key}`)
     }
     this.#core = new native.ModelFineTuningCore(this.fineTunedDir)
+    this.#log = makeLog(v.prop(o, 'logger', 'options.logger'), 'mlops-native/ModelFineTuning')
+    this.#mlflow = mlflowFrom(v.prop(o, 'mlflow', 'options.mlflow'))
   }
 
   /** Creates the fine-tuned models folder. Idempotent; resolves false if it cannot. */
@@ -344,10 +362,86 @@ class ModelFineTuning {
       const result = await this.#core.fineTune(base, input.X, input.y, input.d, run.native, progress)
       result.skipped = input.skipped
       result.samples.total = total
+      await this.#report(base, result, run.native)
       return result
     } catch (e) {
-      return { success: false, error: e && e.message ? e.message : String(e) }
+      const error = e && e.message ? e.message : String(e)
+      this.#runs.failed++
+      this.#log.warn('fine-tune failed', { baseModel: String(baseModelPath ?? DEFAULT_BASE_MODEL), error })
+      return { success: false, error }
     }
+  }
+
+  /** Counts, logs and (when configured) tracks a finished run in MLflow; never throws. */
+  async #report(base, result, params) {
+    const outcome = result.reason === 'no change' ? 'noChange' : result.accepted ? 'accepted' : 'rejected'
+    this.#runs[outcome]++
+    if (result.promoted) this.#promotions++
+    this.#duration.observe(result.durationMs)
+    this.#improvement.observe(result.improvement)
+    const fields = {
+      baseModel: path.basename(base),
+      version: result.version ?? null,
+      family: result.family ?? null,
+      accepted: result.accepted,
+      reason: result.reason ?? null,
+      improvement: result.improvement,
+      mse: result.metrics && result.metrics.mse,
+      baseMse: result.baseMetrics && result.baseMetrics.mse,
+      durationMs: result.durationMs,
+      skipped: result.skipped ? result.skipped.count : 0,
+    }
+    if (result.accepted) this.#log.info('fine-tune accepted', fields)
+    else this.#log.warn('fine-tune not accepted', fields)
+    if (!this.#mlflow) return
+    try {
+      const { onProgress, ...loggable } = params
+      void onProgress
+      result.mlflow = await this.#mlflow.logFineTune({ baseModel: base, result, params: loggable, modelFile: result.modelPath || null })
+      if (result.promoted && result.version) await this.#mlflow.setProduction(base, result.version)
+    } catch (e) {
+      this.#mlflowFailures++
+      const w = mlflowWarning(e)
+      result.warnings = [...(result.warnings || []), w]
+      this.#log.warn('MLflow tracking failed; the fine-tune result stands', { error: w })
+    }
+  }
+
+  /** Points MLflow's `production` alias at `version`; failures are warnings, never errors. */
+  async #mlflowProduction(base, version) {
+    if (!this.#mlflow || !version) return undefined
+    try {
+      await this.#mlflow.setProduction(base, version)
+      return undefined
+    } catch (e) {
+      this.#mlflowFailures++
+      const w = mlflowWarning(e)
+      this.#log.warn('MLflow alias update failed', { error: w })
+      return w
+    }
+  }
+
+  /** Prometheus text exposition of this instance's fine-tune runs (see README, Monitoring). */
+  metrics() {
+    return metrics.render(this.#collect())
+  }
+
+  /** Adds this instance's metrics to a prom-client registry: `ft.registerMetrics(promClient.register)`. */
+  registerMetrics(register) {
+    metrics.registerMetrics(register, () => this.#collect())
+  }
+
+  #collect() {
+    const f = new metrics.Families()
+    for (const [result, n] of Object.entries(this.#runs)) {
+      f.counter('mlops_finetune_runs_total', 'Fine-tune runs by outcome.', n, { result: result === 'noChange' ? 'no_change' : result })
+    }
+    f.histogram('mlops_finetune_duration_milliseconds', 'Wall time of fine-tune runs (training, validation, writing).', this.#duration)
+    f.histogram('mlops_finetune_improvement_ratio', 'Relative MSE improvement over the base on the held-out test rows.', this.#improvement)
+    f.counter('mlops_finetune_promotions_total', 'Versions promoted to production.', this.#promotions)
+    f.counter('mlops_finetune_rollbacks_total', 'Rollbacks of the production pointer.', this.#rollbacks)
+    f.counter('mlops_finetune_mlflow_failures_total', 'MLflow calls that failed (runs kept, warnings attached).', this.#mlflowFailures)
+    return f
   }
 
   /** The model object (extra keys included), or null when missing or unreadable. */
@@ -396,14 +490,24 @@ class ModelFineTuning {
   async promoteVersion(baseModelPath, version) {
     const n = typeof version === 'string' ? Number(version.replace(/^v/, '')) : version
     if (!Number.isInteger(n) || n < 1) throw v.rangeError('version', 'a version number or "v<N>"', version)
-    return toHistoryEntry(await this.#core.promote(this.resolveModelPath(baseModelPath), n))
+    const base = this.resolveModelPath(baseModelPath)
+    const entry = toHistoryEntry(await this.#core.promote(base, n))
+    this.#promotions++
+    this.#log.info('version promoted to production', { baseModel: path.basename(base), version: entry.version })
+    const w = await this.#mlflowProduction(base, entry.version)
+    if (w) entry.warnings = [w]
+    return entry
   }
 
   /** Moves production back to the previously promoted version; resolves its entry or null. */
   async rollback(baseModelPath) {
     const base = this.resolveModelPath(baseModelPath)
     await this.#core.rollback(base)
-    return this.getProductionVersion(base)
+    this.#rollbacks++
+    const now = await this.getProductionVersion(base)
+    this.#log.info('production rolled back', { baseModel: path.basename(base), version: now ? now.version : null })
+    if (now) await this.#mlflowProduction(base, now.version)
+    return now
   }
 
   /** The production entry of this base, or null while the base model itself serves. */
