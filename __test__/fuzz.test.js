@@ -130,7 +130,11 @@ function short(x) {
   try {
     t = fc.stringify(x)
   } catch {
-    t = String(x)
+    try {
+      t = String(x)
+    } catch {
+      t = '(an unprintable value: a hostile Proxy or getter)'
+    }
   }
   return t.length > 300 ? `${t.slice(0, 300)}… (${t.length} chars)` : t
 }

@@ -367,7 +367,7 @@ class ModelFineTuning {
     } catch (e) {
       const error = e && e.message ? e.message : String(e)
       this.#runs.failed++
-      this.#log.warn('fine-tune failed', { baseModel: String(baseModelPath ?? DEFAULT_BASE_MODEL), error })
+      this.#log.warn('fine-tune failed', { baseModel: typeof baseModelPath === 'string' ? baseModelPath : DEFAULT_BASE_MODEL, error })
       return { success: false, error }
     }
   }
