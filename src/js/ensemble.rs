@@ -4,13 +4,17 @@
 
 use super::state::{LoadState, Persistent, SaveState};
 use super::{plain, range};
-use crate::core::ensemble::{Combined, Ensemble, EnsembleConfig, Entry, STRATEGIES};
+use crate::core::ensemble::{
+    Combined, ContextState, Ensemble, EnsembleConfig, Entry, Error as EnsError,
+    PERFORMANCE_WEIGHTS_SHOWN, STRATEGIES,
+};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
-/// Entry stride of the packed input: `[modelId, value, confidence, typeMatch]`.
+/// Entry stride of the packed input: `[modelId, value, confidence, flags]`, flags bit 0
+/// type match, bit 1 the old module's type match, bit 2 confidence given, bit 3 model given.
 const STRIDE: usize = 4;
 /// Fixed header of the packed output before the per-entry arrays.
 const OUT_HEAD: usize = 8;
@@ -32,6 +36,10 @@ pub struct AdvancedEnsembleOptions {
     pub type_match_bonus: Option<f64>,
     /// How many latest errors `getStatistics().recentErrors` lists (default 10).
     pub recent_errors: Option<u32>,
+    /// Contexts (serviceName × predictionType) kept, least recently used evicted (default 20000).
+    pub max_contexts: Option<u32>,
+    /// Model names kept, least recently used evicted (default 20000, at least 10000).
+    pub max_models: Option<u32>,
 }
 
 /// Ensemble strategies over base-model predictions that learn from feedback: trained
@@ -47,7 +55,7 @@ pub struct AdvancedEnsemble {
     io: Mutex<Option<(Float64Array, Float64Array)>>,
 }
 
-fn unpack(input: &[f64], n: usize, models: usize) -> std::result::Result<Vec<Entry>, String> {
+fn unpack(input: &[f64], n: usize) -> std::result::Result<Vec<Entry>, String> {
     if input.len() < n * STRIDE {
         return Err(format!(
             "packed input holds {} values, {} needed",
@@ -59,14 +67,18 @@ fn unpack(input: &[f64], n: usize, models: usize) -> std::result::Result<Vec<Ent
         .map(|i| {
             let s = &input[i * STRIDE..(i + 1) * STRIDE];
             let id = s[0];
-            if !(id >= 0.0 && (id as usize) < models && id.fract() == 0.0) {
-                return Err(format!("predictions[{i}]: unknown model id {id}"));
+            if !(id >= 0.0 && id < 9.007_199_254_740_992e15 && id.fract() == 0.0) {
+                return Err(format!("predictions[{i}]: malformed model id {id}"));
             }
+            let flags = s[3] as u32;
             Ok(Entry {
-                model: id as u32,
+                model: id as u64,
                 value: s[1],
                 confidence: s[2],
-                type_match: s[3] != 0.0,
+                type_match: flags & 1 != 0,
+                old_type_match: flags & 2 != 0,
+                has_confidence: flags & 4 != 0,
+                has_model: flags & 8 != 0,
             })
         })
         .collect()
@@ -89,8 +101,12 @@ fn pack(c: &Combined, out: &mut [f64]) -> std::result::Result<(), String> {
     out[5] = c.selected.len() as f64;
     out[OUT_HEAD..OUT_HEAD + n].copy_from_slice(&c.weights);
     out[OUT_HEAD + n..OUT_HEAD + 2 * n].copy_from_slice(&c.raw);
+    // Third block: selection's chosen indices, or voting's confidences used.
     for (j, &i) in c.selected.iter().enumerate() {
         out[OUT_HEAD + 2 * n + j] = i as f64;
+    }
+    if c.extra.len() == n {
+        out[OUT_HEAD + 2 * n..OUT_HEAD + 3 * n].copy_from_slice(&c.extra);
     }
     Ok(())
 }
@@ -115,6 +131,8 @@ impl AdvancedEnsemble {
             competence_decay: o.competence_decay.unwrap_or(d.competence_decay),
             type_match_bonus: o.type_match_bonus.unwrap_or(d.type_match_bonus),
             recent_errors: o.recent_errors.map_or(d.recent_errors, |v| v as usize),
+            max_contexts: o.max_contexts.map_or(d.max_contexts, |v| v as usize),
+            max_models: o.max_models.map_or(d.max_models, |v| v as usize),
         };
         let e = Ensemble::new(config).map_err(|m| range(&env, format!("options.{m}")))?;
         Ok(Self {
@@ -130,10 +148,11 @@ impl AdvancedEnsemble {
     }
 
     #[napi(js_name = "_internModel", skip_typescript, catch_unwind)]
-    pub fn intern_model(&self, env: Env, name: String) -> Result<u32> {
+    pub fn intern_model(&self, env: Env, name: String) -> Result<f64> {
         self.inner
             .lock()
             .intern_model(&name)
+            .map(|id| id as f64)
             .map_err(|m| range(&env, m))
     }
 
@@ -143,10 +162,11 @@ impl AdvancedEnsemble {
         env: Env,
         service: String,
         prediction_type: String,
-    ) -> Result<u32> {
+    ) -> Result<f64> {
         self.inner
             .lock()
             .intern_context(&service, &prediction_type)
+            .map(|id| id as f64)
             .map_err(|m| range(&env, m))
     }
 
@@ -157,14 +177,15 @@ impl AdvancedEnsemble {
 
     /// Packed combine. `strategy`: 0 stacking, 1 dynamic selection, 2 voting,
     /// 3 calibrated voting. Returns false when `generation` is stale (the JS layer then
-    /// re-interns and retries).
+    /// re-interns and retries), or when the context or a model id was evicted since the
+    /// JS layer cached it (the JS layer then re-interns this call's names and retries).
     #[napi(js_name = "_combine", skip_typescript, catch_unwind)]
     pub fn combine(
         &self,
         env: Env,
         strategy: u32,
         generation: u32,
-        ctx: u32,
+        ctx: f64,
         n: u32,
     ) -> Result<bool> {
         if generation != self.generation() {
@@ -175,18 +196,23 @@ impl AdvancedEnsemble {
             .as_mut()
             .ok_or_else(|| plain("packed buffers not registered"))?;
         let mut e = self.inner.lock();
-        let entries = unpack(input, n as usize, e.models.len()).map_err(|m| range(&env, m))?;
+        let entries = unpack(input, n as usize).map_err(|m| range(&env, m))?;
         // SAFETY: the buffer is private to the JS layer and JS is not running while this
         // synchronous call executes, so nothing else reads or writes it.
         let out = unsafe { out.as_mut() };
+        let ctx = ctx as u64;
         let r = match strategy {
             0 => e.stacking(ctx, &entries),
             1 => e.dynamic_selection(ctx, &entries),
             2 => e.voting(ctx, &entries, false),
             3 => e.voting(ctx, &entries, true),
-            _ => Err(format!("unknown strategy {strategy}")),
-        }
-        .map_err(|m| range(&env, m))?;
+            _ => Err(EnsError::Invalid(format!("unknown strategy {strategy}"))),
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(EnsError::Stale) => return Ok(false),
+            Err(EnsError::Invalid(m)) => return Err(range(&env, m)),
+        };
         pack(&r, out).map_err(|m| range(&env, m))?;
         Ok(true)
     }
@@ -197,7 +223,7 @@ impl AdvancedEnsemble {
         &self,
         env: Env,
         generation: u32,
-        ctx: u32,
+        ctx: f64,
         n: u32,
         actual: f64,
     ) -> Result<bool> {
@@ -211,10 +237,12 @@ impl AdvancedEnsemble {
         // SAFETY: as in `_combine`.
         let out = unsafe { out.as_mut() };
         let mut e = self.inner.lock();
-        let entries = unpack(input, n as usize, e.models.len()).map_err(|m| range(&env, m))?;
-        let r = e
-            .feedback(ctx, &entries, actual, now_ms())
-            .map_err(|m| range(&env, m))?;
+        let entries = unpack(input, n as usize).map_err(|m| range(&env, m))?;
+        let r = match e.feedback(ctx as u64, &entries, actual, now_ms()) {
+            Ok(r) => r,
+            Err(EnsError::Stale) => return Ok(false),
+            Err(EnsError::Invalid(m)) => return Err(range(&env, m)),
+        };
         if out.len() >= 8 {
             out[..4].copy_from_slice(&r.predictions);
             out[4..8].copy_from_slice(&r.errors);
@@ -228,7 +256,7 @@ impl AdvancedEnsemble {
     pub fn stacking_batch(
         &self,
         env: Env,
-        ctx: u32,
+        ctx: f64,
         models: Vec<String>,
         predictions: &[f64],
         confidences: Option<&[f64]>,
@@ -237,7 +265,7 @@ impl AdvancedEnsemble {
         let ids = models
             .iter()
             .map(|m| e.intern_model(m))
-            .collect::<std::result::Result<Vec<u32>, String>>()
+            .collect::<std::result::Result<Vec<u64>, String>>()
             .map_err(|m| range(&env, m))?;
         let rows = if ids.is_empty() {
             0
@@ -245,49 +273,43 @@ impl AdvancedEnsemble {
             predictions.len() / ids.len()
         };
         let mut out = vec![0.0; rows];
-        e.stacking_batch(ctx, &ids, predictions, confidences, &mut out)
-            .map_err(|m| range(&env, m))?;
+        match e.stacking_batch(ctx as u64, &ids, predictions, confidences, &mut out) {
+            Ok(()) => {}
+            // The JS layer interned the context just before; only a concurrent eviction
+            // by this very call's models could make it stale, which maxModels ≥ 10000 rules out.
+            Err(EnsError::Stale) => return Err(plain("context was evicted during the call")),
+            Err(EnsError::Invalid(m)) => return Err(range(&env, m)),
+        }
         Ok(Float64Array::new(out))
     }
 
-    /// Statistics: the old fields (`performanceWeights`, `historySize`, `recentErrors`,
-    /// `avgError`) with real values, plus per-strategy and per-context errors.
+    /// Statistics in O(1) whatever the number of contexts: the old fields
+    /// (`performanceWeights` limited to the 50 most recently updated keys, `historySize`,
+    /// `recentErrors`, `avgError`), global per-strategy errors, the top contexts by
+    /// volume, totals and eviction counters. Per-context detail:
+    /// `getContextStatistics` / `getContextStatisticsPage`.
     #[napi(catch_unwind, ts_return_type = "EnsembleStatistics")]
     pub fn get_statistics(&self) -> Result<serde_json::Value> {
         use serde_json::{json, Map, Value};
         let e = self.inner.lock();
-        let strategy_block = |c: &crate::core::ensemble::ContextState| {
-            let mut m = Map::new();
-            for (name, s) in STRATEGIES.iter().zip(&c.strategies) {
-                m.insert(
-                    (*name).into(),
-                    json!({"mae": s.mae, "rmse": s.rmse(), "count": s.count}),
-                );
-            }
-            Value::Object(m)
-        };
         let mut contexts = Map::new();
-        for c in &e.contexts {
-            if c.samples == 0 {
-                continue;
-            }
-            contexts.insert(
-                e.context_key(c),
-                json!({
-                    "serviceName": e.services[c.service as usize],
+        let mut top = Vec::with_capacity(e.top.len());
+        for &(id, _) in &e.top {
+            if let Some(c) = e.contexts.peek(&id) {
+                contexts.insert(Ensemble::context_key(c), context_summary(c));
+                top.push(json!({
+                    "serviceName": c.service,
                     "predictionType": c.prediction_type,
                     "samples": c.samples,
-                    "metaSamples": c.meta.count,
-                    "bestStrategy": Ensemble::best_strategy(c),
-                    "strategies": strategy_block(c),
-                }),
-            );
+                }));
+            }
         }
         let perf: Map<String, Value> = e
-            .performance_weights()
+            .performance_weights(PERFORMANCE_WEIGHTS_SHOWN)
             .into_iter()
             .map(|(k, w)| (k, json!(w)))
             .collect();
+        let k = &e.counters;
         Ok(json!({
             "performanceWeights": perf,
             "historySize": e.history.len(),
@@ -297,7 +319,67 @@ impl AdvancedEnsemble {
             "bestStrategy": Ensemble::best_strategy(&e.global),
             "strategies": strategy_block(&e.global),
             "contexts": contexts,
+            "topContexts": top,
+            "totals": {
+                "contexts": e.contexts.len(),
+                "models": e.models.len(),
+                "performanceKeys": e.performance.len(),
+                "contextsCreated": k.contexts_created,
+                "modelsCreated": k.models_created,
+                "performanceKeysCreated": k.performance_created,
+            },
+            "evictions": {
+                "contexts": k.contexts_evicted,
+                "models": k.models_evicted,
+                "performanceKeys": k.performance_evicted,
+            },
+            "limits": {
+                "maxContexts": e.config.max_contexts,
+                "maxModels": e.config.max_models,
+                "maxPerformanceKeys": e.config.max_performance_keys(),
+                "performanceWeightsShown": PERFORMANCE_WEIGHTS_SHOWN,
+            },
         }))
+    }
+
+    /// Everything known about one context, or null when it is unknown (never seen, or
+    /// evicted). Reading it does not count as a use.
+    #[napi(
+        catch_unwind,
+        ts_return_type = "EnsembleContextStatistics | null",
+        ts_args_type = "serviceName?: string, predictionType?: string"
+    )]
+    pub fn get_context_statistics(
+        &self,
+        service_name: Option<String>,
+        prediction_type: Option<String>,
+    ) -> Result<serde_json::Value> {
+        let e = self.inner.lock();
+        let c = e.find_context(
+            service_name.as_deref().unwrap_or(""),
+            prediction_type.as_deref().unwrap_or(""),
+        );
+        Ok(c.map_or(serde_json::Value::Null, |c| context_detail(&e, c)))
+    }
+
+    /// One page of per-context statistics, most recently used first, for exporting every
+    /// context without one huge call: `{total, offset, contexts}`; ask again with
+    /// `offset + contexts.length` until it reaches `total`. `limit` is capped at 1000.
+    #[napi(catch_unwind, ts_return_type = "EnsembleContextPage")]
+    pub fn get_context_statistics_page(
+        &self,
+        offset: Option<u32>,
+        limit: Option<u32>,
+    ) -> Result<serde_json::Value> {
+        let e = self.inner.lock();
+        let offset = offset.unwrap_or(0) as usize;
+        let limit = limit.unwrap_or(100).min(1000) as usize;
+        let page: Vec<serde_json::Value> = e
+            .contexts_page(offset, limit)
+            .into_iter()
+            .map(|c| context_detail(&e, c))
+            .collect();
+        Ok(serde_json::json!({"total": e.contexts.len(), "offset": offset, "contexts": page}))
     }
 
     /// The whole learned state as a plain object (what `saveState` writes).
@@ -329,6 +411,61 @@ impl AdvancedEnsemble {
             self.generation.clone(),
         ))
     }
+}
+
+fn strategy_block(c: &ContextState) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (name, s) in STRATEGIES.iter().zip(&c.strategies) {
+        m.insert(
+            (*name).into(),
+            serde_json::json!({"mae": s.mae, "rmse": s.rmse(), "count": s.count}),
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
+fn context_summary(c: &ContextState) -> serde_json::Value {
+    serde_json::json!({
+        "serviceName": c.service,
+        "predictionType": c.prediction_type,
+        "samples": c.samples,
+        "metaSamples": c.meta_samples(),
+        "bestStrategy": Ensemble::best_strategy(c),
+        "strategies": strategy_block(c),
+    })
+}
+
+fn context_detail(e: &Ensemble, c: &ContextState) -> serde_json::Value {
+    let mut v = context_summary(c);
+    let name = |id: &u64| e.model_name(*id).map(str::to_owned);
+    let models: serde_json::Map<String, serde_json::Value> = c
+        .competence
+        .iter()
+        .filter_map(|m| {
+            name(&m.model).map(|n| {
+                (
+                    n,
+                    serde_json::json!({"mae": m.stats.mae, "rmse": m.stats.rmse(), "count": m.stats.count}),
+                )
+            })
+        })
+        .collect();
+    let sets: Vec<serde_json::Value> = c
+        .sets
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "models": l.models.iter().map(|m| name(m).unwrap_or_else(|| format!("#{m}"))).collect::<Vec<_>>(),
+                "samples": l.count,
+                "confidence": l.confidence(),
+            })
+        })
+        .collect();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("models".into(), models.into());
+        o.insert("modelSets".into(), sets.into());
+    }
+    v
 }
 
 impl Persistent for Ensemble {
