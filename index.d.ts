@@ -573,10 +573,24 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class AdvancedEnsemble {
   constructor(options?: AdvancedEnsembleOptions | undefined | null)
   /**
-   * Statistics: the old fields (`performanceWeights`, `historySize`, `recentErrors`,
-   * `avgError`) with real values, plus per-strategy and per-context errors.
+   * Statistics in O(1) whatever the number of contexts: the old fields
+   * (`performanceWeights` limited to the 50 most recently updated keys, `historySize`,
+   * `recentErrors`, `avgError`), global per-strategy errors, the top contexts by
+   * volume, totals and eviction counters. Per-context detail:
+   * `getContextStatistics` / `getContextStatisticsPage`.
    */
   getStatistics(): EnsembleStatistics
+  /**
+   * Everything known about one context, or null when it is unknown (never seen, or
+   * evicted). Reading it does not count as a use.
+   */
+  getContextStatistics(serviceName?: string, predictionType?: string): EnsembleContextStatistics | null
+  /**
+   * One page of per-context statistics, most recently used first, for exporting every
+   * context without one huge call: `{total, offset, contexts}`; ask again with
+   * `offset + contexts.length` until it reaches `total`. `limit` is capped at 1000.
+   */
+  getContextStatisticsPage(offset?: number | undefined | null, limit?: number | undefined | null): EnsembleContextPage
   /** The whole learned state as a plain object (what `saveState` writes). */
   toJSON(): Record<string, unknown>
   /**
@@ -670,6 +684,10 @@ export interface AdvancedEnsembleOptions {
   typeMatchBonus?: number
   /** How many latest errors `getStatistics().recentErrors` lists (default 10). */
   recentErrors?: number
+  /** Contexts (serviceName × predictionType) kept, least recently used evicted (default 20000). */
+  maxContexts?: number
+  /** Model names kept, least recently used evicted (default 20000, at least 10000). */
+  maxModels?: number
 }
 
 export interface ExpandedPredictionsOptions {

@@ -15,10 +15,20 @@ const STRIDE = 4
 const HEAD = 8
 const STRATEGY = { stacking: 0, dynamic: 1, voting: 2, calibrated: 3 }
 const SOURCES = ['context', 'global', 'prior']
+/** Entry flags in the 4th slot (see src/js/ensemble.rs). */
+const TYPE_MATCH = 1
+const OLD_TYPE_MATCH = 2
+const HAS_CONFIDENCE = 4
+const HAS_MODEL = 8
 /** Values beyond this would overflow the meta-learners' statistics (see src/core/ensemble.rs). */
 const MAX_MAGNITUDE = 1e100
 /** Entries per call: an ensemble of more base predictions than this is a caller bug. */
 const MAX_ENTRIES = 10_000
+/**
+ * Names cached on the JS side per generation (see NameCache): the caches are only a
+ * shortcut to Rust's tables, so their bound is about JS memory, not correctness.
+ */
+const CACHE_GENERATION = 8192
 
 const OPTIONS = {
   historySize: { min: 0, max: 10_000_000, integer: true },
@@ -28,6 +38,60 @@ const OPTIONS = {
   competenceDecay: { min: 0, minExclusive: true, max: 1 },
   typeMatchBonus: { min: 0 },
   recentErrors: { min: 0, max: 10_000, integer: true },
+  maxContexts: { min: 1, max: 100_000_000, integer: true },
+  maxModels: { min: MAX_ENTRIES, max: 100_000_000, integer: true },
+}
+
+/**
+ * A bounded name → id cache with two generations: lookups hit the young map, then the old
+ * one (promoting the hit); when the young map fills, it becomes the old one and the
+ * previous old one is dropped. So the most recently used names always stay, memory is
+ * bounded by 2 × CACHE_GENERATION entries, and every operation is O(1) (an approximate
+ * LRU). Keys are one string, or a pair (service, type) through nested maps so no key
+ * string is built per call.
+ */
+class NameCache {
+  #young = new Map()
+  #old = new Map()
+  #size = 0
+
+  get(a, b) {
+    let m = this.#young.get(a)
+    let id = m === undefined ? undefined : b === undefined ? m : m.get(b)
+    if (id !== undefined) return id
+    m = this.#old.get(a)
+    id = m === undefined ? undefined : b === undefined ? m : m.get(b)
+    if (id !== undefined) this.set(a, b, id)
+    return id
+  }
+
+  set(a, b, id) {
+    if (b === undefined) {
+      this.#young.set(a, id)
+    } else {
+      let m = this.#young.get(a)
+      if (m === undefined) this.#young.set(a, (m = new Map()))
+      m.set(b, id)
+    }
+    if (++this.#size >= CACHE_GENERATION) {
+      this.#old = this.#young
+      this.#young = new Map()
+      this.#size = 0
+    }
+  }
+
+  delete(a, b) {
+    for (const g of [this.#young, this.#old]) {
+      if (b === undefined) g.delete(a)
+      else g.get(a)?.delete(b)
+    }
+  }
+
+  clear() {
+    this.#young = new Map()
+    this.#old = new Map()
+    this.#size = 0
+  }
 }
 
 function checkHybridModel(m, field) {
@@ -48,9 +112,24 @@ function hybridPrediction(model, features) {
   }
 }
 
+/**
+ * `context.features` for the hybrid models: an array (or typed array) of numbers or
+ * numeric strings (converted), or an object of named numbers (values converted, names
+ * kept: the registered model decides what the names mean).
+ */
+function readFeatures(f) {
+  if (Array.isArray(f) || ArrayBuffer.isView(f)) return v.finiteArray(f, 'context.features')
+  if (typeof f === 'object') {
+    const out = {}
+    for (const k of Object.keys(f)) out[k] = v.finite(v.prop(f, k, `context.features.${k}`), `context.features.${k}`)
+    return out
+  }
+  throw v.typeError('context.features', 'an array of numbers or an object of named numbers', f)
+}
+
 class AdvancedEnsemble extends native.AdvancedEnsemble {
-  #models = new Map()
-  #contexts = new Map()
+  #models = new NameCache()
+  #contexts = new NameCache()
   #generation = 0
   #capacity = 0
   #input = null
@@ -59,6 +138,7 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   #names = []
   #values = []
   #confidences = []
+  #flags = []
   #neural = null
   #transformer = null
   #initialized = false
@@ -81,29 +161,25 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     let id = this.#models.get(name)
     if (id === undefined) {
       id = this._internModel(name)
-      this.#models.set(name, id)
+      this.#models.set(name, undefined, id)
     }
     return id
   }
 
   #contextId(service, type) {
-    let byType = this.#contexts.get(service)
-    if (byType === undefined) {
-      byType = new Map()
-      this.#contexts.set(service, byType)
-    }
-    let id = byType.get(type)
+    let id = this.#contexts.get(service, type)
     if (id === undefined) {
       id = this._internContext(service, type)
-      byType.set(type, id)
+      this.#contexts.set(service, type, id)
     }
     return id
   }
 
   /**
    * Reads `predictions` into the parsed-entry arrays; returns the entry count.
-   * A bare number is a prediction with confidence 0.5; `prediction` wins over `value`;
-   * 0 is a real value.
+   * A bare number (or numeric string) is a prediction with confidence 0.5; `prediction`
+   * wins over `value`; numeric strings are numbers; a numeric model id is its decimal
+   * string; 0 is a real value.
    */
   #parse(predictions, contextType, extra) {
     let at = 0
@@ -125,76 +201,88 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const names = this.#names
     const values = this.#values
     const confs = this.#confidences
-    const input = this.#input
-    names.length = values.length = confs.length = 0
+    const flags = this.#flags
+    names.length = values.length = confs.length = flags.length = 0
     for (let i = 0; i < n; i++) {
       mark(i)
       const p = predictions[i]
       let value
       let confidence = 0.5
-      let model
-      let typeMatch = 0
-      if (typeof p === 'number') {
-        value = p
-        if (!(Math.abs(p) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}]`, 'a finite number within ±1e100', p)
+      let model = ''
+      let flag = contextType === '' ? OLD_TYPE_MATCH : 0
+      if (typeof p === 'number' || typeof p === 'string') {
+        value = v.finite(p, `predictions[${i}]`)
+        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}]`, 'a finite number within ±1e100', p)
       } else if (p !== null && typeof p === 'object') {
         const pred = p.prediction
-        value = pred !== undefined && pred !== null ? pred : p.value
-        if (typeof value !== 'number') {
-          throw v.typeError(`predictions[${i}].${pred !== undefined && pred !== null ? 'prediction' : 'value'}`, 'a number', value)
-        }
-        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}].${pred !== undefined && pred !== null ? 'prediction' : 'value'}`, 'a finite number within ±1e100', value)
+        const usePred = pred !== undefined && pred !== null
+        const raw = usePred ? pred : p.value
+        const field = `predictions[${i}].${usePred ? 'prediction' : 'value'}`
+        value = v.finite(raw, field)
+        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(field, 'a finite number within ±1e100', raw)
         const c = p.confidence
         if (c !== undefined && c !== null) {
-          if (typeof c !== 'number') throw v.typeError(`predictions[${i}].confidence`, 'a number', c)
-          if (!(c >= 0 && c <= 1)) throw v.rangeError(`predictions[${i}].confidence`, 'a number in [0, 1]', c)
-          confidence = c
+          confidence = v.finite(c, `predictions[${i}].confidence`)
+          if (!(confidence >= 0 && confidence <= 1)) throw v.rangeError(`predictions[${i}].confidence`, 'a number in [0, 1]', c)
+          flag |= HAS_CONFIDENCE
         }
         const m = p.model
-        if (m !== undefined && m !== null) {
-          if (typeof m !== 'string') throw v.typeError(`predictions[${i}].model`, 'a string', m)
-          if (m.length > v.MAX_NAME) throw new RangeError(`predictions[${i}].model must be at most ${v.MAX_NAME} characters, got ${m.length}`)
-          model = m
-        }
+        if (m !== undefined && m !== null) model = v.optionalName(m, `predictions[${i}].model`)
         const t = p.predictionType
         if (t !== undefined && t !== null) {
-          if (typeof t !== 'string') throw v.typeError(`predictions[${i}].predictionType`, 'a string', t)
-          typeMatch = contextType !== '' && t === contextType ? 1 : 0
+          const type = v.optionalName(t, `predictions[${i}].predictionType`)
+          // The old module compared with ===, so two absent types matched; the learned
+          // bonus needs a type on both sides.
+          flag = (flag & ~OLD_TYPE_MATCH) | (type === contextType ? OLD_TYPE_MATCH | (type !== '' ? TYPE_MATCH : 0) : 0)
         }
       } else {
         throw v.typeError(`predictions[${i}]`, 'a number or an object', p)
       }
-      if (model === undefined) model = `model_${i}`
+      if (model === '') model = `model_${i}`
+      else flag |= HAS_MODEL
       names.push(model)
       values.push(value)
       confs.push(confidence)
-      const o = i * STRIDE
-      input[o] = this.#modelId(model)
-      input[o + 1] = value
-      input[o + 2] = confidence
-      input[o + 3] = typeMatch
+      flags.push(flag)
     }
     return n
   }
 
   #push(model, value, confidence) {
-    const i = this.#names.length
     this.#names.push(model)
     this.#values.push(value)
     this.#confidences.push(confidence)
-    const o = i * STRIDE
-    this.#input[o] = this.#modelId(model)
-    this.#input[o + 1] = value
-    this.#input[o + 2] = confidence
-    this.#input[o + 3] = 0
+    this.#flags.push(HAS_CONFIDENCE | HAS_MODEL)
   }
 
-  /** Re-writes the model ids after the native state was replaced (loadState). */
-  #resync() {
-    this.#models.clear()
-    this.#contexts.clear()
-    this.#generation = this._generation
-    for (let i = 0; i < this.#names.length; i++) this.#input[i * STRIDE] = this.#modelId(this.#names[i])
+  /** Writes the parsed entries into the packed input, interning model names. */
+  #pack() {
+    const input = this.#input
+    const names = this.#names
+    for (let i = 0; i < names.length; i++) {
+      const o = i * STRIDE
+      input[o] = this.#modelId(names[i])
+      input[o + 1] = this.#values[i]
+      input[o + 2] = this.#confidences[i]
+      input[o + 3] = this.#flags[i]
+    }
+  }
+
+  /**
+   * Called when Rust reported a stale id. After a loadState every cached id is stale;
+   * otherwise only this call's names can be (evicted from Rust's bounded tables since
+   * they were cached), so only those are dropped and interned again.
+   */
+  #refresh(ctx) {
+    if (this._generation !== this.#generation) {
+      this.#models.clear()
+      this.#contexts.clear()
+      this.#generation = this._generation
+    } else {
+      for (const name of this.#names) this.#models.delete(name)
+      this.#contexts.delete(ctx.service, ctx.type)
+    }
+    this.#pack()
   }
 
   #context(context) {
@@ -208,14 +296,17 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     }
   }
 
+  /** One native call with the packed entries; re-interns and retries once on a stale id. */
+  #native(ctx, call) {
+    this.#pack()
+    if (call(this.#contextId(ctx.service, ctx.type))) return
+    this.#refresh(ctx)
+    if (!call(this.#contextId(ctx.service, ctx.type))) throw new Error('AdvancedEnsemble: ids still stale after re-interning (internal error)')
+  }
+
   #combine(strategy, ctx) {
     const n = this.#names.length
-    let id = this.#contextId(ctx.service, ctx.type)
-    if (!this._combine(strategy, this.#generation, id, n)) {
-      this.#resync()
-      id = this.#contextId(ctx.service, ctx.type)
-      this._combine(strategy, this.#generation, id, n)
-    }
+    this.#native(ctx, (id) => this._combine(strategy, this.#generation, id, n))
     return n
   }
 
@@ -261,19 +352,20 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   stackingEnsembleSync(predictions, context) {
     const ctx = this.#context(context)
     let hybrid = 0
+    let features
     if (ctx.features !== undefined && ctx.features !== null && (this.#neural || this.#transformer)) {
-      v.finiteArray(ctx.features, 'context.features')
+      features = readFeatures(ctx.features)
       hybrid = 2
     }
     this.#parse(predictions, ctx.type, hybrid)
     let hybridModels = false
     if (hybrid) {
-      const nn = hybridPrediction(this.#neural, ctx.features)
+      const nn = hybridPrediction(this.#neural, features)
       if (nn !== undefined) {
         this.#push('neural_network', nn, 0.85)
         hybridModels = true
       }
-      const tf = hybridPrediction(this.#transformer, ctx.features)
+      const tf = hybridPrediction(this.#transformer, features)
       if (tf !== undefined) {
         this.#push('transformer', tf, 0.85)
         hybridModels = true
@@ -285,8 +377,10 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const basePredictions = new Array(n)
     const metaWeights = new Array(n)
     const rawWeights = new Array(n)
+    const values = new Array(n)
     for (let i = 0; i < n; i++) {
-      basePredictions[i] = { value: this.#values[i], confidence: this.#confidences[i], model: this.#names[i] }
+      values[i] = this.#values[i]
+      basePredictions[i] = { value: values[i], confidence: this.#confidences[i], model: this.#names[i] }
       metaWeights[i] = out[HEAD + i]
       rawWeights[i] = out[HEAD + n + i]
     }
@@ -297,8 +391,9 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
       basePredictions,
       metaWeights,
       hybridModels,
-      rawWeights,
       intercept: out[2],
+      rawWeights,
+      values,
       samples: out[3],
       source: SOURCES[out[4]],
     }
@@ -332,12 +427,38 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
 
   confidenceWeightedVotingSync(predictions, context) {
     const ctx = this.#context(context)
-    this.#parse(predictions, ctx.type, 0)
-    const n = this.#combine(ctx.calibrate ? STRATEGY.calibrated : STRATEGY.voting, ctx)
-    const out = this.#output
+    const n = this.#parse(predictions, ctx.type, 0)
     const weights = new Array(n)
+    if (!ctx.calibrate) {
+      // Nothing to learn: the old rule computed here, without crossing into Rust.
+      const values = this.#values
+      const confs = this.#confidences
+      let total = 0
+      let num = 0
+      let sumC = 0
+      for (let i = 0; i < n; i++) {
+        const c = confs[i]
+        total += c * c
+        num += c * c * values[i]
+        sumC += c
+      }
+      const ok = total > 0 && Number.isFinite(total)
+      let prediction = num / total
+      if (!ok) {
+        prediction = 0
+        for (let i = 0; i < n; i++) prediction += values[i]
+        prediction /= n
+      }
+      for (let i = 0; i < n; i++) {
+        const w = confs[i] * confs[i]
+        weights[i] = { model: this.#names[i], confidence: confs[i], weight: w, normalizedWeight: ok ? w / total : 1 / n }
+      }
+      return { prediction, confidence: sumC / n, strategy: 'confidence-weighted', weights }
+    }
+    this.#combine(STRATEGY.calibrated, ctx)
+    const out = this.#output
     for (let i = 0; i < n; i++) {
-      weights[i] = { model: this.#names[i], confidence: out[HEAD + n + i], weight: out[HEAD + i] }
+      weights[i] = { model: this.#names[i], confidence: out[HEAD + 2 * n + i], weight: out[HEAD + n + i], normalizedWeight: out[HEAD + i] }
     }
     return { prediction: out[0], confidence: out[1], strategy: 'confidence-weighted', weights }
   }
@@ -345,16 +466,10 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   updateWithFeedbackSync(predictions, actual, context) {
     const ctx = this.#context(context)
     if (actual === undefined || actual === null) throw new TypeError('actual is required (a finite number)')
-    v.finite(actual, 'actual')
-    if (Math.abs(actual) > MAX_MAGNITUDE) throw v.rangeError('actual', 'within ±1e100', actual)
-    this.#parse(predictions, ctx.type, 0)
-    const n = this.#names.length
-    let id = this.#contextId(ctx.service, ctx.type)
-    if (!this._feedback(this.#generation, id, n, actual)) {
-      this.#resync()
-      id = this.#contextId(ctx.service, ctx.type)
-      this._feedback(this.#generation, id, n, actual)
-    }
+    const y = v.finite(actual, 'actual')
+    if (Math.abs(y) > MAX_MAGNITUDE) throw v.rangeError('actual', 'within ±1e100', actual)
+    const n = this.#parse(predictions, ctx.type, 0)
+    this.#native(ctx, (id) => this._feedback(this.#generation, id, n, y))
     return true
   }
 
@@ -366,11 +481,14 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     v.float64Array(predictions, 'predictions')
     if (!Array.isArray(models)) throw v.typeError('models', 'an array of strings', models)
     if (models.length === 0) throw new RangeError('models must not be empty')
-    for (let i = 0; i < models.length; i++) v.optionalName(v.prop(models, i, `models[${i}]`) ?? 0, `models[${i}]`)
+    const names = new Array(models.length)
+    for (let i = 0; i < models.length; i++) names[i] = v.optionalName(v.prop(models, i, `models[${i}]`) ?? 0, `models[${i}]`)
     if (confidences !== undefined && confidences !== null) v.float64Array(confidences, 'confidences')
     const ctx = this.#context(context)
-    const id = this.#contextId(ctx.service, ctx.type)
-    return this._stackingBatch(id, models.slice(), predictions, confidences ?? undefined)
+    const out = this._stackingBatch(this.#contextId(ctx.service, ctx.type), names, predictions, confidences ?? undefined)
+    if (out !== null) return out
+    this.#contexts.delete(ctx.service, ctx.type)
+    return this._stackingBatch(this.#contextId(ctx.service, ctx.type), names, predictions, confidences ?? undefined)
   }
 
   registerNeuralNetwork(model) {

@@ -260,7 +260,7 @@ impl AdvancedEnsemble {
         models: Vec<String>,
         predictions: &[f64],
         confidences: Option<&[f64]>,
-    ) -> Result<Float64Array> {
+    ) -> Result<Option<Float64Array>> {
         let mut e = self.inner.lock();
         let ids = models
             .iter()
@@ -274,13 +274,11 @@ impl AdvancedEnsemble {
         };
         let mut out = vec![0.0; rows];
         match e.stacking_batch(ctx as u64, &ids, predictions, confidences, &mut out) {
-            Ok(()) => {}
-            // The JS layer interned the context just before; only a concurrent eviction
-            // by this very call's models could make it stale, which maxModels ≥ 10000 rules out.
-            Err(EnsError::Stale) => return Err(plain("context was evicted during the call")),
-            Err(EnsError::Invalid(m)) => return Err(range(&env, m)),
+            Ok(()) => Ok(Some(Float64Array::new(out))),
+            // The JS layer's cached context id was evicted: it re-interns and retries.
+            Err(EnsError::Stale) => Ok(None),
+            Err(EnsError::Invalid(m)) => Err(range(&env, m)),
         }
-        Ok(Float64Array::new(out))
     }
 
     /// Statistics in O(1) whatever the number of contexts: the old fields
