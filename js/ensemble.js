@@ -491,6 +491,11 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     return this._stackingBatch(this.#contextId(ctx.service, ctx.type), names, predictions, confidences ?? undefined)
   }
 
+  /** O(1) in the number of contexts; parsed from JSON text (see `_statisticsJson`). */
+  getStatistics() {
+    return JSON.parse(this._statisticsJson())
+  }
+
   registerNeuralNetwork(model) {
     this.#neural = checkHybridModel(model, 'model')
   }

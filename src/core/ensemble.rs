@@ -27,6 +27,7 @@ use super::stats::{ErrorStats, TargetStats};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::sync::Arc;
 
 /// Strategy names in the order used by the per-strategy error arrays.
 pub const STRATEGIES: [&str; 4] = [
@@ -658,8 +659,12 @@ impl MetaLearner {
         let dy = y - self.mean_y;
         for i in 0..d {
             self.mean_x[i] += a * dx[i];
-            for j in 0..d {
-                self.cov[i * d + j] = lambda * self.cov[i * d + j] + f * dx[i] * dx[j];
+            // Upper triangle, mirrored: the matrix stays exactly symmetric (the saved form
+            // keeps only the triangle and must load back bit for bit).
+            for j in i..d {
+                let v = lambda * self.cov[i * d + j] + f * dx[i] * dx[j];
+                self.cov[i * d + j] = v;
+                self.cov[j * d + i] = v;
             }
             self.cross[i] = lambda * self.cross[i] + f * dx[i] * dy;
         }
@@ -798,7 +803,15 @@ impl ContextState {
         best.map(|(i, o, _)| (i, o))
     }
 
-    fn learn_set(&mut self, ids: &[u64], x: &[f64], y: f64, cfg: &EnsembleConfig, tick: u64, cap: usize) {
+    fn learn_set(
+        &mut self,
+        ids: &[u64],
+        x: &[f64],
+        y: f64,
+        cfg: &EnsembleConfig,
+        tick: u64,
+        cap: usize,
+    ) {
         let i = match self.sets.iter().position(|l| l.models == ids) {
             Some(i) => i,
             None => {
@@ -807,6 +820,11 @@ impl ContextState {
                     if let Some((j, _)) = self.sets.iter().enumerate().min_by_key(|l| l.1.used) {
                         self.sets.swap_remove(j);
                     }
+                }
+                // Most contexts only ever see one model set: no spare capacity (a learner
+                // is ~230 bytes and Vec's first growth would reserve four).
+                if self.sets.capacity() == self.sets.len() {
+                    self.sets.reserve_exact(1);
                 }
                 self.sets.push(MetaLearner::with_models(ids.to_vec()));
                 self.sets.len() - 1
@@ -859,7 +877,9 @@ pub struct Ensemble {
     model_ids: HashMap<String, u64>,
     /// Global competence per model id (its entry leaves with the model name).
     pub global_competence: HashMap<u64, ErrorStats>,
-    pub contexts: Lru<u64, ContextState>,
+    /// Shared with a pending save's snapshot (copy-on-write), so a snapshot of 100k
+    /// contexts costs pointer copies on the JS thread, not a deep clone.
+    pub contexts: Lru<u64, Arc<ContextState>>,
     context_ids: HashMap<(String, String), u64>,
     pub global: ContextState,
     /// The old per-`${serviceName}_${model}` EMA `0.9·old + 0.1/(1+|error|)`, keyed by
@@ -1043,7 +1063,7 @@ impl Ensemble {
             prediction_type: prediction_type.to_owned(),
             ..Default::default()
         };
-        if let Some((old, gone)) = self.contexts.insert(id, state) {
+        if let Some((old, gone)) = self.contexts.insert(id, Arc::new(state)) {
             self.forget_context(old, &gone);
         }
         Ok(id)
@@ -1061,7 +1081,7 @@ impl Ensemble {
         let id = self
             .context_ids
             .get(&(service.to_owned(), prediction_type.to_owned()))?;
-        self.contexts.peek(id)
+        self.contexts.peek(id).map(|c| &**c)
     }
 
     fn live(&mut self, ctx: u64, entries: &[Entry]) -> Result<(), Error> {
@@ -1109,7 +1129,11 @@ impl Ensemble {
         // weight 0 until they have been learned with the others.
         let c = self.ctx(ctx);
         let choice = if let Some((i, cols)) = c.covering(ids, min) {
-            Some((Source::Context, i, (0..ids.len()).zip(cols).collect::<Vec<_>>()))
+            Some((
+                Source::Context,
+                i,
+                (0..ids.len()).zip(cols).collect::<Vec<_>>(),
+            ))
         } else if let Some((i, cols)) = self.global.covering(ids, min) {
             Some((Source::Global, i, (0..ids.len()).zip(cols).collect()))
         } else if let Some((i, o)) = c.overlapping(ids, min) {
@@ -1122,7 +1146,7 @@ impl Ensemble {
         if let Some((source, i, pairs)) = choice {
             let learner = match source {
                 Source::Context => {
-                    &mut self.contexts.get_mut(&ctx).expect("live").sets[i]
+                    &mut Arc::make_mut(self.contexts.get_mut(&ctx).expect("live")).sets[i]
                 }
                 _ => &mut self.global.sets[i],
             };
@@ -1180,7 +1204,11 @@ impl Ensemble {
         } else {
             vec![1.0 / entries.len() as f64; entries.len()]
         };
-        let prediction = entries.iter().zip(&n).map(|(e, n)| e.value * n).sum::<f64>();
+        let prediction = entries
+            .iter()
+            .zip(&n)
+            .map(|(e, n)| e.value * n)
+            .sum::<f64>();
         let confidence = entries
             .iter()
             .zip(&n)
@@ -1243,7 +1271,12 @@ impl Ensemble {
             let scores: Vec<f64> = entries
                 .iter()
                 .map(|e| {
-                    let base = 0.5 + if e.has_confidence { 0.3 * e.confidence } else { 0.0 };
+                    let base = 0.5
+                        + if e.has_confidence {
+                            0.3 * e.confidence
+                        } else {
+                            0.0
+                        };
                     let pw = if !service.is_empty() && e.has_model {
                         self.performance_weight(service, e.model)
                     } else {
@@ -1331,7 +1364,12 @@ impl Ensemble {
     /// module did, with the normalised share beside it). With `calibrate`, each stated
     /// confidence is blended with one measured from the model's observed error in this
     /// context, by how much evidence there is (5 observations weigh as much as the claim).
-    pub fn voting(&mut self, ctx: u64, entries: &[Entry], calibrate: bool) -> Result<Combined, Error> {
+    pub fn voting(
+        &mut self,
+        ctx: u64,
+        entries: &[Entry],
+        calibrate: bool,
+    ) -> Result<Combined, Error> {
         self.live(ctx, entries)?;
         let c = self.ctx(ctx);
         let conf: Vec<f64> = if calibrate {
@@ -1385,7 +1423,11 @@ impl Ensemble {
         let n_ids = set.ids.len().min(MAX_META_MODELS);
         let (ids, xs) = (&set.ids[..n_ids], &set.values[..n_ids]);
         let samples = {
-            let c = self.contexts.get_mut(&ctx).expect("live");
+            let c = Arc::make_mut(self.contexts.get_mut(&ctx).expect("live"));
+            if c.competence.capacity() == 0 {
+                c.competence
+                    .reserve_exact(entries.len().min(MAX_COMPETENCE_PER_CONTEXT));
+            }
             for (s, e) in c.strategies.iter_mut().zip(errors) {
                 s.record(e, decay);
             }
@@ -1513,7 +1555,11 @@ impl Ensemble {
             }
         }
         if out.len() != rows {
-            return Err(format!("output length {} differs from the row count {rows}", out.len()).into());
+            return Err(format!(
+                "output length {} differs from the row count {rows}",
+                out.len()
+            )
+            .into());
         }
         if let Some(i) = values
             .iter()
@@ -1610,7 +1656,7 @@ impl Ensemble {
             .iter_mru()
             .skip(offset)
             .take(limit)
-            .map(|(_, c)| c)
+            .map(|(_, c)| &**c)
             .collect()
     }
 }
@@ -1653,37 +1699,229 @@ const FORMAT: &str = "mlops-native/advanced-ensemble";
 pub const FORMAT_VERSION: u64 = 2;
 
 /// The saved form (version 2): tables in least-recently-used-first order, so loading
-/// re-inserts them into the same recency order. Evicted keys are simply absent.
+/// re-inserts them into the same recency order; evicted keys are simply absent. Contexts
+/// and learners are arrays, not objects (see `CtxOut`), and a learner's symmetric
+/// co-moment matrix is stored as its upper triangle: 100k contexts are ~60 MB, not ~100.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SavedV2<C, G, P> {
+struct SavedV2<C, G> {
     format: String,
     format_version: u64,
     config: EnsembleConfig,
     next_id: u64,
     tick: u64,
     models: Vec<(u64, String)>,
-    global_competence: Vec<(u64, ErrorStats)>,
+    /// `[model id, mse, mae, count]`.
+    global_competence: Vec<(u64, f64, f64, u64)>,
+    /// Each `[id, serviceName, predictionType, samples, [targetMean, targetVar, count],
+    /// strategies [[mse, mae, count] × 4], competence [[model, mse, mae, count, used]…],
+    /// learners [[models, weight, meanY, syy, count, scale, used, [mse, mae, count],
+    /// meanX, covUpperTriangle, cross]…]]`.
     contexts: C,
     global: G,
-    performance: P,
+    performance: Vec<(String, f64)>,
     history: VecDeque<HistoryEntry>,
     recent: VecDeque<f64>,
     feedback_count: u64,
     counters: Counters,
 }
 
-impl Ensemble {
+type Es = (f64, f64, u64);
+fn es(e: &ErrorStats) -> Es {
+    (e.mse, e.mae, e.count)
+}
+fn es_in(t: Es) -> ErrorStats {
+    ErrorStats {
+        mse: t.0,
+        mae: t.1,
+        count: t.2,
+    }
+}
+
+struct CtxOut<'a>(&'a ContextState);
+struct SetOut<'a>(&'a MetaLearner);
+
+impl Serialize for SetOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let l = self.0;
+        let d = l.dim();
+        let upper: Vec<f64> = (0..d)
+            .flat_map(|i| (i..d).map(move |j| (i, j)))
+            .map(|(i, j)| l.cov[i * d + j])
+            .collect();
+        let mut t = s.serialize_tuple(11)?;
+        t.serialize_element(&l.models)?;
+        t.serialize_element(&l.weight)?;
+        t.serialize_element(&l.mean_y)?;
+        t.serialize_element(&l.syy)?;
+        t.serialize_element(&l.count)?;
+        t.serialize_element(&l.scale)?;
+        t.serialize_element(&l.used)?;
+        t.serialize_element(&es(&l.residuals))?;
+        t.serialize_element(&l.mean_x)?;
+        t.serialize_element(&upper)?;
+        t.serialize_element(&l.cross)?;
+        t.end()
+    }
+}
+
+impl Serialize for CtxOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let c = self.0;
+        let mut t = s.serialize_tuple(8)?;
+        t.serialize_element(&c.id)?;
+        t.serialize_element(&c.service)?;
+        t.serialize_element(&c.prediction_type)?;
+        t.serialize_element(&c.samples)?;
+        t.serialize_element(&(c.target.mean, c.target.var, c.target.count))?;
+        t.serialize_element(&c.strategies.map(|e| es(&e)))?;
+        let comp: Vec<(u64, f64, f64, u64, u64)> = c
+            .competence
+            .iter()
+            .map(|m| (m.model, m.stats.mse, m.stats.mae, m.stats.count, m.used))
+            .collect();
+        t.serialize_element(&comp)?;
+        let sets: Vec<SetOut> = c.sets.iter().map(SetOut).collect();
+        t.serialize_element(&sets)?;
+        t.end()
+    }
+}
+
+type SetIn = (
+    Vec<u64>,
+    f64,
+    f64,
+    f64,
+    u64,
+    f64,
+    u64,
+    Es,
+    Vec<f64>,
+    Vec<f64>,
+    Vec<f64>,
+);
+type CtxIn = (
+    u64,
+    String,
+    String,
+    u64,
+    (f64, f64, u64),
+    [Es; 4],
+    Vec<(u64, f64, f64, u64, u64)>,
+    Vec<SetIn>,
+);
+
+fn set_in(r: SetIn) -> Result<MetaLearner, String> {
+    let (models, weight, mean_y, syy, count, scale, used, res, mean_x, upper, cross) = r;
+    let d = models.len();
+    if upper.len() != d * (d + 1) / 2 {
+        return Err("meta-learner matrix sizes do not match its model list".into());
+    }
+    let mut cov = vec![0.0; d * d];
+    let mut k = 0;
+    for i in 0..d {
+        for j in i..d {
+            cov[i * d + j] = upper[k];
+            cov[j * d + i] = upper[k];
+            k += 1;
+        }
+    }
+    let l = MetaLearner {
+        models,
+        weight,
+        mean_x,
+        mean_y,
+        cov,
+        cross,
+        syy,
+        count,
+        residuals: es_in(res),
+        scale,
+        used,
+        cache: None,
+    };
+    l.check()?;
+    Ok(l)
+}
+
+fn ctx_in(r: CtxIn) -> Result<ContextState, String> {
+    let (id, service, prediction_type, samples, t, strategies, comp, sets) = r;
+    if comp.len() > MAX_COMPETENCE_PER_CONTEXT || sets.len() > MAX_GLOBAL_SETS {
+        return Err(format!("context {id} holds more records than allowed"));
+    }
+    Ok(ContextState {
+        id,
+        service,
+        prediction_type,
+        sets: sets.into_iter().map(set_in).collect::<Result<_, _>>()?,
+        competence: comp
+            .into_iter()
+            .map(|(model, mse, mae, count, used)| Competence {
+                model,
+                stats: ErrorStats { mse, mae, count },
+                used,
+            })
+            .collect(),
+        target: TargetStats {
+            mean: t.0,
+            var: t.1,
+            count: t.2,
+        },
+        strategies: strategies.map(es_in),
+        samples,
+    })
+}
+
+/// What a save writes, taken on the calling thread in a few milliseconds (contexts are
+/// shared, copy-on-write) and serialised on a worker.
+pub struct Snapshot {
+    config: EnsembleConfig,
+    next_id: u64,
+    tick: u64,
+    models: Vec<(u64, String)>,
+    global_competence: Vec<(u64, f64, f64, u64)>,
+    contexts: Vec<Arc<ContextState>>,
+    global: ContextState,
+    performance: Vec<(String, f64)>,
+    history: VecDeque<HistoryEntry>,
+    recent: VecDeque<f64>,
+    feedback_count: u64,
+    counters: Counters,
+}
+
+impl Snapshot {
     pub fn to_json(&self) -> Result<String, String> {
-        let contexts: Vec<&ContextState> = self.contexts.iter_lru().map(|(_, c)| c).collect();
-        let performance: Vec<(&String, f64)> =
-            self.performance.iter_lru().map(|(k, w)| (k, *w)).collect();
-        let mut gc: Vec<(u64, ErrorStats)> =
-            self.global_competence.iter().map(|(k, v)| (*k, *v)).collect();
-        gc.sort_by_key(|g| g.0);
         let saved = SavedV2 {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
+            config: self.config.clone(),
+            next_id: self.next_id,
+            tick: self.tick,
+            models: self.models.clone(),
+            global_competence: self.global_competence.clone(),
+            contexts: self.contexts.iter().map(|c| CtxOut(c)).collect::<Vec<_>>(),
+            global: CtxOut(&self.global),
+            performance: self.performance.clone(),
+            history: self.history.clone(),
+            recent: self.recent.clone(),
+            feedback_count: self.feedback_count,
+            counters: self.counters,
+        };
+        serde_json::to_string(&saved).map_err(|e| e.to_string())
+    }
+}
+
+impl Ensemble {
+    pub fn snapshot(&self) -> Snapshot {
+        let mut gc: Vec<(u64, f64, f64, u64)> = self
+            .global_competence
+            .iter()
+            .map(|(k, v)| (*k, v.mse, v.mae, v.count))
+            .collect();
+        gc.sort_by_key(|g| g.0);
+        Snapshot {
             config: self.config.clone(),
             next_id: self.next_id,
             tick: self.tick,
@@ -1693,15 +1931,22 @@ impl Ensemble {
                 .map(|(id, n)| (*id, n.clone()))
                 .collect(),
             global_competence: gc,
-            contexts,
-            global: &self.global,
-            performance,
+            contexts: self.contexts.iter_lru().map(|(_, c)| c.clone()).collect(),
+            global: self.global.clone(),
+            performance: self
+                .performance
+                .iter_lru()
+                .map(|(k, w)| (k.clone(), *w))
+                .collect(),
             history: self.history.clone(),
             recent: self.recent.clone(),
             feedback_count: self.feedback_count,
             counters: self.counters,
-        };
-        serde_json::to_string(&saved).map_err(|e| e.to_string())
+        }
+    }
+
+    pub fn to_json(&self) -> Result<String, String> {
+        self.snapshot().to_json()
     }
 
     /// Restores a saved state (version 2, or version 1 files written before contexts were
@@ -1713,6 +1958,10 @@ impl Ensemble {
         struct Head {
             format: Option<String>,
             format_version: Option<u64>,
+        }
+        // Files this version writes start with their format tag: parse them once, directly.
+        if text.starts_with("{\"format\":\"mlops-native/advanced-ensemble\",\"formatVersion\":2,") {
+            return Self::from_v2(text);
         }
         let head: Head =
             serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
@@ -1731,9 +1980,18 @@ impl Ensemble {
     }
 
     fn from_v2(text: &str) -> Result<Self, String> {
-        let s: SavedV2<Vec<ContextState>, ContextState, Vec<(String, f64)>> =
-            serde_json::from_str(text)
-                .map_err(|e| format!("state does not match the AdvancedEnsemble schema: {e}"))?;
+        let s: SavedV2<Vec<CtxIn>, CtxIn> = serde_json::from_str(text).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                format!("state is not valid JSON: {e}")
+            } else {
+                format!("state does not match the AdvancedEnsemble schema: {e}")
+            }
+        })?;
+        if s.format != FORMAT {
+            return Err(
+                "state is not an AdvancedEnsemble state (format field missing or different)".into(),
+            );
+        }
         s.config.validate()?;
         let mut e = Ensemble::new(s.config)?;
         e.counters = s.counters;
@@ -1744,24 +2002,22 @@ impl Ensemble {
             }
             max_id = max_id.max(id);
             e.model_ids.insert(name.clone(), id);
-            if let Some((old, n)) = e.models.insert(id, name) {
+            if let Some((_, n)) = e.models.insert(id, name) {
                 e.model_ids.remove(&n);
-                let _ = old;
             }
         }
-        for (id, st) in s.global_competence {
+        for (id, mse, mae, count) in s.global_competence {
             if e.models.contains(&id) {
-                e.global_competence.insert(id, st);
+                e.global_competence
+                    .insert(id, ErrorStats { mse, mae, count });
             }
         }
         for c in s.contexts {
+            let c = ctx_in(c)?;
+            max_id = max_id.max(c.id);
             e.insert_loaded_context(c)?;
-            max_id = max_id.max(e.contexts.iter_mru().next().map_or(0, |x| *x.0));
         }
-        for l in &s.global.sets {
-            l.check()?;
-        }
-        e.global = s.global;
+        e.global = ctx_in(s.global)?;
         for (k, w) in s.performance {
             if !w.is_finite() {
                 return Err("a performance weight is not finite".into());
@@ -1790,7 +2046,7 @@ impl Ensemble {
         }
         self.context_ids.insert(key, c.id);
         let id = c.id;
-        if let Some((old, gone)) = self.contexts.insert(id, c) {
+        if let Some((old, gone)) = self.contexts.insert(id, Arc::new(c)) {
             self.forget_context(old, &gone);
         }
         Ok(())
@@ -1899,8 +2155,10 @@ mod v1 {
             l.mean_x[i] = m.xtx[ci] / w;
         }
         for (i, &(_, ci)) in cols.iter().enumerate() {
-            for (j, &(_, cj)) in cols.iter().enumerate() {
-                l.cov[i * dd + j] = m.xtx[ci * n + cj] - w * l.mean_x[i] * l.mean_x[j];
+            for (j, &(_, cj)) in cols.iter().enumerate().skip(i) {
+                let v = m.xtx[ci * n + cj] - w * l.mean_x[i] * l.mean_x[j];
+                l.cov[i * dd + j] = v;
+                l.cov[j * dd + i] = v;
             }
             l.cov[i * dd + i] = l.cov[i * dd + i].max(0.0);
             l.cross[i] = m.xty[ci] - w * l.mean_x[i] * my;
@@ -1974,7 +2232,8 @@ mod v1 {
             ..g
         };
         for &(sv, m, w) in &s.performance {
-            let (Some(service), Some(model)) = (s.services.get(sv as usize), s.models.get(m as usize))
+            let (Some(service), Some(model)) =
+                (s.services.get(sv as usize), s.models.get(m as usize))
             else {
                 return Err("a performance entry is malformed".into());
             };
@@ -2173,7 +2432,13 @@ mod tests {
         );
         assert!(Ensemble::from_json(&json[..json.len() / 2]).is_err());
         assert!(Ensemble::from_json("{\"format\":\"other\"}").is_err());
-        let broken = json.replacen("\"cov\":[", "\"cov\":[1.0,", 1);
+        // One number too many in the first learner's co-moment triangle.
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["contexts"][0][7][0][9]
+            .as_array_mut()
+            .unwrap()
+            .push(1.0.into());
+        let broken = serde_json::to_string(&v).unwrap();
         assert!(Ensemble::from_json(&broken)
             .unwrap_err()
             .contains("matrix sizes"));
@@ -2192,7 +2457,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("predictions[0].value"));
-        assert!(e.stacking(ctx, &[]).unwrap_err().to_string().contains("empty"));
+        assert!(e
+            .stacking(ctx, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         let es = entries(&mut e, &[("a", 1.0)]);
         assert!(e
             .feedback(ctx, &es, f64::INFINITY, 0.0)
@@ -2223,7 +2492,13 @@ mod tests {
         let r = e.stacking(ctx, &many).unwrap();
         assert!(r.prediction.is_finite());
         assert!(t.elapsed().as_secs_f64() < 5.0, "took {:?}", t.elapsed());
-        assert!(e.contexts.peek(&ctx).unwrap().sets.iter().all(|l| l.models.len() <= MAX_META_MODELS));
+        assert!(e
+            .contexts
+            .peek(&ctx)
+            .unwrap()
+            .sets
+            .iter()
+            .all(|l| l.models.len() <= MAX_META_MODELS));
     }
 
     #[test]
@@ -2258,10 +2533,16 @@ mod tests {
         l.insert(3, 30);
         l.touch(&1);
         assert_eq!(l.insert(4, 40), Some((2, 20)));
-        assert_eq!(l.iter_mru().map(|e| *e.0).collect::<Vec<_>>(), vec![4, 1, 3]);
+        assert_eq!(
+            l.iter_mru().map(|e| *e.0).collect::<Vec<_>>(),
+            vec![4, 1, 3]
+        );
         assert_eq!(l.remove(&1), Some(10));
         l.insert(5, 50);
-        assert_eq!(l.iter_lru().map(|e| *e.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            l.iter_lru().map(|e| *e.0).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(l.len(), 3);
     }
 
@@ -2290,7 +2571,11 @@ mod tests {
         assert_eq!(e.stacking(first, &es), Err(Error::Stale));
         let back = e.intern_context("tenant-0", "").unwrap();
         assert_ne!(back, first);
-        assert_eq!(e.contexts.peek(&back).unwrap().samples, 0, "returns neutral");
+        assert_eq!(
+            e.contexts.peek(&back).unwrap().samples,
+            0,
+            "returns neutral"
+        );
         // Its traffic is served by the global learner meanwhile.
         let es = entries(&mut e, &[("a", 3.0), ("b", 1.0)]);
         assert_eq!(e.stacking(back, &es).unwrap().source, Some(Source::Global));
