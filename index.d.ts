@@ -150,9 +150,9 @@ export interface EnsembleStatistics {
   feedbackCount: number
   bestStrategy: StrategyName | null
   strategies: Record<StrategyName, StrategyErrors>
-  /** The (at most 10) contexts with the most feedback, keyed `service/type`. */
+  /** The (at most 5) contexts with the most feedback, in detail, keyed `service/type`. */
   contexts: Record<string, EnsembleContextSummary>
-  /** The same contexts by volume, most first. */
+  /** The (at most 10) contexts with the most feedback, most first. */
   topContexts: { serviceName: string; predictionType: string; samples: number }[]
   /** Live table sizes; `xCreated = x + evictions.x`. */
   totals: {

@@ -67,7 +67,7 @@ test('no refusal at 10× the bound, on every entry point, and counters that add 
   assert.equal(st.totals.performanceKeysCreated, st.totals.performanceKeys + st.evictions.performanceKeys)
   assert.equal(st.feedbackCount, 10 * bound)
   assert.ok(Object.keys(st.performanceWeights).length <= st.limits.performanceWeightsShown)
-  assert.ok(Object.keys(st.contexts).length <= 10)
+  assert.ok(Object.keys(st.contexts).length <= 5)
 })
 
 test('model names are bounded too, and an evicted name is re-interned transparently', () => {
@@ -94,7 +94,7 @@ test('getStatistics stays small: recent performance weights, top contexts by vol
   for (let i = 1; i < st.topContexts.length; i++) assert.ok(st.topContexts[i - 1].samples >= st.topContexts[i].samples)
   assert.equal(st.topContexts[0].samples, 17)
   assert.equal(st.totals.contexts, 300)
-  assert.deepEqual(Object.keys(st.contexts).length, 10)
+  assert.deepEqual(Object.keys(st.contexts).length, 5, 'the top 5 in detail')
 })
 
 test('per-context detail and a paged export of every context', () => {
@@ -134,4 +134,41 @@ test('saved state holds only the live keys and loads back to the same answers', 
   assert.deepEqual(f.getStatistics().totals, e.getStatistics().totals)
   assert.equal(f.getContextStatistics('s10'), null)
   fs.rmSync(dir, { recursive: true })
+})
+
+test('property: any stream of calls over many keys is served, bounded, and its counters add up', () => {
+  const fc = require('fast-check')
+  const RUNS = Number(process.env.FUZZ_RUNS || 40)
+  const op = fc.record({
+    kind: fc.constantFrom('stack', 'select', 'vote', 'calibrated', 'feedback', 'batch'),
+    service: fc.oneof(fc.integer({ min: 0, max: 1_000_000 }).map((i) => `tenant-${i}`), fc.constantFrom('', 'ai-gm')),
+    type: fc.constantFrom(undefined, 'quality', 'latency'),
+    models: fc.array(fc.oneof(fc.integer({ min: 0, max: 1_000_000 }), fc.constantFrom('a', 'b')), { minLength: 1, maxLength: 4 }),
+    y: fc.double({ min: -1e6, max: 1e6, noNaN: true }),
+  })
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 20 }), fc.array(op, { minLength: 1, maxLength: 120 }), (maxContexts, ops) => {
+      const e = new AdvancedEnsemble({ maxContexts, maxModels: 10_000 })
+      for (const o of ops) {
+        const ctx = { serviceName: o.service, predictionType: o.type }
+        const p = o.models.map((m, i) => ({ value: o.y + i, confidence: 0.5, model: m }))
+        let r
+        if (o.kind === 'stack') r = e.stackingEnsembleSync(p, ctx).prediction
+        else if (o.kind === 'select') r = e.dynamicSelectionSync(p, ctx).prediction
+        else if (o.kind === 'vote') r = e.confidenceWeightedVotingSync(p, ctx).prediction
+        else if (o.kind === 'calibrated') r = e.confidenceWeightedVotingSync(p, { ...ctx, calibrate: true }).prediction
+        else if (o.kind === 'batch') r = e.stackingBatch(new Float64Array(p.map((x) => x.value)), o.models, ctx)[0]
+        else r = e.updateWithFeedbackSync(p, o.y, ctx) ? 0 : NaN
+        assert.ok(Number.isFinite(r), `${o.kind} answered ${r}`)
+      }
+      const st = e.getStatistics()
+      assert.ok(st.totals.contexts <= maxContexts)
+      assert.equal(st.totals.contextsCreated, st.totals.contexts + st.evictions.contexts)
+      assert.equal(st.totals.performanceKeysCreated, st.totals.performanceKeys + st.evictions.performanceKeys)
+      let paged = 0
+      for (let off = 0; off < st.totals.contexts; off += 7) paged += e.getContextStatisticsPage(off, 7).contexts.length
+      assert.equal(paged, st.totals.contexts)
+    }),
+    { numRuns: RUNS, seed: process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : undefined },
+  )
 })

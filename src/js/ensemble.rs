@@ -11,6 +11,7 @@ use crate::core::ensemble::{
 };
 use crate::core::fsutil;
 use napi::bindgen_prelude::*;
+use serde::Serialize;
 use napi_derive::napi;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -297,8 +298,7 @@ impl AdvancedEnsemble {
     /// than building the same object property by property through napi.
     #[napi(js_name = "_statisticsJson", skip_typescript, catch_unwind)]
     pub fn statistics_json(&self) -> Result<String> {
-        let v = statistics(&self.inner.lock());
-        serde_json::to_string(&v).map_err(|e| plain(e.to_string()))
+        serde_json::to_string(&Statistics(&self.inner.lock())).map_err(|e| plain(e.to_string()))
     }
     /// Everything known about one context, or null when it is unknown (never seen, or
     /// evicted). Reading it does not count as a use.
@@ -374,57 +374,155 @@ impl AdvancedEnsemble {
     }
 }
 
-/// The `getStatistics()` object; O(1) in the number of contexts.
-fn statistics(e: &Ensemble) -> serde_json::Value {
-    use serde_json::{json, Map, Value};
-    let mut contexts = Map::new();
-    let mut top = Vec::with_capacity(e.top.len());
-    for &(id, _) in &e.top {
-        if let Some(c) = e.contexts.peek(&id) {
-            contexts.insert(Ensemble::context_key(c), context_summary(c));
-            top.push(json!({
-                "serviceName": c.service,
-                "predictionType": c.prediction_type,
-                "samples": c.samples,
-            }));
+/// The `getStatistics()` object, serialised straight from the tables (no intermediate
+/// `serde_json::Value`, so no allocation per key): O(1) in the number of contexts.
+struct Statistics<'a>(&'a Ensemble);
+
+/// Contexts listed with their strategy errors in `getStatistics().contexts` (the top of
+/// `topContexts`).
+const CONTEXTS_DETAILED: usize = 5;
+
+struct StrategyBlock<'a>(&'a ContextState);
+impl Serialize for StrategyBlock<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(Serialize)]
+        struct Errors {
+            mae: f64,
+            rmse: f64,
+            count: u64,
         }
+        let mut m = s.serialize_map(Some(4))?;
+        for (name, st) in STRATEGIES.iter().zip(&self.0.strategies) {
+            m.serialize_entry(
+                name,
+                &Errors {
+                    mae: st.mae,
+                    rmse: st.rmse(),
+                    count: st.count,
+                },
+            )?;
+        }
+        m.end()
     }
-    let perf: Map<String, Value> = e
-        .performance_weights(PERFORMANCE_WEIGHTS_SHOWN)
-        .into_iter()
-        .map(|(k, w)| (k, json!(w)))
-        .collect();
-    let k = &e.counters;
-    json!({
-        "performanceWeights": perf,
-        "historySize": e.history.len(),
-        "recentErrors": e.recent.iter().collect::<Vec<_>>(),
-        "avgError": e.avg_error(),
-        "feedbackCount": e.feedback_count,
-        "bestStrategy": Ensemble::best_strategy(&e.global),
-        "strategies": strategy_block(&e.global),
-        "contexts": contexts,
-        "topContexts": top,
-        "totals": {
-            "contexts": e.contexts.len(),
-            "models": e.models.len(),
-            "performanceKeys": e.performance.len(),
-            "contextsCreated": k.contexts_created,
-            "modelsCreated": k.models_created,
-            "performanceKeysCreated": k.performance_created,
-        },
-        "evictions": {
-            "contexts": k.contexts_evicted,
-            "models": k.models_evicted,
-            "performanceKeys": k.performance_evicted,
-        },
-        "limits": {
-            "maxContexts": e.config.max_contexts,
-            "maxModels": e.config.max_models,
-            "maxPerformanceKeys": e.config.max_performance_keys(),
-            "performanceWeightsShown": PERFORMANCE_WEIGHTS_SHOWN,
-        },
-    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary<'a> {
+    service_name: &'a str,
+    prediction_type: &'a str,
+    samples: u64,
+    meta_samples: u64,
+    best_strategy: Option<&'static str>,
+    strategies: StrategyBlock<'a>,
+}
+
+fn summary(c: &ContextState) -> Summary<'_> {
+    Summary {
+        service_name: &c.service,
+        prediction_type: &c.prediction_type,
+        samples: c.samples,
+        meta_samples: c.meta_samples(),
+        best_strategy: Ensemble::best_strategy(c),
+        strategies: StrategyBlock(c),
+    }
+}
+
+impl Serialize for Statistics<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeStruct};
+        let e = self.0;
+        struct Perf<'a>(&'a Ensemble);
+        impl Serialize for Perf<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(None)?;
+                for (k, w) in self.0.performance.iter_mru().take(PERFORMANCE_WEIGHTS_SHOWN) {
+                    m.serialize_entry(k, w)?;
+                }
+                m.end()
+            }
+        }
+        struct Contexts<'a>(&'a Ensemble);
+        impl Serialize for Contexts<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(None)?;
+                for (id, _) in self.0.top.iter().take(CONTEXTS_DETAILED) {
+                    if let Some(c) = self.0.contexts.peek(id) {
+                        m.serialize_entry(&Ensemble::context_key(c), &summary(c))?;
+                    }
+                }
+                m.end()
+            }
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Top<'a> {
+            service_name: &'a str,
+            prediction_type: &'a str,
+            samples: u64,
+        }
+        let top: Vec<Top> = e
+            .top
+            .iter()
+            .filter_map(|(id, _)| e.contexts.peek(id))
+            .map(|c| Top {
+                service_name: &c.service,
+                prediction_type: &c.prediction_type,
+                samples: c.samples,
+            })
+            .collect();
+        let k = &e.counters;
+        let mut st = s.serialize_struct("EnsembleStatistics", 12)?;
+        st.serialize_field("performanceWeights", &Perf(e))?;
+        st.serialize_field("historySize", &e.history.len())?;
+        st.serialize_field("recentErrors", &e.recent)?;
+        st.serialize_field("avgError", &e.avg_error())?;
+        st.serialize_field("feedbackCount", &e.feedback_count)?;
+        st.serialize_field("bestStrategy", &Ensemble::best_strategy(&e.global))?;
+        st.serialize_field("strategies", &StrategyBlock(&e.global))?;
+        st.serialize_field("contexts", &Contexts(e))?;
+        st.serialize_field("topContexts", &top)?;
+        st.serialize_field(
+            "totals",
+            &serde_json::json!({
+                "contexts": e.contexts.len(),
+                "models": e.models.len(),
+                "performanceKeys": e.performance.len(),
+                "contextsCreated": k.contexts_created,
+                "modelsCreated": k.models_created,
+                "performanceKeysCreated": k.performance_created,
+            }),
+        )?;
+        st.serialize_field(
+            "evictions",
+            &serde_json::json!({
+                "contexts": k.contexts_evicted,
+                "models": k.models_evicted,
+                "performanceKeys": k.performance_evicted,
+            }),
+        )?;
+        st.serialize_field(
+            "limits",
+            &serde_json::json!({
+                "maxContexts": e.config.max_contexts,
+                "maxModels": e.config.max_models,
+                "maxPerformanceKeys": e.config.max_performance_keys(),
+                "performanceWeightsShown": PERFORMANCE_WEIGHTS_SHOWN,
+            }),
+        )?;
+        st.end()
+    }
+}
+
+fn statistics(e: &Ensemble) -> serde_json::Value {
+    serde_json::to_value(Statistics(e)).unwrap_or(serde_json::Value::Null)
 }
 
 fn strategy_block(c: &ContextState) -> serde_json::Value {
