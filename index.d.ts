@@ -139,7 +139,7 @@ export interface EnsembleContextPage {
 export interface EnsembleStatistics {
   /**
    * Old EMA per `${serviceName}_${model}` (or `model`): 0.9·old + 0.1/(1+|error|). Only the
-   * 50 most recently updated keys (`limits.performanceWeightsShown`).
+   * 20 most recently updated keys (`limits.performanceWeightsShown`).
    */
   performanceWeights: Record<string, number>
   historySize: number
@@ -150,7 +150,7 @@ export interface EnsembleStatistics {
   feedbackCount: number
   bestStrategy: StrategyName | null
   strategies: Record<StrategyName, StrategyErrors>
-  /** The (at most 5) contexts with the most feedback, in detail, keyed `service/type`. */
+  /** The (at most 3) contexts with the most feedback, in detail, keyed `service/type`. */
   contexts: Record<string, EnsembleContextSummary>
   /** The (at most 10) contexts with the most feedback, most first. */
   topContexts: { serviceName: string; predictionType: string; samples: number }[]
@@ -628,7 +628,7 @@ export declare class AdvancedEnsemble {
   constructor(options?: AdvancedEnsembleOptions | undefined | null)
   /**
    * Statistics in O(1) whatever the number of contexts: the old fields
-   * (`performanceWeights` limited to the 50 most recently updated keys, `historySize`,
+   * (`performanceWeights` limited to the 20 most recently updated keys, `historySize`,
    * `recentErrors`, `avgError`), global per-strategy errors, the top contexts by
    * volume, totals and eviction counters. Per-context detail:
    * `getContextStatistics` / `getContextStatisticsPage`.

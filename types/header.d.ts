@@ -139,7 +139,7 @@ export interface EnsembleContextPage {
 export interface EnsembleStatistics {
   /**
    * Old EMA per `${serviceName}_${model}` (or `model`): 0.9·old + 0.1/(1+|error|). Only the
-   * 50 most recently updated keys (`limits.performanceWeightsShown`).
+   * 20 most recently updated keys (`limits.performanceWeightsShown`).
    */
   performanceWeights: Record<string, number>
   historySize: number
@@ -150,7 +150,7 @@ export interface EnsembleStatistics {
   feedbackCount: number
   bestStrategy: StrategyName | null
   strategies: Record<StrategyName, StrategyErrors>
-  /** The (at most 5) contexts with the most feedback, in detail, keyed `service/type`. */
+  /** The (at most 3) contexts with the most feedback, in detail, keyed `service/type`. */
   contexts: Record<string, EnsembleContextSummary>
   /** The (at most 10) contexts with the most feedback, most first. */
   topContexts: { serviceName: string; predictionType: string; samples: number }[]

@@ -49,7 +49,7 @@ pub const MAX_COMPETENCE_PER_CONTEXT: usize = 32;
 /// Longest name kept (the JS layer caps names at 256 characters; UTF-8 may need 4 bytes each).
 pub const MAX_NAME_BYTES: usize = 1024;
 /// Most recently used `performanceWeights` keys listed by `getStatistics()`.
-pub const PERFORMANCE_WEIGHTS_SHOWN: usize = 50;
+pub const PERFORMANCE_WEIGHTS_SHOWN: usize = 20;
 /// Contexts listed by volume in `getStatistics()`.
 pub const TOP_CONTEXTS: usize = 10;
 /// Entries per call the JS layer allows; `maxModels` may not be smaller, so one call's

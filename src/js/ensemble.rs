@@ -11,9 +11,9 @@ use crate::core::ensemble::{
 };
 use crate::core::fsutil;
 use napi::bindgen_prelude::*;
-use serde::Serialize;
 use napi_derive::napi;
 use parking_lot::Mutex;
+use serde::Serialize;
 use std::sync::Arc;
 
 /// Entry stride of the packed input: `[modelId, value, confidence, flags]`, flags bit 0
@@ -285,7 +285,7 @@ impl AdvancedEnsemble {
     }
 
     /// Statistics in O(1) whatever the number of contexts: the old fields
-    /// (`performanceWeights` limited to the 50 most recently updated keys, `historySize`,
+    /// (`performanceWeights` limited to the 20 most recently updated keys, `historySize`,
     /// `recentErrors`, `avgError`), global per-strategy errors, the top contexts by
     /// volume, totals and eviction counters. Per-context detail:
     /// `getContextStatistics` / `getContextStatisticsPage`.
@@ -380,7 +380,7 @@ struct Statistics<'a>(&'a Ensemble);
 
 /// Contexts listed with their strategy errors in `getStatistics().contexts` (the top of
 /// `topContexts`).
-const CONTEXTS_DETAILED: usize = 5;
+const CONTEXTS_DETAILED: usize = 3;
 
 struct StrategyBlock<'a>(&'a ContextState);
 impl Serialize for StrategyBlock<'_> {
@@ -440,7 +440,12 @@ impl Serialize for Statistics<'_> {
                 s: S,
             ) -> std::result::Result<S::Ok, S::Error> {
                 let mut m = s.serialize_map(None)?;
-                for (k, w) in self.0.performance.iter_mru().take(PERFORMANCE_WEIGHTS_SHOWN) {
+                for (k, w) in self
+                    .0
+                    .performance
+                    .iter_mru()
+                    .take(PERFORMANCE_WEIGHTS_SHOWN)
+                {
                     m.serialize_entry(k, w)?;
                 }
                 m.end()
