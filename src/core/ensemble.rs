@@ -26,6 +26,7 @@ use super::linalg::cholesky_solve;
 use super::stats::{ErrorStats, TargetStats};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -132,17 +133,26 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// Reads without changing the order.
-    pub fn peek(&self, k: &K) -> Option<&V> {
+    pub fn peek<Q: ?Sized + Hash + Eq>(&self, k: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
         let &i = self.map.get(k)?;
         self.nodes[i as usize].entry.as_ref().map(|e| &e.1)
     }
 
-    pub fn contains(&self, k: &K) -> bool {
+    pub fn contains<Q: ?Sized + Hash + Eq>(&self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         self.map.contains_key(k)
     }
 
     /// Reads and marks as most recently used.
-    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+    pub fn get_mut<Q: ?Sized + Hash + Eq>(&mut self, k: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
         let &i = self.map.get(k)?;
         if self.head != i {
             self.unlink(i);
@@ -151,14 +161,17 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.nodes[i as usize].entry.as_mut().map(|e| &mut e.1)
     }
 
-    pub fn touch(&mut self, k: &K) -> bool {
+    pub fn touch<Q: ?Sized + Hash + Eq>(&mut self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         self.get_mut(k).is_some()
     }
 
     /// Inserts (or replaces) as most recently used; returns the evicted least recently
     /// used entry when the table was full.
     pub fn insert(&mut self, k: K, v: V) -> Option<(K, V)> {
-        if let Some(slot) = self.get_mut(&k) {
+        if let Some(slot) = self.get_mut::<K>(&k) {
             *slot = v;
             return None;
         }
@@ -196,7 +209,10 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         Some(e)
     }
 
-    pub fn remove(&mut self, k: &K) -> Option<V> {
+    pub fn remove<Q: ?Sized + Hash + Eq>(&mut self, k: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         let i = self.map.remove(k)?;
         self.unlink(i);
         self.free.push(i);
@@ -884,7 +900,8 @@ pub struct Ensemble {
     pub global: ContextState,
     /// The old per-`${serviceName}_${model}` EMA `0.9·old + 0.1/(1+|error|)`, keyed by
     /// that string; kept because callers read it from `getStatistics()`.
-    pub performance: Lru<String, f64>,
+    /// Keys are shared strings, so a save's snapshot copies pointers, not 2×maxContexts strings.
+    pub performance: Lru<Arc<str>, f64>,
     pub history: VecDeque<HistoryEntry>,
     pub recent: VecDeque<f64>,
     pub feedback_count: u64,
@@ -1106,7 +1123,7 @@ impl Ensemble {
         match self.model_name(model) {
             Some(name) => *self
                 .performance
-                .peek(&performance_key(service, name))
+                .peek(performance_key(service, name).as_str())
                 .unwrap_or(&1.0),
             None => 1.0,
         }
@@ -1467,13 +1484,13 @@ impl Ensemble {
                 continue;
             };
             let key = performance_key(&service, name);
-            match self.performance.get_mut(&key) {
+            match self.performance.get_mut(key.as_str()) {
                 Some(w) => *w = 0.9 * *w + 0.1 / (1.0 + err),
                 None => {
                     self.counters.performance_created += 1;
                     if self
                         .performance
-                        .insert(key, 0.9 + 0.1 / (1.0 + err))
+                        .insert(Arc::from(key), 0.9 + 0.1 / (1.0 + err))
                         .is_some()
                     {
                         self.counters.performance_evicted += 1;
@@ -1626,7 +1643,7 @@ impl Ensemble {
         self.performance
             .iter_mru()
             .take(limit)
-            .map(|(k, w)| (k.clone(), *w))
+            .map(|(k, w)| (k.to_string(), *w))
             .collect()
     }
 
@@ -1704,7 +1721,7 @@ pub const FORMAT_VERSION: u64 = 2;
 /// co-moment matrix is stored as its upper triangle: 100k contexts are ~60 MB, not ~100.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SavedV2<C, G> {
+struct SavedV2<C, G, P> {
     format: String,
     format_version: u64,
     config: EnsembleConfig,
@@ -1719,7 +1736,7 @@ struct SavedV2<C, G> {
     /// meanX, covUpperTriangle, cross]…]]`.
     contexts: C,
     global: G,
-    performance: Vec<(String, f64)>,
+    performance: P,
     history: VecDeque<HistoryEntry>,
     recent: VecDeque<f64>,
     feedback_count: u64,
@@ -1884,7 +1901,7 @@ pub struct Snapshot {
     global_competence: Vec<(u64, f64, f64, u64)>,
     contexts: Vec<Arc<ContextState>>,
     global: ContextState,
-    performance: Vec<(String, f64)>,
+    performance: Vec<(Arc<str>, f64)>,
     history: VecDeque<HistoryEntry>,
     recent: VecDeque<f64>,
     feedback_count: u64,
@@ -1903,7 +1920,11 @@ impl Snapshot {
             global_competence: self.global_competence.clone(),
             contexts: self.contexts.iter().map(|c| CtxOut(c)).collect::<Vec<_>>(),
             global: CtxOut(&self.global),
-            performance: self.performance.clone(),
+            performance: self
+                .performance
+                .iter()
+                .map(|(k, w)| (&**k, *w))
+                .collect::<Vec<(&str, f64)>>(),
             history: self.history.clone(),
             recent: self.recent.clone(),
             feedback_count: self.feedback_count,
@@ -1980,7 +2001,7 @@ impl Ensemble {
     }
 
     fn from_v2(text: &str) -> Result<Self, String> {
-        let s: SavedV2<Vec<CtxIn>, CtxIn> = serde_json::from_str(text).map_err(|e| {
+        let s: SavedV2<Vec<CtxIn>, CtxIn, Vec<(String, f64)>> = serde_json::from_str(text).map_err(|e| {
             if e.is_syntax() || e.is_eof() {
                 format!("state is not valid JSON: {e}")
             } else {
@@ -2022,7 +2043,7 @@ impl Ensemble {
             if !w.is_finite() {
                 return Err("a performance weight is not finite".into());
             }
-            e.performance.insert(k, w);
+            e.performance.insert(Arc::from(k), w);
         }
         e.history = s.history;
         e.recent = s.recent;
@@ -2240,7 +2261,8 @@ mod v1 {
             if !w.is_finite() {
                 return Err("a performance entry is malformed".into());
             }
-            e.performance.insert(performance_key(service, model), w);
+            e.performance
+                .insert(Arc::from(performance_key(service, model)), w);
             e.counters.performance_created += 1;
         }
         for h in s.history {
@@ -2609,5 +2631,52 @@ mod tests {
             e.feedback(ctx, &es, y, 0.0).unwrap();
         }
         assert!((err / 1000.0).abs() < 0.01, "mean error {}", err / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// `cargo test --release timing -- --ignored --nocapture`: where save/load time goes.
+    #[test]
+    #[ignore]
+    fn state_file_timing_100k() {
+        let cfg = EnsembleConfig {
+            max_contexts: 100_000,
+            ..Default::default()
+        };
+        let mut e = Ensemble::new(cfg).unwrap();
+        let ids: Vec<u64> = ["a", "b", "c"]
+            .iter()
+            .map(|m| e.intern_model(m).unwrap())
+            .collect();
+        for i in 0..100_000 {
+            let ctx = e.intern_context(&format!("tenant-{i}"), "quality").unwrap();
+            let es: Vec<Entry> = ids
+                .iter()
+                .enumerate()
+                .map(|(j, &m)| Entry::new(m, (i % 7) as f64 + 0.1 * j as f64, 0.7))
+                .collect();
+            e.feedback(ctx, &es, (i % 7) as f64 + 0.05, 0.0).unwrap();
+        }
+        let t = std::time::Instant::now();
+        let snap = e.snapshot();
+        let t_snap = t.elapsed();
+        let t = std::time::Instant::now();
+        let text = snap.to_json().unwrap();
+        let t_ser = t.elapsed();
+        let t = std::time::Instant::now();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let t_value = t.elapsed();
+        drop(v);
+        let t = std::time::Instant::now();
+        let back = Ensemble::from_json(&text).unwrap();
+        let t_load = t.elapsed();
+        eprintln!(
+            "snapshot {t_snap:?} serialise {t_ser:?} ({} MB) parse-as-Value {t_value:?} from_json {t_load:?} ({} contexts)",
+            text.len() >> 20,
+            back.contexts.len()
+        );
     }
 }

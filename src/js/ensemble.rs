@@ -446,7 +446,7 @@ impl Serialize for Statistics<'_> {
                     .iter_mru()
                     .take(PERFORMANCE_WEIGHTS_SHOWN)
                 {
-                    m.serialize_entry(k, w)?;
+                    m.serialize_entry(&**k, w)?;
                 }
                 m.end()
             }
