@@ -2,7 +2,7 @@
 // `node scripts/bench/run.js cardinality-ensemble`: AdvancedEnsemble under high-cardinality
 // traffic (issue 13). Each scenario runs in a fresh child process so RSS figures are its
 // own: N distinct contexts (a `serviceName` per tenant), each getting one stacking call and
-// one feedback, through an ensemble with the default bound (`maxContexts` 20000) — and, for
+// one feedback, through an ensemble with the default bound (`maxContexts` 10000) — and, for
 // the state-file target, one whose bound holds all 100k keys.
 // Reported: calls/s, RSS, getStatistics() cost, save/load times with the longest event-loop
 // stall during them, file size, and bytes per live key.
@@ -96,7 +96,7 @@ async function run() {
     results.push(x)
     rows.push([
       keys.toLocaleString('en'),
-      (max || 20_000).toLocaleString('en'),
+      (max || 10_000).toLocaleString('en'),
       x.live,
       x.evicted,
       Math.round(x.callsPerSec).toLocaleString('en'),

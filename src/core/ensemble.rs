@@ -25,8 +25,8 @@
 use super::linalg::cholesky_solve;
 use super::stats::{ErrorStats, TargetStats};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
 use std::borrow::Borrow;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -283,9 +283,11 @@ pub struct EnsembleConfig {
     pub max_models: usize,
 }
 
-/// Default bound on contexts: ~1.6 KB each with three models (see the `cardinality-ensemble`
-/// bench for the measured figure), so ≤ ~40 MB per instance with the other tables.
-pub const DEFAULT_MAX_CONTEXTS: usize = 20_000;
+/// Default bound on contexts: a live context measured ~2 KB (three models; up to ~4.5 KB
+/// of RSS under churn, with allocator fragmentation and the JS name caches), so the
+/// default keeps an instance near or under 50 MB (`node scripts/bench/run.js
+/// cardinality-ensemble`).
+pub const DEFAULT_MAX_CONTEXTS: usize = 10_000;
 pub const DEFAULT_MAX_MODELS: usize = 20_000;
 
 impl Default for EnsembleConfig {
@@ -1718,24 +1720,32 @@ pub const FORMAT_VERSION: u64 = 2;
 /// The saved form (version 2): tables in least-recently-used-first order, so loading
 /// re-inserts them into the same recency order; evicted keys are simply absent. Contexts
 /// and learners are arrays, not objects (see `CtxOut`), and a learner's symmetric
-/// co-moment matrix is stored as its upper triangle: 100k contexts are ~60 MB, not ~100.
+/// co-moment matrix is stored as its upper triangle.
+///
+/// `floats`: `"decimal"` (what `toJSON()` gives: readable numbers) or `"bits"` (what
+/// `saveState` writes: each statistic as the integer of its IEEE-754 bits). Bits are exact
+/// by construction and parse as integers, which measured several times faster than
+/// correctly rounded decimal floats: that is what keeps loading 100k contexts near a second.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SavedV2<C, G, P> {
+struct SavedV2<C, G, P, Q> {
     format: String,
     format_version: u64,
+    #[serde(default)]
+    floats: Option<String>,
     config: EnsembleConfig,
     next_id: u64,
     tick: u64,
     models: Vec<(u64, String)>,
     /// `[model id, mse, mae, count]`.
-    global_competence: Vec<(u64, f64, f64, u64)>,
+    global_competence: Q,
     /// Each `[id, serviceName, predictionType, samples, [targetMean, targetVar, count],
     /// strategies [[mse, mae, count] × 4], competence [[model, mse, mae, count, used]…],
     /// learners [[models, weight, meanY, syy, count, scale, used, [mse, mae, count],
     /// meanX, covUpperTriangle, cross]…]]`.
     contexts: C,
     global: G,
+    /// `[key, weight]`.
     performance: P,
     history: VecDeque<HistoryEntry>,
     recent: VecDeque<f64>,
@@ -1743,25 +1753,99 @@ struct SavedV2<C, G, P> {
     counters: Counters,
 }
 
-type Es = (f64, f64, u64);
-fn es(e: &ErrorStats) -> Es {
-    (e.mse, e.mae, e.count)
+/// A statistic as written: a decimal number, or the integer of its bits.
+#[derive(Clone, Copy)]
+struct F(f64, bool);
+impl Serialize for F {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.1 {
+            s.serialize_u64(self.0.to_bits())
+        } else {
+            s.serialize_f64(self.0)
+        }
+    }
 }
-fn es_in(t: Es) -> ErrorStats {
-    ErrorStats {
-        mse: t.0,
-        mae: t.1,
-        count: t.2,
+struct Fs<'a>(&'a [f64], bool);
+impl Serialize for Fs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|&v| F(v, self.1)))
     }
 }
 
-struct CtxOut<'a>(&'a ContextState);
-struct SetOut<'a>(&'a MetaLearner);
+/// A statistic as read: kept raw until the header says how to read it.
+#[derive(Clone, Copy, Debug)]
+enum Num {
+    Int(u64),
+    Float(f64),
+}
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Num, E> {
+                Ok(Num::Int(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Num, E> {
+                Ok(Num::Float(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Num, E> {
+                Ok(Num::Float(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads `Num`s by the file's encoding, refusing anything non-finite.
+#[derive(Clone, Copy)]
+struct Reader {
+    bits: bool,
+}
+impl Reader {
+    fn f(&self, n: Num) -> Result<f64, String> {
+        let v = match (n, self.bits) {
+            (Num::Int(u), true) => f64::from_bits(u),
+            (Num::Float(_), true) => {
+                return Err("state holds a decimal number where bits were declared".into())
+            }
+            (Num::Int(u), false) => u as f64,
+            (Num::Float(f), false) => f,
+        };
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err("state holds a non-finite statistic".into())
+        }
+    }
+    fn fs(&self, v: Vec<Num>) -> Result<Vec<f64>, String> {
+        v.into_iter().map(|n| self.f(n)).collect()
+    }
+    fn es(&self, t: EsIn) -> Result<ErrorStats, String> {
+        Ok(ErrorStats {
+            mse: self.f(t.0)?,
+            mae: self.f(t.1)?,
+            count: t.2,
+        })
+    }
+}
+
+type EsIn = (Num, Num, u64);
+
+struct CtxOut<'a>(&'a ContextState, bool);
+struct SetOut<'a>(&'a MetaLearner, bool);
+
+fn es_out(e: &ErrorStats, bits: bool) -> (F, F, u64) {
+    (F(e.mse, bits), F(e.mae, bits), e.count)
+}
 
 impl Serialize for SetOut<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        let l = self.0;
+        let (l, b) = (self.0, self.1);
         let d = l.dim();
         let upper: Vec<f64> = (0..d)
             .flat_map(|i| (i..d).map(move |j| (i, j)))
@@ -1769,16 +1853,16 @@ impl Serialize for SetOut<'_> {
             .collect();
         let mut t = s.serialize_tuple(11)?;
         t.serialize_element(&l.models)?;
-        t.serialize_element(&l.weight)?;
-        t.serialize_element(&l.mean_y)?;
-        t.serialize_element(&l.syy)?;
+        t.serialize_element(&F(l.weight, b))?;
+        t.serialize_element(&F(l.mean_y, b))?;
+        t.serialize_element(&F(l.syy, b))?;
         t.serialize_element(&l.count)?;
-        t.serialize_element(&l.scale)?;
+        t.serialize_element(&F(l.scale, b))?;
         t.serialize_element(&l.used)?;
-        t.serialize_element(&es(&l.residuals))?;
-        t.serialize_element(&l.mean_x)?;
-        t.serialize_element(&upper)?;
-        t.serialize_element(&l.cross)?;
+        t.serialize_element(&es_out(&l.residuals, b))?;
+        t.serialize_element(&Fs(&l.mean_x, b))?;
+        t.serialize_element(&Fs(&upper, b))?;
+        t.serialize_element(&Fs(&l.cross, b))?;
         t.end()
     }
 }
@@ -1786,21 +1870,29 @@ impl Serialize for SetOut<'_> {
 impl Serialize for CtxOut<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        let c = self.0;
+        let (c, b) = (self.0, self.1);
         let mut t = s.serialize_tuple(8)?;
         t.serialize_element(&c.id)?;
         t.serialize_element(&c.service)?;
         t.serialize_element(&c.prediction_type)?;
         t.serialize_element(&c.samples)?;
-        t.serialize_element(&(c.target.mean, c.target.var, c.target.count))?;
-        t.serialize_element(&c.strategies.map(|e| es(&e)))?;
-        let comp: Vec<(u64, f64, f64, u64, u64)> = c
+        t.serialize_element(&(F(c.target.mean, b), F(c.target.var, b), c.target.count))?;
+        t.serialize_element(&c.strategies.map(|e| es_out(&e, b)))?;
+        let comp: Vec<(u64, F, F, u64, u64)> = c
             .competence
             .iter()
-            .map(|m| (m.model, m.stats.mse, m.stats.mae, m.stats.count, m.used))
+            .map(|m| {
+                (
+                    m.model,
+                    F(m.stats.mse, b),
+                    F(m.stats.mae, b),
+                    m.stats.count,
+                    m.used,
+                )
+            })
             .collect();
         t.serialize_element(&comp)?;
-        let sets: Vec<SetOut> = c.sets.iter().map(SetOut).collect();
+        let sets: Vec<SetOut> = c.sets.iter().map(|l| SetOut(l, b)).collect();
         t.serialize_element(&sets)?;
         t.end()
     }
@@ -1808,34 +1900,35 @@ impl Serialize for CtxOut<'_> {
 
 type SetIn = (
     Vec<u64>,
-    f64,
-    f64,
-    f64,
+    Num,
+    Num,
+    Num,
     u64,
-    f64,
+    Num,
     u64,
-    Es,
-    Vec<f64>,
-    Vec<f64>,
-    Vec<f64>,
+    EsIn,
+    Vec<Num>,
+    Vec<Num>,
+    Vec<Num>,
 );
 type CtxIn = (
     u64,
     String,
     String,
     u64,
-    (f64, f64, u64),
-    [Es; 4],
-    Vec<(u64, f64, f64, u64, u64)>,
+    (Num, Num, u64),
+    [EsIn; 4],
+    Vec<(u64, Num, Num, u64, u64)>,
     Vec<SetIn>,
 );
 
-fn set_in(r: SetIn) -> Result<MetaLearner, String> {
+fn set_in(r: SetIn, rd: Reader) -> Result<MetaLearner, String> {
     let (models, weight, mean_y, syy, count, scale, used, res, mean_x, upper, cross) = r;
     let d = models.len();
     if upper.len() != d * (d + 1) / 2 {
         return Err("meta-learner matrix sizes do not match its model list".into());
     }
+    let upper = rd.fs(upper)?;
     let mut cov = vec![0.0; d * d];
     let mut k = 0;
     for i in 0..d {
@@ -1847,15 +1940,15 @@ fn set_in(r: SetIn) -> Result<MetaLearner, String> {
     }
     let l = MetaLearner {
         models,
-        weight,
-        mean_x,
-        mean_y,
+        weight: rd.f(weight)?,
+        mean_x: rd.fs(mean_x)?,
+        mean_y: rd.f(mean_y)?,
         cov,
-        cross,
-        syy,
+        cross: rd.fs(cross)?,
+        syy: rd.f(syy)?,
         count,
-        residuals: es_in(res),
-        scale,
+        residuals: rd.es(res)?,
+        scale: rd.f(scale)?,
         used,
         cache: None,
     };
@@ -1863,30 +1956,40 @@ fn set_in(r: SetIn) -> Result<MetaLearner, String> {
     Ok(l)
 }
 
-fn ctx_in(r: CtxIn) -> Result<ContextState, String> {
+fn ctx_in(r: CtxIn, rd: Reader) -> Result<ContextState, String> {
     let (id, service, prediction_type, samples, t, strategies, comp, sets) = r;
     if comp.len() > MAX_COMPETENCE_PER_CONTEXT || sets.len() > MAX_GLOBAL_SETS {
         return Err(format!("context {id} holds more records than allowed"));
     }
+    let [s0, s1, s2, s3] = strategies;
     Ok(ContextState {
         id,
         service,
         prediction_type,
-        sets: sets.into_iter().map(set_in).collect::<Result<_, _>>()?,
+        sets: sets
+            .into_iter()
+            .map(|x| set_in(x, rd))
+            .collect::<Result<_, _>>()?,
         competence: comp
             .into_iter()
-            .map(|(model, mse, mae, count, used)| Competence {
-                model,
-                stats: ErrorStats { mse, mae, count },
-                used,
+            .map(|(model, mse, mae, count, used)| {
+                Ok(Competence {
+                    model,
+                    stats: ErrorStats {
+                        mse: rd.f(mse)?,
+                        mae: rd.f(mae)?,
+                        count,
+                    },
+                    used,
+                })
             })
-            .collect(),
+            .collect::<Result<_, String>>()?,
         target: TargetStats {
-            mean: t.0,
-            var: t.1,
+            mean: rd.f(t.0)?,
+            var: rd.f(t.1)?,
             count: t.2,
         },
-        strategies: strategies.map(es_in),
+        strategies: [rd.es(s0)?, rd.es(s1)?, rd.es(s2)?, rd.es(s3)?],
         samples,
     })
 }
@@ -1909,22 +2012,33 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn to_json(&self) -> Result<String, String> {
+    /// `bits`: write statistics as the integers of their bits (saved files), or as decimal
+    /// numbers (`toJSON()`).
+    pub fn to_json(&self, bits: bool) -> Result<String, String> {
         let saved = SavedV2 {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
+            floats: Some(if bits { "bits" } else { "decimal" }.into()),
             config: self.config.clone(),
             next_id: self.next_id,
             tick: self.tick,
             models: self.models.clone(),
-            global_competence: self.global_competence.clone(),
-            contexts: self.contexts.iter().map(|c| CtxOut(c)).collect::<Vec<_>>(),
-            global: CtxOut(&self.global),
+            global_competence: self
+                .global_competence
+                .iter()
+                .map(|&(id, mse, mae, n)| (id, F(mse, bits), F(mae, bits), n))
+                .collect::<Vec<_>>(),
+            contexts: self
+                .contexts
+                .iter()
+                .map(|c| CtxOut(c, bits))
+                .collect::<Vec<_>>(),
+            global: CtxOut(&self.global, bits),
             performance: self
                 .performance
                 .iter()
-                .map(|(k, w)| (&**k, *w))
-                .collect::<Vec<(&str, f64)>>(),
+                .map(|(k, w)| (&**k, F(*w, bits)))
+                .collect::<Vec<_>>(),
             history: self.history.clone(),
             recent: self.recent.clone(),
             feedback_count: self.feedback_count,
@@ -1966,8 +2080,13 @@ impl Ensemble {
         }
     }
 
+    /// The state as readable JSON (`toJSON()`); saved files use the bits encoding.
     pub fn to_json(&self) -> Result<String, String> {
-        self.snapshot().to_json()
+        self.snapshot().to_json(false)
+    }
+
+    pub fn to_saved_json(&self) -> Result<String, String> {
+        self.snapshot().to_json(true)
     }
 
     /// Restores a saved state (version 2, or version 1 files written before contexts were
@@ -2001,18 +2120,30 @@ impl Ensemble {
     }
 
     fn from_v2(text: &str) -> Result<Self, String> {
-        let s: SavedV2<Vec<CtxIn>, CtxIn, Vec<(String, f64)>> = serde_json::from_str(text).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                format!("state is not valid JSON: {e}")
-            } else {
-                format!("state does not match the AdvancedEnsemble schema: {e}")
-            }
-        })?;
+        let s: SavedV2<Vec<CtxIn>, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
+            serde_json::from_str(text).map_err(|e| {
+                if e.is_syntax() || e.is_eof() {
+                    format!("state is not valid JSON: {e}")
+                } else {
+                    format!("state does not match the AdvancedEnsemble schema: {e}")
+                }
+            })?;
         if s.format != FORMAT {
             return Err(
                 "state is not an AdvancedEnsemble state (format field missing or different)".into(),
             );
         }
+        let rd = Reader {
+            bits: match s.floats.as_deref() {
+                None | Some("decimal") => false,
+                Some("bits") => true,
+                Some(other) => {
+                    return Err(format!(
+                        "state declares an unknown float encoding {other:?}"
+                    ))
+                }
+            },
+        };
         s.config.validate()?;
         let mut e = Ensemble::new(s.config)?;
         e.counters = s.counters;
@@ -2029,20 +2160,22 @@ impl Ensemble {
         }
         for (id, mse, mae, count) in s.global_competence {
             if e.models.contains(&id) {
-                e.global_competence
-                    .insert(id, ErrorStats { mse, mae, count });
+                let stats = ErrorStats {
+                    mse: rd.f(mse)?,
+                    mae: rd.f(mae)?,
+                    count,
+                };
+                e.global_competence.insert(id, stats);
             }
         }
         for c in s.contexts {
-            let c = ctx_in(c)?;
+            let c = ctx_in(c, rd)?;
             max_id = max_id.max(c.id);
             e.insert_loaded_context(c)?;
         }
-        e.global = ctx_in(s.global)?;
+        e.global = ctx_in(s.global, rd)?;
         for (k, w) in s.performance {
-            if !w.is_finite() {
-                return Err("a performance weight is not finite".into());
-            }
+            let w = rd.f(w)?;
             e.performance.insert(Arc::from(k), w);
         }
         e.history = s.history;
@@ -2464,6 +2597,22 @@ mod tests {
         assert!(Ensemble::from_json(&broken)
             .unwrap_err()
             .contains("matrix sizes"));
+        // The saved (bits) encoding round-trips bit for bit too, and refuses a NaN.
+        let saved = e.to_saved_json().unwrap();
+        assert!(saved.contains("\"floats\":\"bits\""));
+        let mut back2 = Ensemble::from_json(&saved).unwrap();
+        let es3 = entries(&mut back2, &[("a", 3.0), ("b", 1.0)]);
+        let es4 = entries(&mut e, &[("a", 3.0), ("b", 1.0)]);
+        assert_eq!(
+            back2.stacking(ctx, &es3).unwrap(),
+            e.stacking(ctx, &es4).unwrap()
+        );
+        let mut v: serde_json::Value = serde_json::from_str(&saved).unwrap();
+        v["contexts"][0][4][0] = f64::NAN.to_bits().into();
+        let nan = serde_json::to_string(&v).unwrap();
+        assert!(Ensemble::from_json(&nan)
+            .unwrap_err()
+            .contains("non-finite"));
         let newer = json.replace("\"formatVersion\":2", "\"formatVersion\":3");
         assert!(Ensemble::from_json(&newer).unwrap_err().contains("newer"));
     }
@@ -2664,7 +2813,7 @@ mod timing {
         let snap = e.snapshot();
         let t_snap = t.elapsed();
         let t = std::time::Instant::now();
-        let text = snap.to_json().unwrap();
+        let text = snap.to_json(true).unwrap();
         let t_ser = t.elapsed();
         let t = std::time::Instant::now();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -39,7 +39,7 @@ pub struct AdvancedEnsembleOptions {
     pub type_match_bonus: Option<f64>,
     /// How many latest errors `getStatistics().recentErrors` lists (default 10).
     pub recent_errors: Option<u32>,
-    /// Contexts (serviceName × predictionType) kept, least recently used evicted (default 20000).
+    /// Contexts (serviceName × predictionType) kept, least recently used evicted (default 10000).
     pub max_contexts: Option<u32>,
     /// Model names kept, least recently used evicted (default 20000, at least 10000).
     pub max_models: Option<u32>,
@@ -601,7 +601,7 @@ impl Task for SaveSnapshot {
             .snapshot
             .take()
             .ok_or_else(|| plain("state already saved"))?;
-        let text = snapshot.to_json().map_err(plain)?;
+        let text = snapshot.to_json(true).map_err(plain)?;
         // Dropping the snapshot's references here, off the JS thread.
         drop(snapshot);
         fsutil::write_atomic(&self.path, text.as_bytes())
