@@ -197,6 +197,13 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         None
     }
 
+    /// Room for `n` more entries without rehashing or moving nodes (bulk loads).
+    pub fn reserve(&mut self, n: usize) {
+        let n = n.min(self.cap);
+        self.map.reserve(n);
+        self.nodes.reserve(n);
+    }
+
     pub fn pop_lru(&mut self) -> Option<(K, V)> {
         let i = self.tail;
         if i == NIL {
@@ -2168,6 +2175,9 @@ impl Ensemble {
                 e.global_competence.insert(id, stats);
             }
         }
+        let n = s.contexts.len().min(e.config.max_contexts);
+        e.contexts.reserve(n);
+        e.context_ids.reserve(n);
         for c in s.contexts {
             let c = ctx_in(c, rd)?;
             max_id = max_id.max(c.id);
@@ -2819,6 +2829,11 @@ mod timing {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let t_value = t.elapsed();
         drop(v);
+        let t = std::time::Instant::now();
+        let raw: SavedV2<Vec<CtxIn>, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
+            serde_json::from_str(&text).unwrap();
+        eprintln!("raw parse {:?}", t.elapsed());
+        drop(raw);
         let t = std::time::Instant::now();
         let back = Ensemble::from_json(&text).unwrap();
         let t_load = t.elapsed();
