@@ -738,7 +738,7 @@ export interface AdvancedEnsembleOptions {
   typeMatchBonus?: number
   /** How many latest errors `getStatistics().recentErrors` lists (default 10). */
   recentErrors?: number
-  /** Contexts (serviceName × predictionType) kept, least recently used evicted (default 20000). */
+  /** Contexts (serviceName × predictionType) kept, least recently used evicted (default 10000). */
   maxContexts?: number
   /** Model names kept, least recently used evicted (default 20000, at least 10000). */
   maxModels?: number

@@ -3,10 +3,14 @@
 //
 // Why a JS layer: reading three small prediction objects through `#[napi(object)]` costs
 // ~5-7 µs per call, reading them here and crossing once with numbers costs well under
-// 1 µs. So this file reads and validates the objects, interns model and context names to
-// integer ids (a new name crosses once, ever), writes `[modelId, value, confidence,
-// typeMatch]` per entry into a Float64Array that Rust registered once, and builds the
-// result object from the output array. All learning is in Rust (src/core/ensemble.rs).
+// 1 µs. So this file reads and validates the objects (numeric strings and numeric model ids
+// accepted, see js/validate.js), interns model and context names to integer ids through
+// bounded caches (a name crosses again only after it left them), writes
+// `[modelId, value, confidence, flags]` per entry into a Float64Array that Rust registered
+// once, and builds the result object from the output array. Rust's tables are bounded
+// too: when an id this layer cached was evicted there, the call reports it stale and is
+// retried once with fresh ids. Voting without calibration has nothing to learn and is
+// computed here. All learning is in Rust (src/core/ensemble.rs).
 
 const native = require('../index.js')
 const v = require('./validate.js')
@@ -182,16 +186,22 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
    * string; 0 is a real value.
    */
   #parse(predictions, contextType, extra) {
-    let at = 0
     try {
-      return this.#parseEntries(predictions, contextType, extra, (i) => (at = i))
+      return this.#parseEntries(predictions, contextType, extra, this.#mark)
     } catch (e) {
       if (e instanceof TypeError || e instanceof RangeError) throw e
       // A caller's getter or Proxy threw while we read the entry.
-      throw new TypeError(`predictions[${at}] could not be read: ${e && e.message ? e.message : String(e)}`)
+      throw new TypeError(`predictions[${this.#at}] could not be read: ${e && e.message ? e.message : String(e)}`)
     }
   }
 
+  #at = 0
+  #mark = (i) => {
+    this.#at = i
+  }
+
+  // The hot path: field names for error messages are only built when an entry is bad
+  // (building `predictions[${i}].value` per entry cost more than the arithmetic).
   #parseEntries(predictions, contextType, extra, mark) {
     if (!Array.isArray(predictions)) throw v.typeError('predictions', 'an array', predictions)
     const n = predictions.length
@@ -202,35 +212,34 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const values = this.#values
     const confs = this.#confidences
     const flags = this.#flags
-    names.length = values.length = confs.length = flags.length = 0
+    const absentType = contextType === '' ? OLD_TYPE_MATCH : 0
     for (let i = 0; i < n; i++) {
       mark(i)
       const p = predictions[i]
       let value
       let confidence = 0.5
       let model = ''
-      let flag = contextType === '' ? OLD_TYPE_MATCH : 0
+      let flag = absentType
       if (typeof p === 'number' || typeof p === 'string') {
-        value = v.finite(p, `predictions[${i}]`)
+        value = typeof p === 'number' ? p : v.finite(p, `predictions[${i}]`)
         if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}]`, 'a finite number within ±1e100', p)
       } else if (p !== null && typeof p === 'object') {
         const pred = p.prediction
         const usePred = pred !== undefined && pred !== null
         const raw = usePred ? pred : p.value
-        const field = `predictions[${i}].${usePred ? 'prediction' : 'value'}`
-        value = v.finite(raw, field)
-        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(field, 'a finite number within ±1e100', raw)
+        value = typeof raw === 'number' ? raw : v.finite(raw, `predictions[${i}].${usePred ? 'prediction' : 'value'}`)
+        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}].${usePred ? 'prediction' : 'value'}`, 'a finite number within ±1e100', raw)
         const c = p.confidence
         if (c !== undefined && c !== null) {
-          confidence = v.finite(c, `predictions[${i}].confidence`)
+          confidence = typeof c === 'number' ? c : v.finite(c, `predictions[${i}].confidence`)
           if (!(confidence >= 0 && confidence <= 1)) throw v.rangeError(`predictions[${i}].confidence`, 'a number in [0, 1]', c)
           flag |= HAS_CONFIDENCE
         }
         const m = p.model
-        if (m !== undefined && m !== null) model = v.optionalName(m, `predictions[${i}].model`)
+        if (m !== undefined && m !== null) model = typeof m === 'string' && m.length <= v.MAX_NAME ? m : v.optionalName(m, `predictions[${i}].model`)
         const t = p.predictionType
         if (t !== undefined && t !== null) {
-          const type = v.optionalName(t, `predictions[${i}].predictionType`)
+          const type = typeof t === 'string' && t.length <= v.MAX_NAME ? t : v.optionalName(t, `predictions[${i}].predictionType`)
           // The old module compared with ===, so two absent types matched; the learned
           // bonus needs a type on both sides.
           flag = (flag & ~OLD_TYPE_MATCH) | (type === contextType ? OLD_TYPE_MATCH | (type !== '' ? TYPE_MATCH : 0) : 0)
@@ -240,11 +249,14 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
       }
       if (model === '') model = `model_${i}`
       else flag |= HAS_MODEL
-      names.push(model)
-      values.push(value)
-      confs.push(confidence)
-      flags.push(flag)
+      // Written by index and trimmed once: `length = 0` then push would drop and
+      // re-allocate the four backing stores on every call.
+      names[i] = model
+      values[i] = value
+      confs[i] = confidence
+      flags[i] = flag
     }
+    if (names.length !== n) names.length = values.length = confs.length = flags.length = n
     return n
   }
 
