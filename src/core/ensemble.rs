@@ -2001,6 +2001,48 @@ fn ctx_in(r: CtxIn, rd: Reader) -> Result<ContextState, String> {
     })
 }
 
+const WRONG_ENCODING: &str = "state's float encoding differs from the one assumed";
+
+thread_local! {
+    /// The float encoding of the file being loaded on this thread (see `from_v2`).
+    static LOAD_BITS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The saved contexts, each converted as soon as it is parsed.
+struct ContextsIn(Vec<ContextState>);
+impl<'de> Deserialize<'de> for ContextsIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ContextsIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of contexts")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ContextsIn, A::Error> {
+                let rd = Reader {
+                    bits: LOAD_BITS.with(|b| b.get()),
+                };
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(raw) = seq.next_element::<CtxIn>()? {
+                    let c = ctx_in(raw, rd).map_err(|m| {
+                        if m.contains("decimal number where bits") {
+                            serde::de::Error::custom(format!("{m} ({WRONG_ENCODING})"))
+                        } else {
+                            serde::de::Error::custom(m)
+                        }
+                    })?;
+                    out.push(c);
+                }
+                Ok(ContextsIn(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 /// What a save writes, taken on the calling thread in a few milliseconds (contexts are
 /// shared, copy-on-write) and serialised on a worker.
 pub struct Snapshot {
@@ -2127,7 +2169,21 @@ impl Ensemble {
     }
 
     fn from_v2(text: &str) -> Result<Self, String> {
-        let s: SavedV2<Vec<CtxIn>, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
+        // Files this package writes declare their float encoding in the first bytes; the
+        // contexts are converted as they are parsed with it (one context's raw form alive
+        // at a time, not 100k). A file that declares it later is parsed again.
+        let hint = text
+            .get(..200)
+            .is_some_and(|h| h.contains("\"floats\":\"bits\""));
+        match Self::from_v2_as(text, hint) {
+            Err(m) if m.contains(WRONG_ENCODING) => Self::from_v2_as(text, !hint),
+            r => r,
+        }
+    }
+
+    fn from_v2_as(text: &str, bits: bool) -> Result<Self, String> {
+        LOAD_BITS.with(|b| b.set(bits));
+        let s: SavedV2<ContextsIn, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
             serde_json::from_str(text).map_err(|e| {
                 if e.is_syntax() || e.is_eof() {
                     format!("state is not valid JSON: {e}")
@@ -2175,11 +2231,13 @@ impl Ensemble {
                 e.global_competence.insert(id, stats);
             }
         }
-        let n = s.contexts.len().min(e.config.max_contexts);
+        if rd.bits != bits {
+            return Err(WRONG_ENCODING.into());
+        }
+        let n = s.contexts.0.len().min(e.config.max_contexts);
         e.contexts.reserve(n);
         e.context_ids.reserve(n);
-        for c in s.contexts {
-            let c = ctx_in(c, rd)?;
+        for c in s.contexts.0 {
             max_id = max_id.max(c.id);
             e.insert_loaded_context(c)?;
         }
