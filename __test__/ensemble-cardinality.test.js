@@ -172,3 +172,22 @@ test('property: any stream of calls over many keys is served, bounded, and its c
     { numRuns: RUNS, seed: process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : undefined },
   )
 })
+
+test('the batch path after a loadState uses the loaded context, not a stale cached id', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlops-ens-batch-'))
+  const file = path.join(dir, 'state.json')
+  const a = new AdvancedEnsemble()
+  feed(a, { serviceName: 'other' }, 60, 100) // a's first context id: what b will cache for 'loaded'
+  feed(a, { serviceName: 'loaded' }, 60)
+  await a.saveState(file)
+  const b = new AdvancedEnsemble()
+  feed(b, { serviceName: 'loaded' }, 1) // interns a, b, then 'loaded': the id a gave 'other'
+  for (let i = 0; i < 5; i++) feed(b, { serviceName: `mine-${i}` }, 12, 100)
+  await b.loadState(file)
+  const rows = new Float64Array([5.1, 4.7, 6.1, 5.7])
+  const got = b.stackingBatch(rows, ['a', 'b'], { serviceName: 'loaded' })
+  const want = a.stackingBatch(rows, ['a', 'b'], { serviceName: 'loaded' })
+  assert.deepEqual([...got], [...want])
+  assert.equal(b.stackingBatch(rows, ['a', 'b'], { serviceName: 'mine-0' }).length, 2, 'a key the file lacks is served')
+  fs.rmSync(dir, { recursive: true })
+})

@@ -285,11 +285,12 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
    * otherwise only this call's names can be (evicted from Rust's bounded tables since
    * they were cached), so only those are dropped and interned again.
    */
-  #refresh(ctx) {
+  #refresh(ctx, pack = true) {
     if (this._generation !== this.#generation) {
       this.#models.clear()
       this.#contexts.clear()
       this.#generation = this._generation
+      if (!pack) return
     } else {
       for (const name of this.#names) this.#models.delete(name)
       this.#contexts.delete(ctx.service, ctx.type)
@@ -497,6 +498,8 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     for (let i = 0; i < models.length; i++) names[i] = v.optionalName(v.prop(models, i, `models[${i}]`) ?? 0, `models[${i}]`)
     if (confidences !== undefined && confidences !== null) v.float64Array(confidences, 'confidences')
     const ctx = this.#context(context)
+    // Ids are only meaningful within one generation: after a loadState, re-intern.
+    if (this._generation !== this.#generation) this.#refresh(ctx, false)
     const out = this._stackingBatch(this.#contextId(ctx.service, ctx.type), names, predictions, confidences ?? undefined)
     if (out !== null) return out
     this.#contexts.delete(ctx.service, ctx.type)
