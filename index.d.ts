@@ -8,27 +8,36 @@
 /**
  * One base-model prediction: a bare number (confidence 0.5), or an object where
  * `prediction` wins over `value`. 0 is a real value. Missing confidence means 0.5.
+ * Numeric strings (`'7.5'`, as databases return NUMERIC columns) are numbers, and a numeric
+ * model id is its decimal string (`101` → `'101'`).
  */
 export type PredictionEntry =
   | number
+  | string
   | {
-      value?: number
-      prediction?: number
+      value?: number | string
+      prediction?: number | string
       /** In [0, 1]; default 0.5. */
-      confidence?: number
-      /** Model name; default `model_<index>`. */
-      model?: string
+      confidence?: number | string
+      /** Model name (a number becomes its decimal string); default `model_<index>`. */
+      model?: string | number
       predictionType?: string
     }
 
+/**
+ * The context of an ensemble call. Known optional fields only (no index signature), so a
+ * caller's own `interface Ctx {serviceName: string; predictionType: string}` is accepted.
+ */
 export interface EnsembleContext {
   serviceName?: string
   predictionType?: string
-  /** Input features for registered hybrid models (neural network, transformer). */
-  features?: number[] | Float64Array
+  /**
+   * Input features for registered hybrid models (neural network, transformer): numbers or
+   * numeric strings, or an object of named numbers (passed to the model with values converted).
+   */
+  features?: ReadonlyArray<number | string> | Float64Array | Readonly<Record<string, number | string>>
   /** confidenceWeightedVoting: calibrate stated confidences against observed errors. */
   calibrate?: boolean
-  [key: string]: unknown
 }
 
 // ---------------------------------------------------------------- AdvancedEnsemble
@@ -44,12 +53,19 @@ export interface StackingResult {
   confidence: number
   strategy: 'stacking'
   basePredictions: BasePrediction[]
-  /** Normalised weights actually used, aligned with basePredictions; they sum to 1. */
+  /**
+   * Display weights: `rawWeights` normalised to sum to 1 (by their sum, or by their
+   * absolute sum when they cancel out). They rank the models; they do not reproduce
+   * `prediction` — `intercept`, `rawWeights` and `values` do.
+   */
   metaWeights: number[]
   hybridModels: boolean
-  /** Raw meta-learner coefficients: prediction = intercept + Σ rawWeights[i]·value[i]. */
-  rawWeights: number[]
+  /** `prediction = intercept + Σ rawWeights[i] · values[i]`, exactly (to rounding). */
   intercept: number
+  /** The coefficients applied to `values`, aligned with basePredictions. */
+  rawWeights: number[]
+  /** The values used, aligned with basePredictions (the base predictions' values). */
+  values: number[]
   /** Feedback samples behind the meta-learner that answered. */
   samples: number
   /** Which learner answered: the context's, the global one, or the old prior rule. */
@@ -78,7 +94,12 @@ export interface VotingResult {
   prediction: number
   confidence: number
   strategy: 'confidence-weighted'
-  weights: { model: string; confidence: number; weight: number }[]
+  /**
+   * `weight` is `confidence²`, not normalised (the old module's field); `normalizedWeight`
+   * is its share of the vote (they sum to 1). With `calibrate`, `confidence` is the
+   * calibrated one.
+   */
+  weights: { model: string; confidence: number; weight: number; normalizedWeight: number }[]
 }
 
 export interface StrategyErrors {
@@ -89,8 +110,37 @@ export interface StrategyErrors {
 
 export type StrategyName = 'stacking' | 'dynamicSelection' | 'confidenceWeighted' | 'average'
 
+export interface EnsembleContextSummary {
+  serviceName: string
+  predictionType: string
+  samples: number
+  metaSamples: number
+  bestStrategy: StrategyName | null
+  strategies: Record<StrategyName, StrategyErrors>
+}
+
+/** `getContextStatistics()`: one context in full. */
+export interface EnsembleContextStatistics extends EnsembleContextSummary {
+  /** Decayed error of each model in this context (at most 32, most recently updated). */
+  models: Record<string, StrategyErrors>
+  /** The stacking learners: one per set of models seen together (at most 4). */
+  modelSets: { models: string[]; samples: number; confidence: number }[]
+}
+
+export interface EnsembleContextPage {
+  /** Live contexts in all. */
+  total: number
+  offset: number
+  /** Most recently used first. */
+  contexts: EnsembleContextStatistics[]
+}
+
+/** `getStatistics()`: O(1) whatever the number of contexts. */
 export interface EnsembleStatistics {
-  /** Old EMA per `${serviceName}_${model}` (or `model`): 0.9·old + 0.1/(1+|error|). */
+  /**
+   * Old EMA per `${serviceName}_${model}` (or `model`): 0.9·old + 0.1/(1+|error|). Only the
+   * 20 most recently updated keys (`limits.performanceWeightsShown`).
+   */
   performanceWeights: Record<string, number>
   historySize: number
   /** Latest prequential stacking errors, oldest first. */
@@ -100,17 +150,21 @@ export interface EnsembleStatistics {
   feedbackCount: number
   bestStrategy: StrategyName | null
   strategies: Record<StrategyName, StrategyErrors>
-  contexts: Record<
-    string,
-    {
-      serviceName: string
-      predictionType: string
-      samples: number
-      metaSamples: number
-      bestStrategy: StrategyName | null
-      strategies: Record<StrategyName, StrategyErrors>
-    }
-  >
+  /** The (at most 3) contexts with the most feedback, in detail, keyed `service/type`. */
+  contexts: Record<string, EnsembleContextSummary>
+  /** The (at most 10) contexts with the most feedback, most first. */
+  topContexts: { serviceName: string; predictionType: string; samples: number }[]
+  /** Live table sizes; `xCreated = x + evictions.x`. */
+  totals: {
+    contexts: number
+    models: number
+    performanceKeys: number
+    contextsCreated: number
+    modelsCreated: number
+    performanceKeysCreated: number
+  }
+  evictions: { contexts: number; models: number; performanceKeys: number }
+  limits: { maxContexts: number; maxModels: number; maxPerformanceKeys: number; performanceWeightsShown: number }
 }
 
 /** A JS model that joins stacking when `context.features` is given. */
@@ -129,12 +183,12 @@ export interface AdvancedEnsemble {
   confidenceWeightedVoting(predictions: PredictionEntry[], context?: EnsembleContext): Promise<VotingResult>
   confidenceWeightedVotingSync(predictions: PredictionEntry[], context?: EnsembleContext): VotingResult
   /** Resolves false on bad input (the old contract); the Sync twin throws. */
-  updateWithFeedback(predictions: PredictionEntry[], actual: number, context?: EnsembleContext): Promise<boolean>
-  updateWithFeedbackSync(predictions: PredictionEntry[], actual: number, context?: EnsembleContext): boolean
+  updateWithFeedback(predictions: PredictionEntry[], actual: number | string, context?: EnsembleContext): Promise<boolean>
+  updateWithFeedbackSync(predictions: PredictionEntry[], actual: number | string, context?: EnsembleContext): boolean
   /** Row-major `predictions` (rows × models.length) → one stacked prediction per row. */
   stackingBatch(
     predictions: Float64Array,
-    models: string[],
+    models: (string | number)[],
     context?: EnsembleContext,
     confidences?: Float64Array,
   ): Float64Array
@@ -712,10 +766,24 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class AdvancedEnsemble {
   constructor(options?: AdvancedEnsembleOptions | undefined | null)
   /**
-   * Statistics: the old fields (`performanceWeights`, `historySize`, `recentErrors`,
-   * `avgError`) with real values, plus per-strategy and per-context errors.
+   * Statistics in O(1) whatever the number of contexts: the old fields
+   * (`performanceWeights` limited to the 20 most recently updated keys, `historySize`,
+   * `recentErrors`, `avgError`), global per-strategy errors, the top contexts by
+   * volume, totals and eviction counters. Per-context detail:
+   * `getContextStatistics` / `getContextStatisticsPage`.
    */
   getStatistics(): EnsembleStatistics
+  /**
+   * Everything known about one context, or null when it is unknown (never seen, or
+   * evicted). Reading it does not count as a use.
+   */
+  getContextStatistics(serviceName?: string, predictionType?: string): EnsembleContextStatistics | null
+  /**
+   * One page of per-context statistics, most recently used first, for exporting every
+   * context without one huge call: `{total, offset, contexts}`; ask again with
+   * `offset + contexts.length` until it reaches `total`. `limit` is capped at 1000.
+   */
+  getContextStatisticsPage(offset?: number | undefined | null, limit?: number | undefined | null): EnsembleContextPage
   /** The whole learned state as a plain object (what `saveState` writes). */
   toJSON(): Record<string, unknown>
   /**
@@ -844,6 +912,10 @@ export interface AdvancedEnsembleOptions {
   typeMatchBonus?: number
   /** How many latest errors `getStatistics().recentErrors` lists (default 10). */
   recentErrors?: number
+  /** Contexts (serviceName × predictionType) kept, least recently used evicted (default 10000). */
+  maxContexts?: number
+  /** Model names kept, least recently used evicted (default 20000, at least 10000). */
+  maxModels?: number
 }
 
 export interface ExpandedPredictionsOptions {
