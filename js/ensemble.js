@@ -14,6 +14,12 @@
 
 const native = require('../index.js')
 const v = require('./validate.js')
+const { makeLog } = require('./log.js')
+const metrics = require('./metrics.js')
+
+/** Per-strategy |error| buckets; `out[4..8]` after a feedback holds the four strategies' errors. */
+const ERROR_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 100]
+const STRATEGY_NAMES = ['stacking', 'dynamicSelection', 'confidenceWeighted', 'average']
 
 const STRIDE = 4
 const HEAD = 8
@@ -147,8 +153,13 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   #transformer = null
   #initialized = false
 
+  #log
+  #errors = STRATEGY_NAMES.map(() => new metrics.Histogram(ERROR_BUCKETS))
+  #feedbackRefused = 0
+
   constructor(options) {
     super(v.numericOptions(options, OPTIONS))
+    this.#log = makeLog(options && typeof options === 'object' ? v.prop(options, 'logger', 'options.logger') : undefined, 'mlops-native/AdvancedEnsemble')
     this.#ensureCapacity(16)
   }
 
@@ -355,7 +366,9 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   updateWithFeedback(predictions, actual, context) {
     try {
       return Promise.resolve(this.updateWithFeedbackSync(predictions, actual, context))
-    } catch {
+    } catch (e) {
+      this.#feedbackRefused++
+      this.#log.warn('feedback refused', { error: e && e.message })
       return Promise.resolve(false)
     }
   }
@@ -483,7 +496,41 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     if (Math.abs(y) > MAX_MAGNITUDE) throw v.rangeError('actual', 'within ±1e100', actual)
     const n = this.#parse(predictions, ctx.type, 0)
     this.#native(ctx, (id) => this._feedback(this.#generation, id, n, y))
+    const out = this.#output
+    for (let i = 0; i < 4; i++) this.#errors[i].observe(out[4 + i])
     return true
+  }
+
+  /** Prometheus text exposition of this ensemble (see README, Monitoring). O(1) in contexts. */
+  metrics() {
+    return metrics.render(this.#collect())
+  }
+
+  /** Adds this ensemble's metrics to a prom-client registry: `e.registerMetrics(promClient.register)`. */
+  registerMetrics(register) {
+    metrics.registerMetrics(register, () => this.#collect())
+  }
+
+  #collect() {
+    const s = this.getStatistics()
+    const f = new metrics.Families()
+    f.counter('mlops_ensemble_feedback_total', 'Feedback events learned from.', s.feedbackCount)
+    f.counter('mlops_ensemble_feedback_refused_total', 'updateWithFeedback calls resolved false (bad input).', this.#feedbackRefused)
+    STRATEGY_NAMES.forEach((name, i) => {
+      f.histogram('mlops_ensemble_error_absolute', 'Prequential |error| per strategy (predicted before the label was learned).', this.#errors[i], { strategy: name })
+    })
+    for (const name of STRATEGY_NAMES) {
+      const st = s.strategies && s.strategies[name]
+      if (st) f.gauge('mlops_ensemble_strategy_mae', 'Decayed mean absolute error per strategy.', st.mae, { strategy: name })
+    }
+    const t = s.totals || {}
+    f.gauge('mlops_ensemble_contexts', 'Contexts (serviceName × predictionType) held now.', t.contexts)
+    f.gauge('mlops_ensemble_models', 'Model names held now.', t.models)
+    for (const [kind, n] of Object.entries(s.evictions || {})) f.counter('mlops_ensemble_evictions_total', 'Least-recently-used entries evicted by the bounds.', n, { kind })
+    for (const c of s.topContexts || []) {
+      f.gauge('mlops_ensemble_context_samples', 'Feedback samples of the busiest contexts (top 10).', c.samples, { service: c.serviceName ?? '', prediction_type: c.predictionType ?? '' })
+    }
+    return f
   }
 
   /**
