@@ -670,11 +670,21 @@ impl Forecaster {
         1.0 + 4.0 * s
     }
 
+    /// The old rule's batch size, `context.batchSize || 1`: absent or 0 counts as 1.
+    fn batch_size(ctx: &[f64]) -> f64 {
+        let b = or0(ctx, slot::BATCH_SIZE);
+        if b == 0.0 {
+            1.0
+        } else {
+            b
+        }
+    }
+
     fn resource_features(ctx: &[f64]) -> [f64; RES_DIM] {
         [
             1.0,
             or0(ctx, slot::INPUT_SIZE) / 1000.0,
-            or0(ctx, slot::BATCH_SIZE),
+            Self::batch_size(ctx),
             or0(ctx, slot::CONCURRENT),
         ]
     }
@@ -683,7 +693,7 @@ impl Forecaster {
         let size = or0(ctx, slot::INPUT_SIZE);
         [
             20.0 + 0.1 * size,
-            30.0 + 5.0 * or0(ctx, slot::BATCH_SIZE),
+            30.0 + 5.0 * Self::batch_size(ctx),
             5.0 + 0.01 * size,
         ]
     }
