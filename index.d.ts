@@ -699,6 +699,12 @@ export interface ExpandedPredictionsOptions {
   minKeyResiduals?: number
   /** Weight of the past in the learned output-token mean, in (0, 1) (default 0.98). */
   outputDecay?: number
+  /**
+   * Forgetting factor of the learned corrections, in (0, 1]: an outcome `a` outcomes
+   * old weighs λ^a, so a level change is followed within ~1/(1−λ) outcomes (default
+   * 0.997; 1 never forgets).
+   */
+  forgetting?: number
 }
 
 export interface FineTuneProgress {

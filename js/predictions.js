@@ -99,6 +99,7 @@ class ExpandedPredictions extends native.ExpandedPredictions {
       quantileWindow: { min: 1, max: 100_000, integer: true },
       minKeyResiduals: { min: 0, max: 4_294_967_295, integer: true },
       outputDecay: { min: 0, minExclusive: true, max: 1 },
+      forgetting: { min: 0, minExclusive: true, max: 1 },
     }))
     const [ns, no, nout] = this._layout()
     if (ns !== NSLOT || no !== OUTCOME.length || nout !== NOUT) throw new Error('mlops-native: JS and native layouts differ; rebuild the addon')

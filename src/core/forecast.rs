@@ -138,7 +138,7 @@ pub fn parse_price_table(v: &serde_json::Value) -> Result<PriceTable, String> {
 const MAX_RLS_DIM: usize = 16;
 
 /// Recursive least squares with a zero-mean Gaussian prior (variances `prior`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Rls {
     pub theta: Vec<f64>,
     pub p: Vec<f64>,
@@ -211,30 +211,57 @@ impl Rls {
         self.theta[..d].copy_from_slice(&theta[..d]);
         self.n += 1;
     }
+
+    /// Exponential forgetting: `P ← P/λ`, so old outcomes weigh λ^age and the correction
+    /// follows a change in the level within ~1/(1−λ) outcomes. Without a cap, directions
+    /// the data never excite (a cache flag that is always 0) would grow without bound
+    /// (wind-up); each variance is therefore held at its prior by a congruence `D P D`
+    /// (D diagonal, ≤ 1), which keeps P positive semi-definite.
+    pub fn forget(&mut self, lambda: f64, prior: &[f64]) {
+        let d = self.theta.len();
+        if !(lambda > 0.0 && lambda < 1.0) || prior.len() != d || self.p.len() != d * d {
+            return;
+        }
+        let mut scale = [1.0; MAX_RLS_DIM];
+        for i in 0..d.min(MAX_RLS_DIM) {
+            let v = self.p[i * d + i] / lambda;
+            if v > prior[i] && v > 0.0 {
+                scale[i] = (prior[i] / v).sqrt();
+            }
+        }
+        for i in 0..d.min(MAX_RLS_DIM) {
+            for j in 0..d.min(MAX_RLS_DIM) {
+                self.p[i * d + j] *= scale[i] * scale[j] / lambda;
+            }
+        }
+    }
 }
 
-/// Rolling window of values with its sorted copy, for exact empirical quantiles.
+/// Rolling window of values with its sorted copy, for exact empirical quantiles. Stored as
+/// f32 (log ratios need no more) and grown on demand, so a key with few outcomes costs
+/// bytes, not a preallocated window.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RollingQuantiles {
     pub cap: usize,
-    pub ring: VecDeque<f64>,
-    pub sorted: Vec<f64>,
+    pub ring: VecDeque<f32>,
+    pub sorted: Vec<f32>,
 }
 
 impl RollingQuantiles {
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
-            ring: VecDeque::with_capacity(cap),
-            sorted: Vec::with_capacity(cap),
+            ring: VecDeque::new(),
+            sorted: Vec::new(),
         }
     }
 
     pub fn push(&mut self, v: f64) {
+        let v = v as f32;
         if !v.is_finite() || self.cap == 0 {
             return;
         }
-        if self.ring.len() == self.cap {
+        if self.ring.len() >= self.cap {
             if let Some(old) = self.ring.pop_front() {
                 let i = self.sorted.partition_point(|x| *x < old);
                 if i < self.sorted.len() {
@@ -255,26 +282,205 @@ impl RollingQuantiles {
         self.sorted.is_empty()
     }
 
-    /// Conformal quantile: the ⌈(n+1)τ⌉-th smallest, so coverage is at least τ.
+    /// Bytes held on the heap (for the memory bound).
+    pub fn heap_bytes(&self) -> usize {
+        4 * (self.ring.capacity() + self.sorted.capacity())
+    }
+
+    /// Level-`tau` upper bound for the next value, exact in finite samples:
+    /// - the conformal rank ⌈(n+1)τ⌉ when it exists (coverage ≥ τ for exchangeable data);
+    /// - past the largest rank (n < 1/(1−τ) − 1, e.g. p99 below 99 values) the window
+    ///   maximum would promise only n/(n+1) (97.6 % at n = 40), so the normal-theory
+    ///   prediction bound `mean + t(n−1, τ)·s·√(1 + 1/n)` is returned instead (exact for
+    ///   normal values), never less than the maximum.
+    ///
+    /// `tau` is clamped to [0, 0.9999]; None without values.
     pub fn quantile(&self, tau: f64) -> Option<f64> {
         let n = self.sorted.len();
         if n == 0 {
             return None;
         }
-        let k = (((n + 1) as f64 * tau).ceil() as usize).clamp(1, n);
-        Some(self.sorted[k - 1])
+        let tau = tau.clamp(0.0, 0.9999);
+        let k = ((n + 1) as f64 * tau).ceil() as usize;
+        if k <= n {
+            return Some(self.sorted[k.max(1) - 1] as f64);
+        }
+        let max = self.sorted[n - 1] as f64;
+        Some(self.normal_bound(tau).map_or(max, |b| b.max(max)))
+    }
+
+    /// `mean + t(n−1, τ)·s·√(1 + 1/n)`: the prediction bound for one more value from a
+    /// normal sample of n (None below 2 values).
+    pub fn normal_bound(&self, tau: f64) -> Option<f64> {
+        let n = self.sorted.len();
+        if n < 2 {
+            return None;
+        }
+        let nf = n as f64;
+        let mean = self.sorted.iter().map(|&x| x as f64).sum::<f64>() / nf;
+        let var = self
+            .sorted
+            .iter()
+            .map(|&x| (x as f64 - mean).powi(2))
+            .sum::<f64>()
+            / (nf - 1.0);
+        Some(mean + student_t_quantile(tau, nf - 1.0) * var.sqrt() * (1.0 + 1.0 / nf).sqrt())
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// Standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let p = p.clamp(1e-300, 1.0 - 1e-16);
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}
+
+/// Student-t quantile with `df` degrees of freedom: exact closed forms for 1 and 2, the
+/// Cornish-Fisher expansion in 1/df beyond (error < 1e-3 from df = 3 at p ≤ 0.999).
+pub fn student_t_quantile(p: f64, df: f64) -> f64 {
+    if df <= 1.0 {
+        return (std::f64::consts::PI * (p - 0.5)).tan();
+    }
+    if df <= 2.0 {
+        let a = 4.0 * p * (1.0 - p);
+        return (2.0 * p - 1.0) * (2.0 / a).sqrt();
+    }
+    let z = normal_quantile(p);
+    let (z2, v) = (z * z, df);
+    let g1 = (z2 + 1.0) * z / 4.0;
+    let g2 = ((5.0 * z2 + 16.0) * z2 + 3.0) * z / 96.0;
+    let g3 = (((3.0 * z2 + 19.0) * z2 + 17.0) * z2 - 15.0) * z / 384.0;
+    let g4 = ((((79.0 * z2 + 776.0) * z2 + 1482.0) * z2 - 1920.0) * z2 - 945.0) * z / 92160.0;
+    z + g1 / v + g2 / (v * v) + g3 / (v * v * v) + g4 / (v * v * v * v)
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct RequestKey {
     pub latency: Rls,
     pub cost: Rls,
     /// Decayed mean output tokens (for cost when `outputTokens` is not given).
     pub output_tokens: f64,
     pub output_count: u64,
-    pub log_ratio: RollingQuantiles,
+    /// Interval calibration per kind of served prediction: `[INFORMED, BLIND]`.
+    /// (State files of format 1 held one window, `log_ratio`; it is not read back: it
+    /// scored a prediction that was never served, which is what this replaces.)
+    pub calib: [Calib; 2],
+}
+
+/// Calibration kinds: the prediction served with `outputTokens` in the context, and the
+/// one served without it (the usual case: the answer does not exist yet).
+pub const INFORMED: usize = 0;
+pub const BLIND: usize = 1;
+
+/// Weight of the past in a calibration's fast level (≈ the last 7 outcomes): after a level
+/// shift the intervals recentre within a handful of outcomes, while the point estimate
+/// (whose corrections forget more slowly) catches up.
+const LEVEL_DECAY: f64 = 0.85;
+
+/// The conformal calibration of one kind of served latency. Residuals are the log ratios
+/// `ln(actual / served)`; the window holds their innovations around a fast exponentially
+/// weighted `level`, and a bound is `level + window quantile`, with adaptive conformal
+/// inference steering the level asked of the window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Calib {
+    pub window: RollingQuantiles,
     pub aci: Aci,
+    pub level: f64,
+}
+
+impl Calib {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            window: RollingQuantiles::new(cap),
+            aci: Aci::default(),
+            level: 0.0,
+        }
+    }
+
+    /// Log-ratio bounds for p50/p95/p99 (None below `MIN_WINDOW` residuals).
+    fn bounds(&self) -> Option<[f64; 3]> {
+        if self.window.len() < MIN_WINDOW {
+            return None;
+        }
+        let mut b = [0.0; 3];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = self.level + self.aci.quantile(&self.window, i)?;
+        }
+        Some(b)
+    }
+
+    /// Below `MIN_WINDOW` residuals: the fixed band (p95 1.5×, p99 2×) widened to the
+    /// normal-theory prediction bound of the residuals there are (from 2 on), so that a
+    /// key's first outcomes are covered at the nominal rate rather than at the band's.
+    fn small_bounds(&self) -> [f64; 3] {
+        let fixed = [0.0, 1.5f64.ln(), 2.0f64.ln()];
+        let mut b = fixed;
+        for i in 1..3 {
+            if let Some(t) = self.window.normal_bound(LEVELS[i]) {
+                b[i] = b[i].max(self.level + t);
+            }
+        }
+        b
+    }
+
+    /// Scores one served prediction: `r` = ln(actual / served). `judge`: this window
+    /// served it (so its ACI step is judged on it).
+    fn record(&mut self, r: f64, judge: bool) {
+        if !r.is_finite() {
+            return;
+        }
+        let innovation = r - self.level;
+        if judge {
+            self.aci.update(&self.window, innovation);
+        } else {
+            self.aci = Aci::default();
+        }
+        self.window.push(innovation);
+        self.level = LEVEL_DECAY * self.level + (1.0 - LEVEL_DECAY) * r;
+    }
 }
 
 /// The quantile levels served (p50, p95, p99).
@@ -302,12 +508,9 @@ const MIN_WINDOW: usize = 20;
 impl Aci {
     /// Log-ratio quantile for level `i` from `window` (None: no residuals yet).
     fn quantile(&self, window: &RollingQuantiles, i: usize) -> Option<f64> {
-        let tau = 1.0 - self.alpha[i];
-        if tau >= 1.0 {
-            // Asked for more than the window can promise: its maximum, widened.
-            return window.sorted.last().map(|m| m + 0.1);
-        }
-        window.quantile(tau.max(0.0))
+        // Asked for more than the window's ranks can promise (τ near or past 1): the
+        // quantile goes past the largest rank (see `RollingQuantiles::quantile`).
+        window.quantile(1.0 - self.alpha[i])
     }
 
     fn update(&mut self, window: &RollingQuantiles, observed: f64) {
@@ -341,6 +544,9 @@ pub struct ForecastConfig {
     pub min_key_residuals: usize,
     /// Weight of the past in the decayed output-token mean.
     pub output_decay: f64,
+    /// Forgetting factor λ of the learned corrections: an outcome `a` outcomes old weighs
+    /// λ^a (1 = never forget).
+    pub forgetting: f64,
 }
 
 impl Default for ForecastConfig {
@@ -349,6 +555,7 @@ impl Default for ForecastConfig {
             quantile_window: 400,
             min_key_residuals: 40,
             output_decay: 0.98,
+            forgetting: 0.997,
         }
     }
 }
@@ -387,8 +594,10 @@ fn key_new(cfg: &ForecastConfig) -> RequestKey {
         cost: Rls::new(&COST_PRIOR),
         output_tokens: 0.0,
         output_count: 0,
-        log_ratio: RollingQuantiles::new(cfg.quantile_window),
-        aci: Aci::default(),
+        calib: [
+            Calib::new(cfg.quantile_window),
+            Calib::new(cfg.quantile_window),
+        ],
     }
 }
 
@@ -431,8 +640,8 @@ pub struct Forecaster {
     pub models: Vec<String>,
     pub keys: Vec<((u32, u32, u32), RequestKey)>,
     pub per_service: Vec<(u32, ServiceModels)>,
-    pub global_log_ratio: RollingQuantiles,
-    pub global_aci: Aci,
+    /// Back-off calibration per kind (`[INFORMED, BLIND]`), over every key's residuals.
+    pub global: [Calib; 2],
     pub prices: PriceTable,
     pub outcomes: u64,
     #[serde(skip)]
@@ -469,7 +678,10 @@ pub fn base_latency(service: &str) -> f64 {
 impl Forecaster {
     pub fn new(config: ForecastConfig, prices: PriceTable) -> Self {
         let mut f = Forecaster {
-            global_log_ratio: RollingQuantiles::new(config.quantile_window * 8),
+            global: [
+                Calib::new(config.quantile_window * 8),
+                Calib::new(config.quantile_window * 8),
+            ],
             config,
             prices,
             ..Default::default()
@@ -759,24 +971,30 @@ impl Forecaster {
             _ => (prior, 0, ErrorStats::default()),
         };
         let latency = lat.round();
-        let (window, aci) = match key {
-            Some(r) if r.log_ratio.len() >= self.config.min_key_residuals => (&r.log_ratio, &r.aci),
-            _ => (&self.global_log_ratio, &self.global_aci),
-        };
-        // A conformal p95 needs ≥ 19 residuals to mean anything; until the window has
-        // MIN_WINDOW the median is the estimate and p95/p99 a fixed 1.5×/2× band.
-        let q = |i: usize, cold: f64| {
-            if window.len() < MIN_WINDOW {
-                return cold;
+        // The band is calibrated on residuals of the same kind of prediction as the one
+        // served: with the output length given, or without it (then it was predicted).
+        let kind = if given.is_some() { INFORMED } else { BLIND };
+        let ratios = match key {
+            // The old rule alone (nothing learned for this key yet): its fixed band.
+            None => [0.0, 1.5f64.ln(), 2.0f64.ln()],
+            Some(r) if r.latency.n == 0 => [0.0, 1.5f64.ln(), 2.0f64.ln()],
+            Some(r) => {
+                let c = if r.calib[kind].window.len() >= self.config.min_key_residuals {
+                    &r.calib[kind]
+                } else {
+                    &self.global[kind]
+                };
+                c.bounds().unwrap_or_else(|| c.small_bounds())
             }
-            aci.quantile(window, i).map_or(cold, f64::exp)
         };
         let scale = latency.max(1.0);
+        let p50 = (scale * ratios[0].exp()).round();
+        let p95 = (scale * ratios[1].exp()).round().max(p50);
         o[out::LATENCY] = latency;
         o[out::LATENCY_CONF] = confidence(0.7, n, &err, lat);
-        o[out::P50] = (scale * q(0, 1.0)).round();
-        o[out::P95] = (scale * q(1, 1.5)).round();
-        o[out::P99] = (scale * q(2, 2.0)).round();
+        o[out::P50] = p50;
+        o[out::P95] = p95;
+        o[out::P99] = (scale * ratios[2].exp()).round().max(p95);
         o[out::LATENCY_SAMPLES] = n as f64;
         o[out::BASE_LATENCY] = base;
 
@@ -887,6 +1105,7 @@ impl Forecaster {
             return Err("packed buffers are too short".into());
         }
         let k @ (service, provider, model) = self.ids(ctx)?;
+        let ctx_in = ctx;
         let mut ctx_v: [f64; slot::COUNT] = [f64::NAN; slot::COUNT];
         ctx_v.copy_from_slice(&ctx[..slot::COUNT]);
         // Observed token counts describe this request better than the caller's estimates.
@@ -899,39 +1118,58 @@ impl Forecaster {
         let ctx = &ctx_v[..];
         let priced = self.price(provider, model).is_some();
         let cfg_decay = self.config.output_decay;
+        let lambda = self.config.forgetting;
+        let min_key = self.config.min_key_residuals;
         let (lat_prior, _) = self.latency_prior(service, ctx);
+        // The served prediction without the output length used the key's learned mean;
+        // the informed one used the length given in the context (the caller's estimate)
+        // or, failing that, the observed one.
+        let served_tokens = get(ctx_in, slot::OUTPUT_TOKENS);
 
-        let mut global_ratio = None;
-        let use_key = self
-            .key(k)
-            .is_some_and(|r| r.log_ratio.len() >= self.config.min_key_residuals);
+        let mut global_ratios = [None, None];
         {
             let key = self.key_mut(k)?;
             if let Some(lat) = get(oc, outcome::LATENCY_MS) {
+                let learned = key.latency.n > 0;
+                let predict = |key: &RequestKey, tokens: f64| {
+                    let phi = Self::latency_features(ctx, tokens);
+                    let c = if learned { key.latency.predict(&phi) } else { 0.0 };
+                    (lat_prior + c).max(0.0).round().max(1.0)
+                };
                 let est = if key.output_count > 0 {
                     key.output_tokens.round()
                 } else {
                     0.0
                 };
+                let informed_tokens = served_tokens.or(get(ctx, slot::OUTPUT_TOKENS));
+                let blind = predict(key, est);
+                let informed = informed_tokens.map(|t| predict(key, t));
+                let ln_lat = lat.max(1.0).ln();
+                // Score both kinds a caller could have been served. A prediction of the
+                // old rule alone (nothing learned yet) is not scored: its band is fixed.
+                let ratios = [informed.map(|p| ln_lat - p.ln()), Some(ln_lat - blind.ln())];
+                if learned {
+                    for kind in [INFORMED, BLIND] {
+                        if let Some(r) = ratios[kind] {
+                            let judge = key.calib[kind].window.len() >= min_key;
+                            key.calib[kind].record(r, judge);
+                            global_ratios[kind] = Some((r, judge));
+                        }
+                    }
+                }
+                // The point error is the one of the prediction made with the most
+                // information (the observed length, when there is one).
                 let phi = Self::latency_features(ctx, get(ctx, slot::OUTPUT_TOKENS).unwrap_or(est));
                 let before = (lat_prior
-                    + if key.latency.n > 0 {
+                    + if learned {
                         key.latency.predict(&phi)
                     } else {
                         0.0
                     })
                 .max(0.0);
                 key.latency.error.record(before - lat, 0.98);
-                let ratio = (lat.max(1.0) / before.round().max(1.0)).ln();
-                // Each level's ACI step is judged on the window that served the prediction.
-                if use_key {
-                    key.aci.update(&key.log_ratio, ratio);
-                } else {
-                    key.aci = Aci::default();
-                }
-                key.log_ratio.push(ratio);
-                global_ratio = Some(ratio);
                 key.latency.update(&phi, lat - lat_prior, LATENCY_NOISE);
+                key.latency.forget(lambda, &LATENCY_PRIOR);
             }
             if let Some(t) = get(oc, outcome::OUTPUT_TOKENS) {
                 key.output_tokens = if key.output_count == 0 {
@@ -953,13 +1191,20 @@ impl Forecaster {
                     };
                 key.cost.error.record(before - cost, 0.98);
                 key.cost.update(&phi, cost - prior, COST_NOISE);
+                key.cost.forget(lambda, &COST_PRIOR);
             }
         }
-        if let Some(r) = global_ratio {
-            if !use_key {
-                self.global_aci.update(&self.global_log_ratio, r);
+        for kind in [INFORMED, BLIND] {
+            if let Some((r, key_served)) = global_ratios[kind] {
+                // The global window's ACI step is judged on the outcomes it served.
+                let g = &mut self.global[kind];
+                if key_served {
+                    g.window.push(r - g.level);
+                    g.level = LEVEL_DECAY * g.level + (1.0 - LEVEL_DECAY) * r;
+                } else {
+                    g.record(r, true);
+                }
             }
-            self.global_log_ratio.push(r);
         }
         let sphi = Self::satisfaction_features(ctx);
         let sprior = Self::satisfaction_prior(ctx);
@@ -976,6 +1221,7 @@ impl Forecaster {
             .clamp(1.0, 5.0);
             s.satisfaction.error.record(before - sat, 0.98);
             s.satisfaction.update(&sphi, sat - sprior, SAT_NOISE);
+            s.satisfaction.forget(lambda, &SAT_PRIOR);
         }
         for (j, idx) in [outcome::CPU, outcome::MEMORY, outcome::NETWORK]
             .into_iter()
@@ -987,6 +1233,7 @@ impl Forecaster {
                 let before = rprior[j] + if m.n > 0 { m.predict(&rphi) } else { 0.0 };
                 m.error.record(before - v, 0.98);
                 m.update(&rphi, v - rprior[j], RES_NOISE);
+                m.forget(lambda, &RES_PRIOR);
             }
         }
         self.outcomes += 1;
@@ -1044,6 +1291,21 @@ impl Forecaster {
             .any(|t| t.first().map(String::as_str) != Some(""))
         {
             return Err("state's name tables are malformed".into());
+        }
+        // Windows of older files (or of kinds they did not have) start empty at the
+        // configured size.
+        let cap = f.config.quantile_window.max(1);
+        for (_, key) in f.keys.iter_mut() {
+            for c in key.calib.iter_mut() {
+                if c.window.cap == 0 {
+                    c.window.cap = cap;
+                }
+            }
+        }
+        for c in f.global.iter_mut() {
+            if c.window.cap == 0 {
+                c.window.cap = cap * 8;
+            }
         }
         f.rebuild();
         if f.names
@@ -1215,5 +1477,81 @@ mod tests {
             a[out::SATISFACTION]
         );
         assert!(Forecaster::from_json("{}").is_err());
+    }
+
+    #[test]
+    fn student_t_quantiles_match_tables() {
+        for (p, df, want) in [
+            (0.975, 10.0, 2.228),
+            (0.99, 19.0, 2.539),
+            (0.95, 3.0, 2.353),
+            (0.99, 39.0, 2.426),
+            (0.95, 1.0, 6.314),
+            (0.95, 2.0, 2.920),
+        ] {
+            let t = student_t_quantile(p, df);
+            assert!((t - want).abs() < 2e-3 * want, "t({p}, {df}) = {t}, table {want}");
+        }
+        assert!((normal_quantile(0.975) - 1.959964).abs() < 1e-6);
+    }
+
+    /// Coverage of the next value by `quantile(tau)` over windows of `sizes` normal draws.
+    fn coverage(sizes: std::ops::Range<usize>, tau: f64, reps: usize) -> f64 {
+        let mut rng = super::super::finetune::SplitMix(5);
+        let mut u = move || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let (mut hit, mut total) = (0usize, 0usize);
+        for n in sizes {
+            for _ in 0..reps {
+                let mut w = RollingQuantiles::new(1000);
+                for _ in 0..n {
+                    w.push(normal_quantile(u()));
+                }
+                let q = if n < MIN_WINDOW {
+                    w.normal_bound(tau).unwrap()
+                } else {
+                    w.quantile(tau).unwrap()
+                };
+                hit += (normal_quantile(u()) <= q) as usize;
+                total += 1;
+            }
+        }
+        hit as f64 / total as f64
+    }
+
+    #[test]
+    fn small_windows_have_exact_finite_sample_quantiles() {
+        // p99 with 20-98 values: past the largest conformal rank. The window maximum
+        // covered n/(n+1) (≈ 96.7 % averaged over 20-39); the bound covers 99 %.
+        let c = coverage(20..40, 0.99, 400);
+        assert!(c >= 0.985, "p99 coverage at 20-39 values: {c}");
+        let c = coverage(40..99, 0.99, 100);
+        assert!(c >= 0.985, "p99 coverage at 40-98 values: {c}");
+        // The band below 20 values: the prediction bound reaches nominal p95.
+        let c = coverage(2..20, 0.95, 500);
+        assert!((0.94..=0.96).contains(&c), "p95 coverage at 2-19 values: {c}");
+        // Where the rank exists it is the conformal one.
+        let mut w = RollingQuantiles::new(10);
+        for v in 1..=9 {
+            w.push(v as f64);
+        }
+        assert_eq!(w.quantile(0.5), Some(5.0));
+        assert_eq!(w.quantile(0.9), Some(9.0));
+        assert!(w.quantile(0.95).unwrap() > 9.0, "past the largest rank: above the max");
+    }
+
+    #[test]
+    fn forgetting_follows_a_level_change_and_never_winds_up() {
+        let mut r = Rls::new(&[100.0, 100.0]);
+        for _ in 0..5000 {
+            r.update(&[1.0, 0.0], 10.0, 1.0);
+            r.forget(0.99, &[100.0, 100.0]);
+        }
+        for _ in 0..500 {
+            r.update(&[1.0, 0.0], 20.0, 1.0);
+            r.forget(0.99, &[100.0, 100.0]);
+        }
+        assert!((r.predict(&[1.0, 0.0]) - 20.0).abs() < 0.1, "{:?}", r.theta);
+        // The unexcited direction stays at its prior variance, not λ^-5500 times it.
+        assert!(r.p[3] <= 100.0 + 1e-9 && r.p[3] > 99.0, "{}", r.p[3]);
     }
 }

@@ -25,6 +25,10 @@ pub struct ExpandedPredictionsOptions {
     pub min_key_residuals: Option<u32>,
     /// Weight of the past in the learned output-token mean, in (0, 1) (default 0.98).
     pub output_decay: Option<f64>,
+    /// Forgetting factor of the learned corrections, in (0, 1]: an outcome `a` outcomes
+    /// old weighs λ^a, so a level change is followed within ~1/(1−λ) outcomes (default
+    /// 0.997; 1 never forgets).
+    pub forgetting: Option<f64>,
 }
 
 /// Latency, cost, satisfaction and resource predictions learned from outcomes.
@@ -64,7 +68,17 @@ impl ExpandedPredictions {
                 .min_key_residuals
                 .map_or(d.min_key_residuals, |v| v as usize),
             output_decay: o.output_decay.unwrap_or(d.output_decay),
+            forgetting: o.forgetting.unwrap_or(d.forgetting),
         };
+        if !(config.forgetting > 0.0 && config.forgetting <= 1.0) {
+            return Err(range(
+                &env,
+                format!(
+                    "options.forgetting must be in (0, 1], got {}",
+                    config.forgetting
+                ),
+            ));
+        }
         if !(config.output_decay > 0.0 && config.output_decay < 1.0) {
             return Err(range(
                 &env,
