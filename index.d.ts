@@ -616,9 +616,13 @@ export declare class AdvancedEnsemble {
 export declare class ExpandedPredictions {
   /** `options.priceTable` (an object or a file path) is taken by the JS layer. */
   constructor(options?: ExpandedPredictionsConstructorOptions)
-  /** Counts of what has been learned. */
-  getStatistics(): { outcomes: number; keys: number; services: number; pricedModels: number }
-  /** Writes the learned state to `path` as JSON, atomically, off the JS thread. */
+  /** Counts of what has been learned and what the bounds evicted; O(1). */
+  getStatistics(): { outcomes: number; keys: number; services: number; names: { services: number; providers: number; models: number }; pricedModels: number; maxKeys: number; maxMemoryMb: number; memoryBytes: number; evictions: { keys: number; services: number; names: number } }
+  /**
+   * Writes the learned state to `path` as JSON, atomically, off the JS thread. The JS
+   * thread only copies pointers to the live keys (their values are shared copy-on-
+   * write); serialising and writing run on a worker. Evicted keys are not written.
+   */
   saveState(path: string): Promise<boolean>
   /**
    * Replaces the learned state with the one saved at `path`; a missing, corrupt or
@@ -705,6 +709,16 @@ export interface ExpandedPredictionsOptions {
    * 0.997; 1 never forgets).
    */
   forgetting?: number
+  /**
+   * Keys (service × provider × model) kept at most, least recently used evicted first;
+   * services and names per kind are bounded by the same number (default 100000).
+   */
+  maxKeys?: number
+  /**
+   * Estimated memory the learned keys and services may hold, in MB; least recently
+   * used keys are evicted beyond it (default 50).
+   */
+  maxMemoryMb?: number
 }
 
 export interface FineTuneProgress {

@@ -100,17 +100,26 @@ class ExpandedPredictions extends native.ExpandedPredictions {
       minKeyResiduals: { min: 0, max: 4_294_967_295, integer: true },
       outputDecay: { min: 0, minExclusive: true, max: 1 },
       forgetting: { min: 0, minExclusive: true, max: 1 },
+      maxKeys: { min: 1, max: 16_777_214, integer: true },
+      maxMemoryMb: { min: 0, minExclusive: true, max: 1e9 },
     }))
     const [ns, no, nout] = this._layout()
     if (ns !== NSLOT || no !== OUTCOME.length || nout !== NOUT) throw new Error('mlops-native: JS and native layouts differ; rebuild the addon')
     this._setBuffers(this.#input, this.#output)
+    this.#maxNames = this._maxNames()
     if (priceTable !== undefined && priceTable !== null) this.setPriceTable(priceTable, 'options.priceTable')
   }
+
+  // Name → id caches, bounded like Rust's name tables (maxKeys per kind): a full cache is
+  // cleared and refills from the names in use. An id Rust has since evicted is caught
+  // there (ids carry a generation) and answered with a resync, never misread.
+  #maxNames = 0
 
   #id(kind, name) {
     const map = this.#names[kind]
     let id = map.get(name)
     if (id === undefined) {
+      if (map.size >= this.#maxNames) map.clear()
       id = this._intern(kind, name)
       map.set(name, id)
     }
@@ -226,8 +235,9 @@ class ExpandedPredictions extends native.ExpandedPredictions {
   #run(context, lenient = false) {
     this.#pack(context, lenient)
     if (!this._predictAll(this.#generation)) {
+      // State replaced by loadState, or one of these names evicted since it was cached.
       this.#resync()
-      this._predictAll(this.#generation)
+      if (!this._predictAll(this.#generation)) throw new Error('mlops-native: name ids stale after a resync')
     }
   }
 
@@ -376,6 +386,12 @@ class ExpandedPredictions extends native.ExpandedPredictions {
       packAll()
       res = this._predictBatch(this.#generation, packed)
     }
+    if (res === null) {
+      // More distinct names in this batch than the name tables hold: interning the later
+      // ones evicted earlier ones. One context at a time then (each interns its own).
+      const now = Date.now()
+      return contexts.map((c) => ({ ...this.predictAllSync(c), timestamp: now }))
+    }
     const now = Date.now()
     const out = new Array(n)
     for (let i = 0; i < n; i++) {
@@ -409,7 +425,7 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     if (!any) throw new TypeError(`outcome must hold at least one of ${OUTCOME.join(', ')}`)
     if (!this._record(this.#generation)) {
       this.#resync()
-      this._record(this.#generation)
+      if (!this._record(this.#generation)) throw new Error('mlops-native: name ids stale after a resync')
     }
     return true
   }

@@ -12,6 +12,7 @@
 use super::stats::ErrorStats;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Context slots (the JS layer packs a context into this layout; NaN = absent).
 pub mod slot {
@@ -527,7 +528,7 @@ impl Aci {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ServiceModels {
     pub satisfaction: Rls,
     pub cpu: Rls,
@@ -547,6 +548,12 @@ pub struct ForecastConfig {
     /// Forgetting factor λ of the learned corrections: an outcome `a` outcomes old weighs
     /// λ^a (1 = never forget).
     pub forgetting: f64,
+    /// Keys (service, provider, model) kept at most; least recently used ones are evicted.
+    /// Services and names per kind are bounded by the same number.
+    pub max_keys: usize,
+    /// Estimated memory kept at most by keys and services (MB); least recently used keys
+    /// are evicted beyond it.
+    pub max_memory_mb: f64,
 }
 
 impl Default for ForecastConfig {
@@ -556,6 +563,8 @@ impl Default for ForecastConfig {
             min_key_residuals: 40,
             output_decay: 0.98,
             forgetting: 0.997,
+            max_keys: DEFAULT_MAX_KEYS,
+            max_memory_mb: DEFAULT_MAX_MEMORY_MB,
         }
     }
 }
@@ -586,7 +595,6 @@ const LATENCY_NOISE: f64 = 100.0 * 100.0;
 const COST_NOISE: f64 = 1e-6;
 const SAT_NOISE: f64 = 0.25;
 const RES_NOISE: f64 = 25.0;
-pub const MAX_KEYS: usize = 100_000;
 
 fn key_new(cfg: &ForecastConfig) -> RequestKey {
     RequestKey {
@@ -630,28 +638,392 @@ fn confidence(prior: f64, n: u64, err: &ErrorStats, level: f64) -> f64 {
     ((1.0 - w) * prior + w * fit).clamp(0.05, 0.99)
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+/// A bounded map with least-recently-used eviction: a slab of nodes in a doubly linked
+/// recency list plus a hash index, so lookup, touch, insert and eviction are O(1). A
+/// node's index is stable while its entry lives (names use it as their id).
+pub mod lru {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+
+    const NIL: u32 = u32::MAX;
+
+    #[derive(Clone, Debug)]
+    struct Node<K, V> {
+        key: K,
+        value: V,
+        prev: u32,
+        next: u32,
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct Lru<K, V> {
+        map: HashMap<K, u32>,
+        nodes: Vec<Node<K, V>>,
+        free: Vec<u32>,
+        /// Most and least recently used.
+        head: u32,
+        tail: u32,
+        pub cap: usize,
+    }
+
+    impl<K: Hash + Eq + Clone, V> Default for Lru<K, V> {
+        fn default() -> Self {
+            Self::new(usize::MAX)
+        }
+    }
+
+    impl<K: Hash + Eq + Clone, V> Lru<K, V> {
+        pub fn new(cap: usize) -> Self {
+            Self {
+                map: HashMap::new(),
+                nodes: Vec::new(),
+                free: Vec::new(),
+                head: NIL,
+                tail: NIL,
+                cap: cap.max(1),
+            }
+        }
+
+        pub fn len(&self) -> usize {
+            self.map.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.map.is_empty()
+        }
+
+        pub fn index<Q>(&self, key: &Q) -> Option<u32>
+        where
+            K: std::borrow::Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            self.map.get(key).copied()
+        }
+
+        pub fn key(&self, i: u32) -> &K {
+            &self.nodes[i as usize].key
+        }
+
+        pub fn value(&self, i: u32) -> &V {
+            &self.nodes[i as usize].value
+        }
+
+        pub fn value_mut(&mut self, i: u32) -> &mut V {
+            &mut self.nodes[i as usize].value
+        }
+
+        /// True when `i` holds a live entry (not a freed slot).
+        pub fn live(&self, i: u32) -> bool {
+            (i as usize) < self.nodes.len() && self.map.get(&self.nodes[i as usize].key) == Some(&i)
+        }
+
+        fn unlink(&mut self, i: u32) {
+            let (p, n) = {
+                let node = &self.nodes[i as usize];
+                (node.prev, node.next)
+            };
+            if p == NIL {
+                self.head = n;
+            } else {
+                self.nodes[p as usize].next = n;
+            }
+            if n == NIL {
+                self.tail = p;
+            } else {
+                self.nodes[n as usize].prev = p;
+            }
+        }
+
+        fn push_front(&mut self, i: u32) {
+            let h = self.head;
+            {
+                let node = &mut self.nodes[i as usize];
+                node.prev = NIL;
+                node.next = h;
+            }
+            if h != NIL {
+                self.nodes[h as usize].prev = i;
+            }
+            self.head = i;
+            if self.tail == NIL {
+                self.tail = i;
+            }
+        }
+
+        /// Marks `i` most recently used.
+        pub fn touch(&mut self, i: u32) {
+            if self.head != i {
+                self.unlink(i);
+                self.push_front(i);
+            }
+        }
+
+        /// Removes and returns the least recently used entry.
+        pub fn pop_lru(&mut self) -> Option<(u32, K, V)>
+        where
+            V: Default,
+        {
+            let t = self.tail;
+            if t == NIL {
+                return None;
+            }
+            self.unlink(t);
+            let node = &mut self.nodes[t as usize];
+            let key = node.key.clone();
+            let value = std::mem::take(&mut node.value);
+            self.map.remove(&key);
+            self.free.push(t);
+            Some((t, key, value))
+        }
+
+        /// Inserts `key` as most recently used (it must not be present), evicting the
+        /// least recently used entry first when full. Returns the new index and the
+        /// evicted entry (whose index is the one reused).
+        pub fn insert(&mut self, key: K, value: V) -> (u32, Option<(K, V)>)
+        where
+            V: Default,
+        {
+            let evicted = if self.map.len() >= self.cap {
+                self.pop_lru().map(|(_, k, v)| (k, v))
+            } else {
+                None
+            };
+            let node = Node {
+                key: key.clone(),
+                value,
+                prev: NIL,
+                next: NIL,
+            };
+            let i = match self.free.pop() {
+                Some(i) => {
+                    self.nodes[i as usize] = node;
+                    i
+                }
+                None => {
+                    self.nodes.push(node);
+                    (self.nodes.len() - 1) as u32
+                }
+            };
+            self.map.insert(key, i);
+            self.push_front(i);
+            (i, evicted)
+        }
+
+        /// Entries from least to most recently used.
+        pub fn iter_lru(&self) -> impl Iterator<Item = (u32, &K, &V)> {
+            let mut i = self.tail;
+            std::iter::from_fn(move || {
+                if i == NIL {
+                    return None;
+                }
+                let node = &self.nodes[i as usize];
+                let cur = i;
+                i = node.prev;
+                Some((cur, &node.key, &node.value))
+            })
+        }
+
+    }
+}
+
+
+/// A tagged name id as packed by the JS layer: `gen · 2^24 + slot + 1` (0 = absent). The
+/// generation changes when a slot is reused for another name, so an id cached by the JS
+/// layer for an evicted name is recognised as stale instead of naming someone else.
+pub type NameId = u64;
+const SLOT_BITS: u32 = 24;
+/// Names per kind at most (slots must fit in `SLOT_BITS`).
+pub const MAX_NAMES: usize = (1 << SLOT_BITS) - 2;
+type Key = (NameId, NameId, NameId);
+
+/// One kind of interned names (service, provider or model), bounded, LRU-evicted.
+#[derive(Clone, Debug, Default)]
+pub struct NameTable {
+    lru: lru::Lru<Arc<str>, ()>,
+    /// Generation per slot, bumped when the slot is reused.
+    gens: Vec<u32>,
+}
+
+impl NameTable {
+    fn new(cap: usize) -> Self {
+        Self {
+            lru: lru::Lru::new(cap.clamp(1, MAX_NAMES)),
+            gens: Vec::new(),
+        }
+    }
+
+    fn tag(&self, slot: u32) -> NameId {
+        ((self.gens[slot as usize] as u64) << SLOT_BITS) + slot as u64 + 1
+    }
+
+    /// The slot of a live id (None: absent, stale or never issued).
+    fn slot(&self, id: NameId) -> Option<u32> {
+        if id == 0 {
+            return None;
+        }
+        let slot = ((id - 1) & ((1 << SLOT_BITS) - 1)) as u32;
+        let gen = (id - 1) >> SLOT_BITS;
+        (self
+            .gens
+            .get(slot as usize)
+            .is_some_and(|g| *g as u64 == gen)
+            && self.lru.live(slot))
+        .then_some(slot)
+    }
+
+    fn name(&self, id: NameId) -> &str {
+        self.slot(id).map_or("", |s| self.lru.key(s))
+    }
+
+    /// The id of `name`, interning it (and evicting the least recently used name when
+    /// full). Returns the id and whether a name was evicted.
+    fn intern(&mut self, name: &str) -> (NameId, bool) {
+        if let Some(slot) = self.lru.index(name) {
+            self.lru.touch(slot);
+            return (self.tag(slot), false);
+        }
+        let (slot, evicted) = self.lru.insert(Arc::from(name), ());
+        let s = slot as usize;
+        if s >= self.gens.len() {
+            self.gens.resize(s + 1, 0);
+        } else {
+            // A reused slot: ids of the name that held it become stale.
+            self.gens[s] = (self.gens[s] + 1) % (1 << 28);
+        }
+        (self.tag(slot), evicted.is_some())
+    }
+
+    fn len(&self) -> usize {
+        self.lru.len()
+    }
+}
+
+/// Estimated fixed bytes of one key: its models' matrices, the structs, the index entry
+/// and the list node (windows are counted by their capacity on top of this).
+const KEY_BASE_BYTES: usize = std::mem::size_of::<RequestKey>()
+    + 8 * (LATENCY_DIM + LATENCY_DIM * LATENCY_DIM + COST_DIM + COST_DIM * COST_DIM)
+    + 2 * std::mem::size_of::<Vec<f64>>() * 2
+    + 96;
+const SERVICE_BYTES: usize = std::mem::size_of::<ServiceModels>()
+    + 8 * (SAT_DIM + SAT_DIM * SAT_DIM + 3 * (RES_DIM + RES_DIM * RES_DIM))
+    + 96;
+
+fn key_bytes(k: &RequestKey) -> usize {
+    KEY_BASE_BYTES + k.calib.iter().map(|c| c.window.heap_bytes()).sum::<usize>()
+}
+
+/// What eviction has removed so far (keys and services fall back to the back-off: the
+/// old rule plus the global calibration; a returning one starts neutral).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
+pub struct Evictions {
+    pub keys: u64,
+    pub services: u64,
+    pub names: u64,
+}
+
+/// Memory budget per instance when none is given (MB): keys and services are evicted,
+/// least recently used first, to stay under it.
+pub const DEFAULT_MAX_MEMORY_MB: f64 = 50.0;
+/// Keys per instance when no `maxKeys` is given.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+#[derive(Clone, Debug, Default)]
 pub struct Forecaster {
     pub config: ForecastConfig,
-    /// Interned names; index 0 of each is "" (absent).
-    pub services: Vec<String>,
-    pub providers: Vec<String>,
-    pub models: Vec<String>,
-    pub keys: Vec<((u32, u32, u32), RequestKey)>,
-    pub per_service: Vec<(u32, ServiceModels)>,
+    names: [NameTable; 3],
+    /// Per (service, provider, model): latency and cost corrections, calibration. Values
+    /// are shared with saved snapshots (copy on write), so a save copies pointers.
+    keys: lru::Lru<Key, Arc<RequestKey>>,
+    /// Per service: satisfaction and resource corrections.
+    per_service: lru::Lru<NameId, Arc<ServiceModels>>,
     /// Back-off calibration per kind (`[INFORMED, BLIND]`), over every key's residuals.
     pub global: [Calib; 2],
     pub prices: PriceTable,
     pub outcomes: u64,
-    #[serde(skip)]
-    key_index: HashMap<(u32, u32, u32), usize>,
-    #[serde(skip)]
-    service_index: HashMap<u32, usize>,
-    #[serde(skip)]
-    names: [HashMap<String, u32>; 3],
-    #[serde(skip)]
-    price_cache: HashMap<(u32, u32), Option<Price>>,
+    pub evictions: Evictions,
+    /// Estimated bytes of `keys` and `per_service`.
+    bytes: usize,
+    price_cache: HashMap<(NameId, NameId), Option<Price>>,
+}
+
+/// A packed id that is stale: the JS layer re-interns its names and calls again.
+pub const STALE: &str = "stale name id";
+
+/// Format-1 state files (names as ids into tables); read to load old files.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct StateV1 {
+    config: ForecastConfig,
+    services: Vec<String>,
+    providers: Vec<String>,
+    models: Vec<String>,
+    keys: Vec<((u32, u32, u32), RequestKey)>,
+    per_service: Vec<(u32, ServiceModels)>,
+    prices: PriceTable,
+    outcomes: u64,
+}
+
+/// Format 2: names inline, only the live keys, least recently used first.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StateOut<'a> {
+    format: &'static str,
+    format_version: u32,
+    config: &'a ForecastConfig,
+    keys: Vec<([&'a str; 3], &'a RequestKey)>,
+    services: Vec<(&'a str, &'a ServiceModels)>,
+    global: &'a [Calib; 2],
+    prices: &'a PriceTable,
+    outcomes: u64,
+    evictions: Evictions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct StateIn {
+    config: ForecastConfig,
+    keys: Vec<([String; 3], RequestKey)>,
+    services: Vec<(String, ServiceModels)>,
+    global: [Calib; 2],
+    prices: PriceTable,
+    outcomes: u64,
+    evictions: Evictions,
+}
+
+pub const FORMAT: &str = "mlops-native/expanded-predictions";
+
+/// A consistent copy of what a save writes, taken in O(keys) pointer copies.
+#[derive(Clone)]
+pub struct Snapshot {
+    config: ForecastConfig,
+    keys: Vec<([Arc<str>; 3], Arc<RequestKey>)>,
+    services: Vec<(Arc<str>, Arc<ServiceModels>)>,
+    global: [Calib; 2],
+    prices: Arc<PriceTable>,
+    outcomes: u64,
+    evictions: Evictions,
+}
+
+impl Snapshot {
+    pub fn to_json(&self) -> Result<String, String> {
+        let out = StateOut {
+            format: FORMAT,
+            format_version: 2,
+            config: &self.config,
+            keys: self
+                .keys
+                .iter()
+                .map(|(n, k)| ([&*n[0], &*n[1], &*n[2]], &**k))
+                .collect(),
+            services: self.services.iter().map(|(n, s)| (&**n, &**s)).collect(),
+            global: &self.global,
+            prices: &self.prices,
+            outcomes: self.outcomes,
+            evictions: self.evictions,
+        };
+        serde_json::to_string(&out).map_err(|e| e.to_string())
+    }
 }
 
 /// Which name table `intern` adds to.
@@ -677,68 +1049,44 @@ pub fn base_latency(service: &str) -> f64 {
 
 impl Forecaster {
     pub fn new(config: ForecastConfig, prices: PriceTable) -> Self {
-        let mut f = Forecaster {
+        let max_keys = config.max_keys.max(1);
+        Forecaster {
             global: [
                 Calib::new(config.quantile_window * 8),
                 Calib::new(config.quantile_window * 8),
             ],
+            names: [
+                NameTable::new(max_keys),
+                NameTable::new(max_keys),
+                NameTable::new(max_keys),
+            ],
+            keys: lru::Lru::new(max_keys),
+            per_service: lru::Lru::new(max_keys),
             config,
             prices,
             ..Default::default()
-        };
-        f.services.push(String::new());
-        f.providers.push(String::new());
-        f.models.push(String::new());
-        f.rebuild();
-        f
-    }
-
-    fn rebuild(&mut self) {
-        self.key_index = self
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (*k, i))
-            .collect();
-        self.service_index = self
-            .per_service
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (*k, i))
-            .collect();
-        for (t, names) in [&self.services, &self.providers, &self.models]
-            .into_iter()
-            .enumerate()
-        {
-            self.names[t] = names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.clone(), i as u32))
-                .collect();
         }
-        self.price_cache.clear();
     }
 
-    pub fn intern(&mut self, kind: NameKind, name: &str) -> Result<u32, String> {
-        let t = kind as usize;
-        if let Some(&id) = self.names[t].get(name) {
-            return Ok(id);
+    /// The id of `name` (interned, evicting the least recently used name when full).
+    /// Never refuses for volume: only a name too long for the tables is an input error.
+    pub fn intern(&mut self, kind: NameKind, name: &str) -> Result<NameId, String> {
+        if name.is_empty() {
+            return Ok(0);
         }
         if name.len() > 1024 {
             return Err("names must be at most 1024 bytes".into());
         }
-        let table = match kind {
-            NameKind::Service => &mut self.services,
-            NameKind::Provider => &mut self.providers,
-            NameKind::Model => &mut self.models,
-        };
-        if table.len() >= MAX_KEYS {
-            return Err(format!("too many distinct names (limit {MAX_KEYS})"));
+        let (id, evicted) = self.names[kind as usize].intern(name);
+        if evicted {
+            self.evictions.names += 1;
         }
-        let id = table.len() as u32;
-        table.push(name.to_owned());
-        self.names[t].insert(name.to_owned(), id);
         Ok(id)
+    }
+
+    /// The name of a live id ("" when absent).
+    pub fn name(&self, kind: NameKind, id: NameId) -> &str {
+        self.names[kind as usize].name(id)
     }
 
     pub fn set_prices(&mut self, prices: PriceTable) {
@@ -746,32 +1094,55 @@ impl Forecaster {
         self.price_cache.clear();
     }
 
-    fn ids(&self, ctx: &[f64]) -> Result<(u32, u32, u32), String> {
-        let id = |i: usize, len: usize, what: &str| {
+    /// Counts for statistics: (keys, services, names per kind).
+    pub fn counts(&self) -> (usize, usize, [usize; 3]) {
+        let names = [
+            self.names[0].len(),
+            self.names[1].len(),
+            self.names[2].len(),
+        ];
+        (self.keys.len(), self.per_service.len(), names)
+    }
+
+    /// Estimated bytes held by keys and services (what `maxMemoryMb` bounds).
+    pub fn memory_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The packed ids, checked live (Err(STALE) when one was evicted since it was
+    /// issued, or never issued).
+    fn ids(&mut self, ctx: &[f64]) -> Result<Key, String> {
+        let mut out = [0u64; 3];
+        for (t, i) in [slot::SERVICE, slot::PROVIDER, slot::MODEL]
+            .into_iter()
+            .enumerate()
+        {
             let v = get(ctx, i).unwrap_or(0.0);
-            if v >= 0.0 && v.fract() == 0.0 && (v as usize) < len {
-                Ok(v as u32)
-            } else {
-                Err(format!("unknown {what} id {v}"))
+            if !(v >= 0.0 && v.fract() == 0.0 && v < 9.0e15) {
+                return Err(format!("bad packed name id {v}"));
             }
-        };
-        Ok((
-            id(slot::SERVICE, self.services.len(), "service")?,
-            id(slot::PROVIDER, self.providers.len(), "provider")?,
-            id(slot::MODEL, self.models.len(), "model")?,
-        ))
+            let id = v as u64;
+            if id != 0 {
+                let Some(slot) = self.names[t].slot(id) else {
+                    return Err(STALE.into());
+                };
+                self.names[t].lru.touch(slot);
+            }
+            out[t] = id;
+        }
+        Ok((out[0], out[1], out[2]))
     }
 
     /// The price of `model` (as `<model>` or `<provider>/<model>` in the table), cached.
-    fn price(&mut self, provider: u32, model: u32) -> Option<Price> {
+    fn price(&mut self, provider: NameId, model: NameId) -> Option<Price> {
         if model == 0 {
             return None;
         }
         if let Some(p) = self.price_cache.get(&(provider, model)) {
             return p.clone();
         }
-        let m = &self.models[model as usize];
-        let p = &self.providers[provider as usize];
+        let m = self.names[2].name(model);
+        let p = self.names[1].name(provider);
         let found = self
             .prices
             .get(m)
@@ -825,8 +1196,8 @@ impl Forecaster {
     }
 
     /// The old latency rule: per-service base, ×0.1 on a cache hit, + 0.01 × inputSize.
-    fn latency_prior(&self, service: u32, ctx: &[f64]) -> (f64, f64) {
-        let base = base_latency(&self.services[service as usize]);
+    fn latency_prior(&self, service: NameId, ctx: &[f64]) -> (f64, f64) {
+        let base = base_latency(self.names[0].name(service));
         let cache = or0(ctx, slot::CACHE_HIT) != 0.0;
         (
             (if cache { base * 0.1 } else { base }) + 0.01 * or0(ctx, slot::INPUT_SIZE),
@@ -910,37 +1281,69 @@ impl Forecaster {
         ]
     }
 
-    fn key(&self, k: (u32, u32, u32)) -> Option<&RequestKey> {
-        self.key_index.get(&k).map(|&i| &self.keys[i].1)
+    /// The key's state, marked recently used (None: never seen, or evicted).
+    fn key(&mut self, k: Key) -> Option<Arc<RequestKey>> {
+        let i = self.keys.index(&k)?;
+        self.keys.touch(i);
+        Some(self.keys.value(i).clone())
     }
 
-    fn key_mut(&mut self, k: (u32, u32, u32)) -> Result<&mut RequestKey, String> {
-        let i = match self.key_index.get(&k) {
-            Some(&i) => i,
+    /// Evicts least recently used keys (then services) while over the memory budget.
+    fn enforce_budget(&mut self) {
+        let budget = (self.config.max_memory_mb * 1e6) as usize;
+        while self.bytes > budget && self.keys.len() > 1 {
+            if let Some((_, _, v)) = self.keys.pop_lru() {
+                self.bytes = self.bytes.saturating_sub(key_bytes(&v));
+                self.evictions.keys += 1;
+            }
+        }
+        while self.bytes > budget && self.per_service.len() > 1 {
+            if self.per_service.pop_lru().is_some() {
+                self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
+                self.evictions.services += 1;
+            }
+        }
+    }
+
+    /// The key's slot, created (evicting the least recently used key when full).
+    fn key_slot(&mut self, k: Key) -> u32 {
+        if let Some(i) = self.keys.index(&k) {
+            self.keys.touch(i);
+            return i;
+        }
+        let key = Arc::new(key_new(&self.config));
+        self.bytes += key_bytes(&key);
+        let (i, evicted) = self.keys.insert(k, key);
+        if let Some((_, v)) = evicted {
+            self.bytes = self.bytes.saturating_sub(key_bytes(&v));
+            self.evictions.keys += 1;
+        }
+        i
+    }
+
+    fn service_mut(&mut self, s: NameId) -> &mut ServiceModels {
+        let i = match self.per_service.index(&s) {
+            Some(i) => {
+                self.per_service.touch(i);
+                i
+            }
             None => {
-                if self.keys.len() >= MAX_KEYS {
-                    return Err(format!(
-                        "too many distinct service/provider/model keys (limit {MAX_KEYS})"
-                    ));
+                self.bytes += SERVICE_BYTES;
+                let (i, evicted) = self.per_service.insert(s, Arc::new(service_new()));
+                if evicted.is_some() {
+                    self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
+                    self.evictions.services += 1;
                 }
-                self.keys.push((k, key_new(&self.config)));
-                self.key_index.insert(k, self.keys.len() - 1);
-                self.keys.len() - 1
+                i
             }
         };
-        Ok(&mut self.keys[i].1)
+        Arc::make_mut(self.per_service.value_mut(i))
     }
 
-    fn service_mut(&mut self, s: u32) -> &mut ServiceModels {
-        let i = *self.service_index.entry(s).or_insert_with(|| {
-            self.per_service.push((s, service_new()));
-            self.per_service.len() - 1
-        });
-        &mut self.per_service[i].1
-    }
-
-    fn service(&self, s: u32) -> Option<&ServiceModels> {
-        self.service_index.get(&s).map(|&i| &self.per_service[i].1)
+    fn service(&mut self, s: NameId) -> Option<Arc<ServiceModels>> {
+        let i = self.per_service.index(&s)?;
+        self.per_service.touch(i);
+        Some(self.per_service.value(i).clone())
     }
 
     /// Everything for one packed context, into `o` (`out::COUNT` values).
@@ -950,7 +1353,8 @@ impl Forecaster {
         }
         let k @ (service, provider, model) = self.ids(ctx)?;
         let price = self.price(provider, model);
-        let key = self.key(k);
+        let key_arc = self.key(k);
+        let key = key_arc.as_deref();
 
         // Output tokens: given, else learned for this key, else 0 (the old rule's default).
         let given = get(ctx, slot::OUTPUT_TOKENS);
@@ -1059,7 +1463,8 @@ impl Forecaster {
         }
 
         // Satisfaction and resources, per service.
-        let svc = self.service(service);
+        let svc_arc = self.service(service);
+        let svc = svc_arc.as_deref();
         let sphi = Self::satisfaction_features(ctx);
         let sprior = Self::satisfaction_prior(ctx);
         let (sat, sn, serr) = match svc {
@@ -1128,7 +1533,9 @@ impl Forecaster {
 
         let mut global_ratios = [None, None];
         {
-            let key = self.key_mut(k)?;
+            let i = self.key_slot(k);
+            let before_bytes = key_bytes(self.keys.value(i));
+            let key = Arc::make_mut(self.keys.value_mut(i));
             if let Some(lat) = get(oc, outcome::LATENCY_MS) {
                 let learned = key.latency.n > 0;
                 let predict = |key: &RequestKey, tokens: f64| {
@@ -1193,6 +1600,8 @@ impl Forecaster {
                 key.cost.update(&phi, cost - prior, COST_NOISE);
                 key.cost.forget(lambda, &COST_PRIOR);
             }
+            let after_bytes = key_bytes(key);
+            self.bytes = (self.bytes + after_bytes).saturating_sub(before_bytes);
         }
         for kind in [INFORMED, BLIND] {
             if let Some((r, key_served)) = global_ratios[kind] {
@@ -1237,84 +1646,166 @@ impl Forecaster {
             }
         }
         self.outcomes += 1;
+        self.enforce_budget();
         Ok(())
     }
 
-    pub fn to_json(&self) -> Result<String, String> {
-        let mut v = serde_json::to_value(self).map_err(|e| e.to_string())?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("format".into(), "mlops-native/expanded-predictions".into());
-            o.insert("formatVersion".into(), 1.into());
+    /// A consistent copy for saving: pointer copies of the live keys and services (their
+    /// values are shared, copy on write), least recently used first.
+    pub fn snapshot(&self) -> Snapshot {
+        let name = |t: usize, id: NameId| -> Arc<str> {
+            let tab = &self.names[t];
+            tab.slot(id)
+                .map_or_else(|| Arc::from(""), |s| tab.lru.key(s).clone())
+        };
+        Snapshot {
+            config: self.config.clone(),
+            keys: self
+                .keys
+                .iter_lru()
+                // A key whose name was evicted can no longer be reached: not saved.
+                .filter(|(_, k, _)| {
+                    [k.0, k.1, k.2]
+                        .iter()
+                        .enumerate()
+                        .all(|(t, &id)| id == 0 || self.names[t].slot(id).is_some())
+                })
+                .map(|(_, k, v)| ([name(0, k.0), name(1, k.1), name(2, k.2)], v.clone()))
+                .collect(),
+            services: self
+                .per_service
+                .iter_lru()
+                .filter(|(_, k, _)| **k == 0 || self.names[0].slot(**k).is_some())
+                .map(|(_, k, v)| (name(0, *k), v.clone()))
+                .collect(),
+            global: self.global.clone(),
+            prices: Arc::new(self.prices.clone()),
+            outcomes: self.outcomes,
+            evictions: self.evictions,
         }
-        serde_json::to_string(&v).map_err(|e| e.to_string())
+    }
+
+    pub fn to_json(&self) -> Result<String, String> {
+        self.snapshot().to_json()
     }
 
     pub fn from_json(text: &str) -> Result<Self, String> {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
-        if v.get("format").and_then(|f| f.as_str()) != Some("mlops-native/expanded-predictions") {
+        if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(
                 "state is not an ExpandedPredictions state (format field missing or different)"
                     .into(),
             );
         }
-        let mut f: Forecaster = serde_json::from_value(v)
-            .map_err(|e| format!("state does not match the ExpandedPredictions schema: {e}"))?;
+        let version = v.get("formatVersion").and_then(|f| f.as_u64()).unwrap_or(1);
+        let schema = |e: serde_json::Error| {
+            format!("state does not match the ExpandedPredictions schema: {e}")
+        };
+        let state: StateIn = match version {
+            1 => {
+                let old: StateV1 = serde_json::from_value(v).map_err(schema)?;
+                let name = |t: &Vec<String>, i: u32| {
+                    t.get(i as usize)
+                        .cloned()
+                        .ok_or_else(|| "state refers to an unknown name id".to_string())
+                };
+                let mut keys = Vec::with_capacity(old.keys.len());
+                for ((a, b, c), k) in old.keys {
+                    keys.push((
+                        [
+                            name(&old.services, a)?,
+                            name(&old.providers, b)?,
+                            name(&old.models, c)?,
+                        ],
+                        k,
+                    ));
+                }
+                let mut services = Vec::with_capacity(old.per_service.len());
+                for (a, m) in old.per_service {
+                    services.push((name(&old.services, a)?, m));
+                }
+                StateIn {
+                    config: old.config,
+                    keys,
+                    services,
+                    prices: old.prices,
+                    outcomes: old.outcomes,
+                    ..Default::default()
+                }
+            }
+            2 => serde_json::from_value(v).map_err(schema)?,
+            n => return Err(format!("state format version {n} is newer than this package")),
+        };
+        Self::from_state(state)
+    }
+
+    fn from_state(state: StateIn) -> Result<Self, String> {
         let ok_rls = |r: &Rls, d: usize| {
             r.theta.len() == d
                 && r.p.len() == d * d
                 && r.theta.iter().chain(&r.p).all(|v| v.is_finite())
         };
-        for (k, key) in &f.keys {
-            if k.0 as usize >= f.services.len()
-                || k.1 as usize >= f.providers.len()
-                || k.2 as usize >= f.models.len()
-            {
-                return Err("state refers to an unknown name id".into());
+        let mut config = state.config;
+        if config.max_keys == 0 {
+            config.max_keys = DEFAULT_MAX_KEYS;
+        }
+        if !(config.max_memory_mb > 0.0) {
+            config.max_memory_mb = DEFAULT_MAX_MEMORY_MB;
+        }
+        let cap = config.quantile_window.max(1);
+        let mut f = Forecaster::new(config, state.prices);
+        f.outcomes = state.outcomes;
+        f.evictions = state.evictions;
+        f.global = state.global;
+        for (c, mult) in f.global.iter_mut().zip([8, 8]) {
+            if c.window.cap == 0 {
+                c.window.cap = cap * mult;
             }
+        }
+        // Least recently used first, so the saved order is the recency order again.
+        for (names, mut key) in state.keys {
             if !ok_rls(&key.latency, LATENCY_DIM) || !ok_rls(&key.cost, COST_DIM) {
                 return Err("state holds a malformed latency or cost model".into());
             }
+            // Windows of older files (or of kinds they did not have) start empty.
+            for c in key.calib.iter_mut() {
+                if c.window.cap == 0 {
+                    c.window.cap = cap;
+                }
+            }
+            let mut ids = [0; 3];
+            for (t, n) in names.iter().enumerate() {
+                ids[t] = f.names[t].intern(n).0 * (!n.is_empty()) as u64;
+            }
+            let k = (ids[0], ids[1], ids[2]);
+            if f.keys.index(&k).is_some() {
+                return Err("state has duplicate keys".into());
+            }
+            f.bytes += key_bytes(&key);
+            if let (_, Some((_, v))) = f.keys.insert(k, Arc::new(key)) {
+                f.bytes = f.bytes.saturating_sub(key_bytes(&v));
+            }
         }
-        for (s, m) in &f.per_service {
-            if *s as usize >= f.services.len()
-                || !ok_rls(&m.satisfaction, SAT_DIM)
+        for (name, m) in state.services {
+            if !ok_rls(&m.satisfaction, SAT_DIM)
                 || !ok_rls(&m.cpu, RES_DIM)
                 || !ok_rls(&m.memory, RES_DIM)
                 || !ok_rls(&m.network, RES_DIM)
             {
                 return Err("state holds a malformed service model".into());
             }
-        }
-        if [&f.services, &f.providers, &f.models]
-            .iter()
-            .any(|t| t.first().map(String::as_str) != Some(""))
-        {
-            return Err("state's name tables are malformed".into());
-        }
-        // Windows of older files (or of kinds they did not have) start empty at the
-        // configured size.
-        let cap = f.config.quantile_window.max(1);
-        for (_, key) in f.keys.iter_mut() {
-            for c in key.calib.iter_mut() {
-                if c.window.cap == 0 {
-                    c.window.cap = cap;
-                }
+            let id = if name.is_empty() {
+                0
+            } else {
+                f.names[0].intern(&name).0
+            };
+            f.bytes += SERVICE_BYTES;
+            if f.per_service.insert(id, Arc::new(m)).1.is_some() {
+                f.bytes = f.bytes.saturating_sub(SERVICE_BYTES);
             }
         }
-        for c in f.global.iter_mut() {
-            if c.window.cap == 0 {
-                c.window.cap = cap * 8;
-            }
-        }
-        f.rebuild();
-        if f.names
-            .iter()
-            .zip([&f.services, &f.providers, &f.models])
-            .any(|(m, t)| m.len() != t.len())
-        {
-            return Err("state has duplicate names".into());
-        }
+        f.enforce_budget();
         Ok(f)
     }
 }

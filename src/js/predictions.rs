@@ -5,7 +5,7 @@
 use super::state::{LoadState, Persistent, SaveState};
 use super::{plain, range};
 use crate::core::forecast::{
-    out, outcome, parse_price_table, slot, ForecastConfig, Forecaster, NameKind,
+    out, outcome, parse_price_table, slot, ForecastConfig, Forecaster, NameKind, Snapshot, STALE,
 };
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -29,6 +29,12 @@ pub struct ExpandedPredictionsOptions {
     /// old weighs λ^a, so a level change is followed within ~1/(1−λ) outcomes (default
     /// 0.997; 1 never forgets).
     pub forgetting: Option<f64>,
+    /// Keys (service × provider × model) kept at most, least recently used evicted first;
+    /// services and names per kind are bounded by the same number (default 100000).
+    pub max_keys: Option<u32>,
+    /// Estimated memory the learned keys and services may hold, in MB; least recently
+    /// used keys are evicted beyond it (default 50).
+    pub max_memory_mb: Option<f64>,
 }
 
 /// Latency, cost, satisfaction and resource predictions learned from outcomes.
@@ -37,6 +43,15 @@ pub struct ExpandedPredictions {
     inner: Arc<Mutex<Forecaster>>,
     generation: Arc<AtomicU32>,
     io: Mutex<Option<(Float64Array, Float64Array)>>,
+}
+
+impl Persistent for Snapshot {
+    fn to_json(&self) -> std::result::Result<String, String> {
+        Snapshot::to_json(self)
+    }
+    fn from_json(_: &str) -> std::result::Result<Self, String> {
+        Err("a snapshot is written, never read back as such".into())
+    }
 }
 
 impl Persistent for Forecaster {
@@ -69,7 +84,28 @@ impl ExpandedPredictions {
                 .map_or(d.min_key_residuals, |v| v as usize),
             output_decay: o.output_decay.unwrap_or(d.output_decay),
             forgetting: o.forgetting.unwrap_or(d.forgetting),
+            max_keys: o.max_keys.map_or(d.max_keys, |v| v as usize),
+            max_memory_mb: o.max_memory_mb.unwrap_or(d.max_memory_mb),
         };
+        if config.max_keys == 0 || config.max_keys > crate::core::forecast::MAX_NAMES {
+            return Err(range(
+                &env,
+                format!(
+                    "options.maxKeys must be in [1, {}], got {}",
+                    crate::core::forecast::MAX_NAMES,
+                    config.max_keys
+                ),
+            ));
+        }
+        if !(config.max_memory_mb > 0.0 && config.max_memory_mb.is_finite()) {
+            return Err(range(
+                &env,
+                format!(
+                    "options.maxMemoryMb must be a number > 0, got {}",
+                    config.max_memory_mb
+                ),
+            ));
+        }
         if !(config.forgetting > 0.0 && config.forgetting <= 1.0) {
             return Err(range(
                 &env,
@@ -124,9 +160,16 @@ impl ExpandedPredictions {
         Ok(())
     }
 
-    /// kind: 0 service, 1 provider, 2 model.
+    /// The bound on names per kind (the JS layer's name caches use the same).
+    #[napi(js_name = "_maxNames", skip_typescript)]
+    pub fn max_names(&self) -> u32 {
+        self.inner.lock().config.max_keys as u32
+    }
+
+    /// kind: 0 service, 1 provider, 2 model. The id is tagged with the slot's generation
+    /// (see `forecast::NameId`), so it stays below 2^53 and exact as a JS number.
     #[napi(js_name = "_intern", skip_typescript, catch_unwind)]
-    pub fn intern(&self, env: Env, kind: u32, name: String) -> Result<u32> {
+    pub fn intern(&self, env: Env, kind: u32, name: String) -> Result<f64> {
         let k = match kind {
             0 => NameKind::Service,
             1 => NameKind::Provider,
@@ -135,6 +178,7 @@ impl ExpandedPredictions {
         self.inner
             .lock()
             .intern(k, &name)
+            .map(|id| id as f64)
             .map_err(|m| range(&env, m))
     }
 
@@ -150,11 +194,12 @@ impl ExpandedPredictions {
         // SAFETY: the buffer is private to the JS layer, and JS does not run during this
         // synchronous call.
         let o = unsafe { output.as_mut() };
-        self.inner
-            .lock()
-            .predict_all(&input[..slot::COUNT], o)
-            .map_err(|m| range(&env, m))?;
-        Ok(true)
+        match self.inner.lock().predict_all(&input[..slot::COUNT], o) {
+            Ok(()) => Ok(true),
+            // A name was evicted since the JS layer cached its id: it re-interns, retries.
+            Err(m) if m == STALE => Ok(false),
+            Err(m) => Err(range(&env, m)),
+        }
     }
 
     #[napi(js_name = "_record", skip_typescript, catch_unwind)]
@@ -166,11 +211,15 @@ impl ExpandedPredictions {
         let (input, _) = io
             .as_ref()
             .ok_or_else(|| plain("packed buffers not registered"))?;
-        self.inner
+        match self
+            .inner
             .lock()
             .record(&input[..slot::COUNT], &input[slot::COUNT..IN_LEN])
-            .map_err(|m| range(&env, m))?;
-        Ok(true)
+        {
+            Ok(()) => Ok(true),
+            Err(m) if m == STALE => Ok(false),
+            Err(m) => Err(range(&env, m)),
+        }
     }
 
     /// Many packed contexts (`n × slot::COUNT`) → `n × out::COUNT` values in one crossing.
@@ -188,11 +237,14 @@ impl ExpandedPredictions {
         let mut res = vec![0.0; n * out::COUNT];
         let mut f = self.inner.lock();
         for i in 0..n {
-            f.predict_all(
+            match f.predict_all(
                 &contexts[i * slot::COUNT..(i + 1) * slot::COUNT],
                 &mut res[i * out::COUNT..(i + 1) * out::COUNT],
-            )
-            .map_err(|m| range(&env, format!("contexts[{i}]: {m}")))?;
+            ) {
+                Ok(()) => {}
+                Err(m) if m == STALE => return Ok(None),
+                Err(m) => return Err(range(&env, format!("contexts[{i}]: {m}"))),
+            }
         }
         Ok(Some(Float64Array::new(res)))
     }
@@ -206,25 +258,34 @@ impl ExpandedPredictions {
         Ok(n)
     }
 
-    /// Counts of what has been learned.
+    /// Counts of what has been learned and what the bounds evicted; O(1).
     #[napi(
         catch_unwind,
-        ts_return_type = "{ outcomes: number; keys: number; services: number; pricedModels: number }"
+        ts_return_type = "{ outcomes: number; keys: number; services: number; names: { services: number; providers: number; models: number }; pricedModels: number; maxKeys: number; maxMemoryMb: number; memoryBytes: number; evictions: { keys: number; services: number; names: number } }"
     )]
     pub fn get_statistics(&self) -> serde_json::Value {
         let f = self.inner.lock();
+        let (keys, services, names) = f.counts();
         serde_json::json!({
             "outcomes": f.outcomes,
-            "keys": f.keys.len(),
-            "services": f.per_service.len(),
+            "keys": keys,
+            "services": services,
+            "names": {"services": names[0], "providers": names[1], "models": names[2]},
             "pricedModels": f.prices.len(),
+            "maxKeys": f.config.max_keys,
+            "maxMemoryMb": f.config.max_memory_mb,
+            "memoryBytes": f.memory_bytes(),
+            "evictions": f.evictions,
         })
     }
 
-    /// Writes the learned state to `path` as JSON, atomically, off the JS thread.
+    /// Writes the learned state to `path` as JSON, atomically, off the JS thread. The JS
+    /// thread only copies pointers to the live keys (their values are shared copy-on-
+    /// write); serialising and writing run on a worker. Evicted keys are not written.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
-    pub fn save_state(&self, path: String) -> Result<AsyncTask<SaveState<Forecaster>>> {
-        Ok(AsyncTask::new(SaveState::new(&*self.inner, path)))
+    pub fn save_state(&self, path: String) -> Result<AsyncTask<SaveState<Snapshot>>> {
+        let snapshot = Mutex::new(self.inner.lock().snapshot());
+        Ok(AsyncTask::new(SaveState::new(&snapshot, path)))
     }
 
     /// Replaces the learned state with the one saved at `path`; a missing, corrupt or
