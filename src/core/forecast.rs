@@ -836,12 +836,72 @@ const SLOT_BITS: u32 = 24;
 pub const MAX_NAMES: usize = (1 << SLOT_BITS) - 2;
 type Key = (NameId, NameId, NameId);
 
+/// FNV-1a: a name's hash, computed once when it is interned.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A name's hash as the tables keep it (0 for the absent name "").
+fn fnv_or0(s: &str) -> u64 {
+    if s.is_empty() {
+        0
+    } else {
+        fnv(s)
+    }
+}
+
+/// The hash of a (service, provider, model) triple from its names' hashes.
+fn triple_hash(h: [u64; 3]) -> u64 {
+    let mut x = h[0].wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ h[1].rotate_left(21)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ h[2].rotate_left(42)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A learned key. Keys are found by their names (through the triple's hash, checked
+/// against the names kept here), not by name ids, so evicting a name from the intern
+/// tables (a prediction-only burst of new names) never orphans a key: the name is
+/// interned again under a new id and finds its key.
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    names: [Arc<str>; 3],
+    state: Arc<RequestKey>,
+}
+
+impl Default for KeyEntry {
+    fn default() -> Self {
+        Self {
+            names: [Arc::from(""), Arc::from(""), Arc::from("")],
+            state: Arc::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceEntry {
+    name: Arc<str>,
+    state: Arc<ServiceModels>,
+}
+
+impl Default for ServiceEntry {
+    fn default() -> Self {
+        Self {
+            name: Arc::from(""),
+            state: Arc::default(),
+        }
+    }
+}
+
 /// One kind of interned names (service, provider or model), bounded, LRU-evicted.
 #[derive(Clone, Debug, Default)]
 pub struct NameTable {
     lru: lru::Lru<Arc<str>, ()>,
     /// Generation per slot, bumped when the slot is reused.
     gens: Vec<u32>,
+    /// Hash of the name in each slot.
+    hashes: Vec<u64>,
 }
 
 impl NameTable {
@@ -849,6 +909,7 @@ impl NameTable {
         Self {
             lru: lru::Lru::new(cap.clamp(1, MAX_NAMES)),
             gens: Vec::new(),
+            hashes: Vec::new(),
         }
     }
 
@@ -875,6 +936,17 @@ impl NameTable {
         self.slot(id).map_or("", |s| self.lru.key(s))
     }
 
+    /// The hash of a live id's name (0 when absent).
+    fn hash(&self, id: NameId) -> u64 {
+        self.slot(id).map_or(0, |s| self.hashes[s as usize])
+    }
+
+    /// The shared text of a live id's name ("" when absent).
+    fn arc(&self, id: NameId) -> Arc<str> {
+        self.slot(id)
+            .map_or_else(|| Arc::from(""), |s| self.lru.key(s).clone())
+    }
+
     /// The id of `name`, interning it (and evicting the least recently used name when
     /// full). Returns the id and whether a name was evicted.
     fn intern(&mut self, name: &str) -> (NameId, bool) {
@@ -884,6 +956,10 @@ impl NameTable {
         }
         let (slot, evicted) = self.lru.insert(Arc::from(name), ());
         let s = slot as usize;
+        if s >= self.hashes.len() {
+            self.hashes.resize(s + 1, 0);
+        }
+        self.hashes[s] = fnv(name);
         if s >= self.gens.len() {
             self.gens.resize(s + 1, 0);
         } else {
@@ -934,9 +1010,9 @@ pub struct Forecaster {
     names: [NameTable; 3],
     /// Per (service, provider, model): latency and cost corrections, calibration. Values
     /// are shared with saved snapshots (copy on write), so a save copies pointers.
-    keys: lru::Lru<Key, Arc<RequestKey>>,
+    keys: lru::Lru<u64, KeyEntry>,
     /// Per service: satisfaction and resource corrections.
-    per_service: lru::Lru<NameId, Arc<ServiceModels>>,
+    per_service: lru::Lru<u64, ServiceEntry>,
     /// Back-off calibration per kind (`[INFORMED, BLIND]`), over every key's residuals.
     pub global: [Calib; 2],
     pub prices: PriceTable,
@@ -1281,24 +1357,42 @@ impl Forecaster {
         ]
     }
 
-    /// The key's state, marked recently used (None: never seen, or evicted).
-    fn key(&mut self, k: Key) -> Option<Arc<RequestKey>> {
-        let i = self.keys.index(&k)?;
-        self.keys.touch(i);
-        Some(self.keys.value(i).clone())
+    fn triple(&self, k: Key) -> u64 {
+        triple_hash([
+            self.names[0].hash(k.0),
+            self.names[1].hash(k.1),
+            self.names[2].hash(k.2),
+        ])
     }
 
-    /// Evicts least recently used keys (then services) while over the memory budget.
+    fn same_names(&self, e: &KeyEntry, k: Key) -> bool {
+        *e.names[0] == *self.names[0].name(k.0)
+            && *e.names[1] == *self.names[1].name(k.1)
+            && *e.names[2] == *self.names[2].name(k.2)
+    }
+
+    /// The key's state, marked recently used (None: never seen, or evicted).
+    fn key(&mut self, k: Key) -> Option<Arc<RequestKey>> {
+        let i = self.keys.index(&self.triple(k))?;
+        if !self.same_names(self.keys.value(i), k) {
+            return None;
+        }
+        self.keys.touch(i);
+        Some(self.keys.value(i).state.clone())
+    }
+
+    /// Evicts least recently used keys and services, in turn, while over the memory
+    /// budget.
     fn enforce_budget(&mut self) {
         let budget = (self.config.max_memory_mb * 1e6) as usize;
-        while self.bytes > budget && self.keys.len() > 1 {
-            if let Some((_, _, v)) = self.keys.pop_lru() {
-                self.bytes = self.bytes.saturating_sub(key_bytes(&v));
-                self.evictions.keys += 1;
+        while self.bytes > budget && (self.keys.len() > 1 || self.per_service.len() > 1) {
+            if self.keys.len() > 1 {
+                if let Some((_, _, v)) = self.keys.pop_lru() {
+                    self.bytes = self.bytes.saturating_sub(key_bytes(&v.state));
+                    self.evictions.keys += 1;
+                }
             }
-        }
-        while self.bytes > budget && self.per_service.len() > 1 {
-            if self.per_service.pop_lru().is_some() {
+            if self.bytes > budget && self.per_service.len() > 1 && self.per_service.pop_lru().is_some() {
                 self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
                 self.evictions.services += 1;
             }
@@ -1307,29 +1401,60 @@ impl Forecaster {
 
     /// The key's slot, created (evicting the least recently used key when full).
     fn key_slot(&mut self, k: Key) -> u32 {
-        if let Some(i) = self.keys.index(&k) {
+        let h = self.triple(k);
+        if let Some(i) = self.keys.index(&h) {
             self.keys.touch(i);
+            if !self.same_names(self.keys.value(i), k) {
+                // Two triples with one 64-bit hash: the newcomer takes the slot.
+                let names = [self.names[0].arc(k.0), self.names[1].arc(k.1), self.names[2].arc(k.2)];
+                let fresh = Arc::new(key_new(&self.config));
+                self.bytes += key_bytes(&fresh);
+                let e = self.keys.value_mut(i);
+                let old = std::mem::replace(&mut e.state, fresh);
+                e.names = names;
+                self.bytes = self.bytes.saturating_sub(key_bytes(&old));
+                self.evictions.keys += 1;
+            }
             return i;
         }
-        let key = Arc::new(key_new(&self.config));
-        self.bytes += key_bytes(&key);
-        let (i, evicted) = self.keys.insert(k, key);
+        let entry = KeyEntry {
+            names: [self.names[0].arc(k.0), self.names[1].arc(k.1), self.names[2].arc(k.2)],
+            state: Arc::new(key_new(&self.config)),
+        };
+        self.bytes += key_bytes(&entry.state);
+        let (i, evicted) = self.keys.insert(h, entry);
         if let Some((_, v)) = evicted {
-            self.bytes = self.bytes.saturating_sub(key_bytes(&v));
+            self.bytes = self.bytes.saturating_sub(key_bytes(&v.state));
             self.evictions.keys += 1;
         }
         i
     }
 
     fn service_mut(&mut self, s: NameId) -> &mut ServiceModels {
-        let i = match self.per_service.index(&s) {
-            Some(i) => {
+        let h = self.names[0].hash(s);
+        let name = self.names[0].name(s);
+        let i = match self.per_service.index(&h) {
+            Some(i) if *self.per_service.value(i).name == *name => {
                 self.per_service.touch(i);
+                i
+            }
+            Some(i) => {
+                // A hash collision between two service names: the newcomer takes it.
+                self.per_service.touch(i);
+                let name = self.names[0].arc(s);
+                let e = self.per_service.value_mut(i);
+                e.name = name;
+                e.state = Arc::new(service_new());
+                self.evictions.services += 1;
                 i
             }
             None => {
                 self.bytes += SERVICE_BYTES;
-                let (i, evicted) = self.per_service.insert(s, Arc::new(service_new()));
+                let entry = ServiceEntry {
+                    name: self.names[0].arc(s),
+                    state: Arc::new(service_new()),
+                };
+                let (i, evicted) = self.per_service.insert(h, entry);
                 if evicted.is_some() {
                     self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
                     self.evictions.services += 1;
@@ -1337,13 +1462,16 @@ impl Forecaster {
                 i
             }
         };
-        Arc::make_mut(self.per_service.value_mut(i))
+        Arc::make_mut(&mut self.per_service.value_mut(i).state)
     }
 
     fn service(&mut self, s: NameId) -> Option<Arc<ServiceModels>> {
-        let i = self.per_service.index(&s)?;
+        let i = self.per_service.index(&self.names[0].hash(s))?;
+        if *self.per_service.value(i).name != *self.names[0].name(s) {
+            return None;
+        }
         self.per_service.touch(i);
-        Some(self.per_service.value(i).clone())
+        Some(self.per_service.value(i).state.clone())
     }
 
     /// Everything for one packed context, into `o` (`out::COUNT` values).
@@ -1534,8 +1662,8 @@ impl Forecaster {
         let mut global_ratios = [None, None];
         {
             let i = self.key_slot(k);
-            let before_bytes = key_bytes(self.keys.value(i));
-            let key = Arc::make_mut(self.keys.value_mut(i));
+            let before_bytes = key_bytes(&self.keys.value(i).state);
+            let key = Arc::make_mut(&mut self.keys.value_mut(i).state);
             if let Some(lat) = get(oc, outcome::LATENCY_MS) {
                 let learned = key.latency.n > 0;
                 let predict = |key: &RequestKey, tokens: f64| {
@@ -1653,30 +1781,17 @@ impl Forecaster {
     /// A consistent copy for saving: pointer copies of the live keys and services (their
     /// values are shared, copy on write), least recently used first.
     pub fn snapshot(&self) -> Snapshot {
-        let name = |t: usize, id: NameId| -> Arc<str> {
-            let tab = &self.names[t];
-            tab.slot(id)
-                .map_or_else(|| Arc::from(""), |s| tab.lru.key(s).clone())
-        };
         Snapshot {
             config: self.config.clone(),
             keys: self
                 .keys
                 .iter_lru()
-                // A key whose name was evicted can no longer be reached: not saved.
-                .filter(|(_, k, _)| {
-                    [k.0, k.1, k.2]
-                        .iter()
-                        .enumerate()
-                        .all(|(t, &id)| id == 0 || self.names[t].slot(id).is_some())
-                })
-                .map(|(_, k, v)| ([name(0, k.0), name(1, k.1), name(2, k.2)], v.clone()))
+                .map(|(_, _, e)| (e.names.clone(), e.state.clone()))
                 .collect(),
             services: self
                 .per_service
                 .iter_lru()
-                .filter(|(_, k, _)| **k == 0 || self.names[0].slot(**k).is_some())
-                .map(|(_, k, v)| (name(0, *k), v.clone()))
+                .map(|(_, _, e)| (e.name.clone(), e.state.clone()))
                 .collect(),
             global: self.global.clone(),
             prices: Arc::new(self.prices.clone()),
@@ -1774,17 +1889,17 @@ impl Forecaster {
                     c.window.cap = cap;
                 }
             }
-            let mut ids = [0; 3];
-            for (t, n) in names.iter().enumerate() {
-                ids[t] = f.names[t].intern(n).0 * (!n.is_empty()) as u64;
-            }
-            let k = (ids[0], ids[1], ids[2]);
-            if f.keys.index(&k).is_some() {
+            let h = triple_hash([fnv_or0(&names[0]), fnv_or0(&names[1]), fnv_or0(&names[2])]);
+            if f.keys.index(&h).is_some() {
                 return Err("state has duplicate keys".into());
             }
             f.bytes += key_bytes(&key);
-            if let (_, Some((_, v))) = f.keys.insert(k, Arc::new(key)) {
-                f.bytes = f.bytes.saturating_sub(key_bytes(&v));
+            let entry = KeyEntry {
+                names: names.map(|n| Arc::<str>::from(n)),
+                state: Arc::new(key),
+            };
+            if let (_, Some((_, v))) = f.keys.insert(h, entry) {
+                f.bytes = f.bytes.saturating_sub(key_bytes(&v.state));
             }
         }
         for (name, m) in state.services {
@@ -1795,13 +1910,13 @@ impl Forecaster {
             {
                 return Err("state holds a malformed service model".into());
             }
-            let id = if name.is_empty() {
-                0
-            } else {
-                f.names[0].intern(&name).0
-            };
+            let h = fnv_or0(&name);
             f.bytes += SERVICE_BYTES;
-            if f.per_service.insert(id, Arc::new(m)).1.is_some() {
+            let entry = ServiceEntry {
+                name: Arc::from(name),
+                state: Arc::new(m),
+            };
+            if f.per_service.insert(h, entry).1.is_some() {
                 f.bytes = f.bytes.saturating_sub(SERVICE_BYTES);
             }
         }
@@ -1956,11 +2071,14 @@ mod tests {
         for _ in 0..20 {
             f.record(&c, &oc).unwrap();
         }
-        let back = Forecaster::from_json(&f.to_json().unwrap()).unwrap();
+        let mut back = Forecaster::from_json(&f.to_json().unwrap()).unwrap();
         let (mut a, mut b) = ([0.0; out::COUNT], [0.0; out::COUNT]);
         f.predict_all(&c, &mut a).unwrap();
-        let mut back = back;
-        back.predict_all(&c, &mut b).unwrap();
+        // Ids are per instance: the loaded one interns the name again (as the JS layer
+        // does after a load) and finds the key by its name.
+        let mut cb = c;
+        cb[slot::SERVICE] = back.intern(NameKind::Service, "svc").unwrap() as f64;
+        back.predict_all(&cb, &mut b).unwrap();
         assert_eq!(a, b);
         assert!(
             a[out::SATISFACTION] < 2.6,
