@@ -8,6 +8,7 @@ const suites = {
   ensemble: () => require('./ensemble.js').run(),
   finetune: () => require('./finetune.js').run(),
   predictions: () => require('./predictions.js').run(),
+  'cardinality-predictions': () => require('./cardinality-predictions.js').run(),
   realtime: () => require('./realtime.js').run(),
 }
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(suites)

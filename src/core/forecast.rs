@@ -1040,16 +1040,21 @@ struct StateV1 {
     outcomes: u64,
 }
 
-/// Format 2: names inline, only the live keys, least recently used first.
+/// Format 2: names inline, only the live keys, least recently used first, and the
+/// numbers of each learner packed as base64 of little-endian floats (a model's parameters
+/// and the upper triangle of its symmetric covariance; a learner that has seen nothing is
+/// omitted and comes back as its prior). Packed, a key with few outcomes takes ~1 KB
+/// instead of ~3 KB of decimal JSON, and loading decodes bytes instead of parsing
+/// hundreds of decimal numbers per key.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StateOut<'a> {
     format: &'static str,
     format_version: u32,
     config: &'a ForecastConfig,
-    keys: Vec<([&'a str; 3], &'a RequestKey)>,
-    services: Vec<(&'a str, &'a ServiceModels)>,
-    global: &'a [Calib; 2],
+    keys: Vec<([&'a str; 3], KeyV2)>,
+    services: Vec<(&'a str, ServiceV2)>,
+    global: [CalibV2; 2],
     prices: &'a PriceTable,
     outcomes: u64,
     evictions: Evictions,
@@ -1058,6 +1063,227 @@ struct StateOut<'a> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct StateIn {
+    format: String,
+    format_version: u32,
+    config: ForecastConfig,
+    keys: Vec<([String; 3], KeyV2)>,
+    services: Vec<(String, ServiceV2)>,
+    global: [CalibV2; 2],
+    prices: PriceTable,
+    outcomes: u64,
+    evictions: Evictions,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct RlsV2 {
+    n: u64,
+    e: ErrorStats,
+    /// base64(θ ‖ upper triangle of P, row by row), f64 little-endian.
+    x: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(default)]
+struct CalibV2 {
+    /// base64(window in arrival order), f32 little-endian.
+    w: String,
+    a: [f64; 3],
+    l: f64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(default)]
+struct KeyV2 {
+    lat: Option<RlsV2>,
+    cost: Option<RlsV2>,
+    out: f64,
+    on: u64,
+    cal: [CalibV2; 2],
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(default)]
+struct ServiceV2 {
+    sat: Option<RlsV2>,
+    cpu: Option<RlsV2>,
+    mem: Option<RlsV2>,
+    net: Option<RlsV2>,
+}
+
+mod b64 {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for c in bytes.chunks(3) {
+            let n = (c[0] as u32) << 16
+                | (*c.get(1).unwrap_or(&0) as u32) << 8
+                | *c.get(2).unwrap_or(&0) as u32;
+            for k in 0..4 {
+                if k <= c.len() {
+                    out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    pub fn decode(s: &str) -> Option<Vec<u8>> {
+        let s = s.trim_end_matches('=').as_bytes();
+        let val = |c: u8| -> Option<u32> {
+            Some(match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => return None,
+            } as u32)
+        };
+        let mut out = Vec::with_capacity(s.len() * 3 / 4);
+        for c in s.chunks(4) {
+            if c.len() == 1 {
+                return None;
+            }
+            let mut n = 0u32;
+            for (k, &ch) in c.iter().enumerate() {
+                n |= val(ch)? << (18 - 6 * k);
+            }
+            out.push((n >> 16) as u8);
+            if c.len() > 2 {
+                out.push((n >> 8) as u8);
+            }
+            if c.len() > 3 {
+                out.push(n as u8);
+            }
+        }
+        Some(out)
+    }
+}
+
+fn pack_rls(r: &Rls) -> Option<RlsV2> {
+    if r.n == 0 {
+        return None;
+    }
+    let d = r.theta.len();
+    let mut bytes = Vec::with_capacity(8 * (d + d * (d + 1) / 2));
+    for v in &r.theta {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    for i in 0..d {
+        for j in i..d {
+            bytes.extend_from_slice(&r.p[i * d + j].to_le_bytes());
+        }
+    }
+    Some(RlsV2 {
+        n: r.n,
+        e: r.error,
+        x: b64::encode(&bytes),
+    })
+}
+
+fn unpack_rls(v: &Option<RlsV2>, prior: &[f64]) -> Result<Rls, String> {
+    let Some(v) = v else {
+        return Ok(Rls::new(prior));
+    };
+    let d = prior.len();
+    let bytes = b64::decode(&v.x).ok_or("state holds a malformed model (base64)")?;
+    if bytes.len() != 8 * (d + d * (d + 1) / 2) {
+        return Err("state holds a malformed model (size)".into());
+    }
+    let f: Vec<f64> = bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    if !f.iter().all(|x| x.is_finite()) {
+        return Err("state holds a malformed model (non-finite)".into());
+    }
+    let mut r = Rls::new(prior);
+    r.theta.copy_from_slice(&f[..d]);
+    let mut k = d;
+    for i in 0..d {
+        for j in i..d {
+            r.p[i * d + j] = f[k];
+            r.p[j * d + i] = f[k];
+            k += 1;
+        }
+    }
+    r.n = v.n;
+    r.error = v.e;
+    Ok(r)
+}
+
+fn pack_calib(c: &Calib) -> CalibV2 {
+    let mut bytes = Vec::with_capacity(4 * c.window.ring.len());
+    for v in &c.window.ring {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    CalibV2 {
+        w: b64::encode(&bytes),
+        a: c.aci.alpha,
+        l: c.level,
+    }
+}
+
+fn unpack_calib(v: &CalibV2, cap: usize) -> Result<Calib, String> {
+    let bytes = b64::decode(&v.w).ok_or("state holds a malformed window (base64)")?;
+    if bytes.len() % 4 != 0 || !v.a.iter().chain([&v.l]).all(|x| x.is_finite()) {
+        return Err("state holds a malformed window".into());
+    }
+    let mut c = Calib::new(cap);
+    for ch in bytes.chunks_exact(4) {
+        c.window.push(f32::from_le_bytes(ch.try_into().expect("4 bytes")) as f64);
+    }
+    c.aci.alpha = v.a;
+    c.level = v.l;
+    Ok(c)
+}
+
+fn pack_key(k: &RequestKey) -> KeyV2 {
+    KeyV2 {
+        lat: pack_rls(&k.latency),
+        cost: pack_rls(&k.cost),
+        out: k.output_tokens,
+        on: k.output_count,
+        cal: [pack_calib(&k.calib[0]), pack_calib(&k.calib[1])],
+    }
+}
+
+fn unpack_key(v: &KeyV2, cap: usize) -> Result<RequestKey, String> {
+    if !v.out.is_finite() {
+        return Err("state holds a malformed output-token mean".into());
+    }
+    Ok(RequestKey {
+        latency: unpack_rls(&v.lat, &LATENCY_PRIOR)?,
+        cost: unpack_rls(&v.cost, &COST_PRIOR)?,
+        output_tokens: v.out,
+        output_count: v.on,
+        calib: [unpack_calib(&v.cal[0], cap)?, unpack_calib(&v.cal[1], cap)?],
+    })
+}
+
+fn pack_service(s: &ServiceModels) -> ServiceV2 {
+    ServiceV2 {
+        sat: pack_rls(&s.satisfaction),
+        cpu: pack_rls(&s.cpu),
+        mem: pack_rls(&s.memory),
+        net: pack_rls(&s.network),
+    }
+}
+
+fn unpack_service(v: &ServiceV2) -> Result<ServiceModels, String> {
+    Ok(ServiceModels {
+        satisfaction: unpack_rls(&v.sat, &SAT_PRIOR)?,
+        cpu: unpack_rls(&v.cpu, &RES_PRIOR)?,
+        memory: unpack_rls(&v.mem, &RES_PRIOR)?,
+        network: unpack_rls(&v.net, &RES_PRIOR)?,
+    })
+}
+
+/// A state as read from either format, before its tables are rebuilt.
+struct Loaded {
     config: ForecastConfig,
     keys: Vec<([String; 3], RequestKey)>,
     services: Vec<(String, ServiceModels)>,
@@ -1090,10 +1316,14 @@ impl Snapshot {
             keys: self
                 .keys
                 .iter()
-                .map(|(n, k)| ([&*n[0], &*n[1], &*n[2]], &**k))
+                .map(|(n, k)| ([&*n[0], &*n[1], &*n[2]], pack_key(k)))
                 .collect(),
-            services: self.services.iter().map(|(n, s)| (&**n, &**s)).collect(),
-            global: &self.global,
+            services: self
+                .services
+                .iter()
+                .map(|(n, s)| (&**n, pack_service(s)))
+                .collect(),
+            global: [pack_calib(&self.global[0]), pack_calib(&self.global[1])],
             prices: &self.prices,
             outcomes: self.outcomes,
             evictions: self.evictions,
@@ -1805,6 +2035,34 @@ impl Forecaster {
     }
 
     pub fn from_json(text: &str) -> Result<Self, String> {
+        // Format 2 straight into its structs (no intermediate JSON tree: that tree is
+        // most of the time a large file takes to load).
+        if let Ok(st) = serde_json::from_str::<StateIn>(text) {
+            if st.format == FORMAT && st.format_version == 2 {
+                let cap = st.config.quantile_window.max(1);
+                let mut keys = Vec::with_capacity(st.keys.len());
+                for (names, k) in &st.keys {
+                    keys.push((names.clone(), unpack_key(k, cap)?));
+                }
+                let mut services = Vec::with_capacity(st.services.len());
+                for (name, m) in &st.services {
+                    services.push((name.clone(), unpack_service(m)?));
+                }
+                let global = [
+                    unpack_calib(&st.global[0], cap * 8)?,
+                    unpack_calib(&st.global[1], cap * 8)?,
+                ];
+                return Self::from_state(Loaded {
+                    config: st.config,
+                    keys,
+                    services,
+                    global,
+                    prices: st.prices,
+                    outcomes: st.outcomes,
+                    evictions: st.evictions,
+                });
+            }
+        }
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
         if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
@@ -1817,7 +2075,7 @@ impl Forecaster {
         let schema = |e: serde_json::Error| {
             format!("state does not match the ExpandedPredictions schema: {e}")
         };
-        let state: StateIn = match version {
+        let state = match version {
             1 => {
                 let old: StateV1 = serde_json::from_value(v).map_err(schema)?;
                 let name = |t: &Vec<String>, i: u32| {
@@ -1840,22 +2098,30 @@ impl Forecaster {
                 for (a, m) in old.per_service {
                     services.push((name(&old.services, a)?, m));
                 }
-                StateIn {
+                Loaded {
                     config: old.config,
                     keys,
                     services,
+                    global: Default::default(),
                     prices: old.prices,
                     outcomes: old.outcomes,
-                    ..Default::default()
+                    evictions: Evictions::default(),
                 }
             }
-            2 => serde_json::from_value(v).map_err(schema)?,
+            // Version 2 that did not parse above: report why.
+            2 => {
+                return Err(schema(
+                    serde_json::from_value::<StateIn>(v)
+                        .err()
+                        .unwrap_or_else(|| serde::de::Error::custom("unreadable")),
+                ))
+            }
             n => return Err(format!("state format version {n} is newer than this package")),
         };
         Self::from_state(state)
     }
 
-    fn from_state(state: StateIn) -> Result<Self, String> {
+    fn from_state(state: Loaded) -> Result<Self, String> {
         let ok_rls = |r: &Rls, d: usize| {
             r.theta.len() == d
                 && r.p.len() == d * d
@@ -2162,5 +2428,53 @@ mod tests {
         assert!((r.predict(&[1.0, 0.0]) - 20.0).abs() < 0.1, "{:?}", r.theta);
         // The unexcited direction stays at its prior variance, not λ^-5500 times it.
         assert!(r.p[3] <= 100.0 + 1e-9 && r.p[3] > 99.0, "{}", r.p[3]);
+    }
+
+    #[test]
+    fn lru_evicts_least_recently_used_and_reuses_slots() {
+        let mut l: lru::Lru<u32, u32> = lru::Lru::new(3);
+        for k in 0..3 {
+            assert!(l.insert(k, k * 10).1.is_none());
+        }
+        let i0 = l.index(&0).unwrap();
+        l.touch(i0);
+        let (_, ev) = l.insert(3, 30);
+        assert_eq!(ev, Some((1, 10)), "1 was least recently used");
+        let order: Vec<u32> = l.iter_lru().map(|(_, k, _)| *k).collect();
+        assert_eq!(order, vec![2, 0, 3]);
+        assert_eq!(l.pop_lru().map(|(_, k, v)| (k, v)), Some((2, 20)));
+        assert_eq!(l.len(), 2);
+        l.insert(4, 40);
+        l.insert(5, 50);
+        assert_eq!(l.len(), 3);
+        assert!(l.index(&0).is_none(), "0 was evicted by 5");
+    }
+
+    #[test]
+    fn evicted_names_turn_stale_and_keys_survive_them() {
+        let mut f = Forecaster::new(
+            ForecastConfig {
+                max_keys: 2,
+                ..Default::default()
+            },
+            PriceTable::new(),
+        );
+        let a = f.intern(NameKind::Service, "a").unwrap();
+        let mut c = ctx();
+        c[slot::SERVICE] = a as f64;
+        let mut oc = [f64::NAN; outcome::COUNT];
+        oc[outcome::LATENCY_MS] = 3000.0;
+        f.record(&c, &oc).unwrap();
+        // Two prediction-only names push "a" out of the name table (not its key).
+        f.intern(NameKind::Service, "b").unwrap();
+        f.intern(NameKind::Service, "c").unwrap();
+        let mut o = [0.0; out::COUNT];
+        assert_eq!(f.predict_all(&c, &mut o), Err(STALE.to_string()));
+        let a2 = f.intern(NameKind::Service, "a").unwrap();
+        assert_ne!(a, a2, "a reused slot gets a new generation");
+        c[slot::SERVICE] = a2 as f64;
+        f.predict_all(&c, &mut o).unwrap();
+        assert_eq!(o[out::LATENCY_SAMPLES], 1.0, "the key is found by its name");
+        assert_eq!(f.evictions.names, 2);
     }
 }
