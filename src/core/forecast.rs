@@ -712,6 +712,16 @@ pub mod lru {
             &mut self.nodes[i as usize].value
         }
 
+        /// Slots allocated so far (live or freed).
+        pub fn slab_len(&self) -> usize {
+            self.nodes.len()
+        }
+
+        /// The value in slot `i` when it holds a live entry.
+        pub fn live_value(&self, i: u32) -> Option<&V> {
+            self.live(i).then(|| &self.nodes[i as usize].value)
+        }
+
         /// True when `i` holds a live entry (not a freed slot).
         pub fn live(&self, i: u32) -> bool {
             (i as usize) < self.nodes.len() && self.map.get(&self.nodes[i as usize].key) == Some(&i)
@@ -868,6 +878,8 @@ fn triple_hash(h: [u64; 3]) -> u64 {
 pub struct KeyEntry {
     names: [Arc<str>; 3],
     state: Arc<RequestKey>,
+    /// When it was last used (the forecaster's clock), to order a saved state.
+    tick: u64,
 }
 
 impl Default for KeyEntry {
@@ -875,6 +887,7 @@ impl Default for KeyEntry {
         Self {
             names: [Arc::from(""), Arc::from(""), Arc::from("")],
             state: Arc::default(),
+            tick: 0,
         }
     }
 }
@@ -883,6 +896,7 @@ impl Default for KeyEntry {
 pub struct ServiceEntry {
     name: Arc<str>,
     state: Arc<ServiceModels>,
+    tick: u64,
 }
 
 impl Default for ServiceEntry {
@@ -890,6 +904,7 @@ impl Default for ServiceEntry {
         Self {
             name: Arc::from(""),
             state: Arc::default(),
+            tick: 0,
         }
     }
 }
@@ -1020,6 +1035,8 @@ pub struct Forecaster {
     pub evictions: Evictions,
     /// Estimated bytes of `keys` and `per_service`.
     bytes: usize,
+    /// Counts uses, to stamp entries with their recency.
+    clock: u64,
     price_cache: HashMap<(NameId, NameId), Option<Price>>,
 }
 
@@ -1040,246 +1057,238 @@ struct StateV1 {
     outcomes: u64,
 }
 
-/// Format 2: names inline, only the live keys, least recently used first, and the
-/// numbers of each learner packed as base64 of little-endian floats (a model's parameters
-/// and the upper triangle of its symmetric covariance; a learner that has seen nothing is
-/// omitted and comes back as its prior). Packed, a key with few outcomes takes ~1 KB
-/// instead of ~3 KB of decimal JSON, and loading decodes bytes instead of parsing
-/// hundreds of decimal numbers per key.
+/// Format 2: a JSON object whose learned part (`data`) is one base64 string of little-
+/// endian binary records, least recently used first: per key its three names, then per
+/// learner a presence byte and, if present, its count, error record, parameters and the
+/// upper triangle of its symmetric covariance (f64; a learner that has seen nothing is
+/// omitted and comes back as its prior), then its two calibration windows (f32); then per
+/// service its name and four learners. Only live keys are written. One string instead of
+/// hundreds of decimal numbers per key is what makes 100,000 keys save and load in well
+/// under a second.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StateOut<'a> {
     format: &'static str,
     format_version: u32,
     config: &'a ForecastConfig,
-    keys: Vec<([&'a str; 3], KeyV2)>,
-    services: Vec<(&'a str, ServiceV2)>,
-    global: [CalibV2; 2],
     prices: &'a PriceTable,
     outcomes: u64,
     evictions: Evictions,
+    key_count: usize,
+    service_count: usize,
+    data: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct StateIn {
-    format: String,
+struct StateIn<'a> {
+    format: &'a str,
     format_version: u32,
     config: ForecastConfig,
-    keys: Vec<([String; 3], KeyV2)>,
-    services: Vec<(String, ServiceV2)>,
-    global: [CalibV2; 2],
     prices: PriceTable,
     outcomes: u64,
     evictions: Evictions,
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct RlsV2 {
-    n: u64,
-    e: ErrorStats,
-    /// base64(θ ‖ upper triangle of P, row by row), f64 little-endian.
-    x: String,
-}
-
-#[derive(Serialize, Deserialize, Default)]
-#[serde(default)]
-struct CalibV2 {
-    /// base64(window in arrival order), f32 little-endian.
-    w: String,
-    a: [f64; 3],
-    l: f64,
-}
-
-#[derive(Serialize, Deserialize, Default)]
-#[serde(default)]
-struct KeyV2 {
-    lat: Option<RlsV2>,
-    cost: Option<RlsV2>,
-    out: f64,
-    on: u64,
-    cal: [CalibV2; 2],
-}
-
-#[derive(Serialize, Deserialize, Default)]
-#[serde(default)]
-struct ServiceV2 {
-    sat: Option<RlsV2>,
-    cpu: Option<RlsV2>,
-    mem: Option<RlsV2>,
-    net: Option<RlsV2>,
+    key_count: usize,
+    service_count: usize,
+    data: &'a str,
 }
 
 mod b64 {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     pub fn encode(bytes: &[u8]) -> String {
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for c in bytes.chunks(3) {
-            let n = (c[0] as u32) << 16
-                | (*c.get(1).unwrap_or(&0) as u32) << 8
-                | *c.get(2).unwrap_or(&0) as u32;
-            for k in 0..4 {
-                if k <= c.len() {
-                    out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
+        let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+        let mut chunks = bytes.chunks_exact(3);
+        for c in &mut chunks {
+            let n = (c[0] as u32) << 16 | (c[1] as u32) << 8 | c[2] as u32;
+            out.extend_from_slice(&[
+                A[(n >> 18) as usize & 63],
+                A[(n >> 12) as usize & 63],
+                A[(n >> 6) as usize & 63],
+                A[n as usize & 63],
+            ]);
         }
-        out
+        let r = chunks.remainder();
+        if !r.is_empty() {
+            let n = (r[0] as u32) << 16 | (*r.get(1).unwrap_or(&0) as u32) << 8;
+            out.push(A[(n >> 18) as usize & 63]);
+            out.push(A[(n >> 12) as usize & 63]);
+            out.push(if r.len() == 2 {
+                A[(n >> 6) as usize & 63]
+            } else {
+                b'='
+            });
+            out.push(b'=');
+        }
+        String::from_utf8(out).expect("base64 is ASCII")
     }
 
     pub fn decode(s: &str) -> Option<Vec<u8>> {
+        let mut table = [255u8; 256];
+        for (i, c) in A.iter().enumerate() {
+            table[*c as usize] = i as u8;
+        }
         let s = s.trim_end_matches('=').as_bytes();
-        let val = |c: u8| -> Option<u32> {
-            Some(match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                _ => return None,
-            } as u32)
-        };
-        let mut out = Vec::with_capacity(s.len() * 3 / 4);
-        for c in s.chunks(4) {
-            if c.len() == 1 {
+        let mut out = Vec::with_capacity(s.len() / 4 * 3 + 3);
+        let mut chunks = s.chunks_exact(4);
+        for c in &mut chunks {
+            let (a, b, cc, d) = (
+                table[c[0] as usize],
+                table[c[1] as usize],
+                table[c[2] as usize],
+                table[c[3] as usize],
+            );
+            if (a | b | cc | d) == 255 {
                 return None;
             }
-            let mut n = 0u32;
-            for (k, &ch) in c.iter().enumerate() {
-                n |= val(ch)? << (18 - 6 * k);
+            let n = (a as u32) << 18 | (b as u32) << 12 | (cc as u32) << 6 | d as u32;
+            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        }
+        let r = chunks.remainder();
+        if r.len() == 1 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (k, &ch) in r.iter().enumerate() {
+            let v = table[ch as usize];
+            if v == 255 {
+                return None;
             }
+            n |= (v as u32) << (18 - 6 * k);
+        }
+        if r.len() >= 2 {
             out.push((n >> 16) as u8);
-            if c.len() > 2 {
-                out.push((n >> 8) as u8);
-            }
-            if c.len() > 3 {
-                out.push(n as u8);
-            }
+        }
+        if r.len() == 3 {
+            out.push((n >> 8) as u8);
         }
         Some(out)
     }
 }
 
-fn pack_rls(r: &Rls) -> Option<RlsV2> {
-    if r.n == 0 {
-        return None;
+/// Binary record writer and (bounds-checked) reader of format 2.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
     }
-    let d = r.theta.len();
-    let mut bytes = Vec::with_capacity(8 * (d + d * (d + 1) / 2));
-    for v in &r.theta {
-        bytes.extend_from_slice(&v.to_le_bytes());
+    fn f64(&mut self, v: f64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
     }
-    for i in 0..d {
-        for j in i..d {
-            bytes.extend_from_slice(&r.p[i * d + j].to_le_bytes());
+    fn str(&mut self, v: &str) {
+        self.0.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(v.as_bytes());
+    }
+    fn rls(&mut self, r: &Rls) {
+        if r.n == 0 {
+            self.0.push(0);
+            return;
+        }
+        self.0.push(1);
+        self.u64(r.n);
+        self.f64(r.error.mse);
+        self.f64(r.error.mae);
+        self.u64(r.error.count);
+        let d = r.theta.len();
+        for v in &r.theta {
+            self.f64(*v);
+        }
+        for i in 0..d {
+            for j in i..d {
+                self.f64(r.p[i * d + j]);
+            }
         }
     }
-    Some(RlsV2 {
-        n: r.n,
-        e: r.error,
-        x: b64::encode(&bytes),
-    })
+    fn calib(&mut self, c: &Calib) {
+        self.0
+            .extend_from_slice(&(c.window.ring.len() as u32).to_le_bytes());
+        for v in &c.window.ring {
+            self.0.extend_from_slice(&v.to_le_bytes());
+        }
+        for a in c.aci.alpha {
+            self.f64(a);
+        }
+        self.f64(c.level);
+    }
 }
 
-fn unpack_rls(v: &Option<RlsV2>, prior: &[f64]) -> Result<Rls, String> {
-    let Some(v) = v else {
-        return Ok(Rls::new(prior));
-    };
-    let d = prior.len();
-    let bytes = b64::decode(&v.x).ok_or("state holds a malformed model (base64)")?;
-    if bytes.len() != 8 * (d + d * (d + 1) / 2) {
-        return Err("state holds a malformed model (size)".into());
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+const TRUNCATED: &str = "state data is truncated or malformed";
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len());
+        let end = end.ok_or(TRUNCATED)?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
     }
-    let f: Vec<f64> = bytes
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    if !f.iter().all(|x| x.is_finite()) {
-        return Err("state holds a malformed model (non-finite)".into());
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
     }
-    let mut r = Rls::new(prior);
-    r.theta.copy_from_slice(&f[..d]);
-    let mut k = d;
-    for i in 0..d {
-        for j in i..d {
-            r.p[i * d + j] = f[k];
-            r.p[j * d + i] = f[k];
-            k += 1;
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn f64(&mut self) -> Result<f64, String> {
+        let v = f64::from_le_bytes(self.take(8)?.try_into().expect("8"));
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err("state holds a non-finite number".into())
         }
     }
-    r.n = v.n;
-    r.error = v.e;
-    Ok(r)
-}
-
-fn pack_calib(c: &Calib) -> CalibV2 {
-    let mut bytes = Vec::with_capacity(4 * c.window.ring.len());
-    for v in &c.window.ring {
-        bytes.extend_from_slice(&v.to_le_bytes());
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u32()? as usize;
+        if n > 1024 {
+            return Err("state holds a name longer than 1024 bytes".into());
+        }
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "state holds a non-UTF-8 name".into())
     }
-    CalibV2 {
-        w: b64::encode(&bytes),
-        a: c.aci.alpha,
-        l: c.level,
+    fn rls(&mut self, prior: &[f64]) -> Result<Rls, String> {
+        let mut r = Rls::new(prior);
+        match self.u8()? {
+            0 => return Ok(r),
+            1 => {}
+            _ => return Err(TRUNCATED.into()),
+        }
+        r.n = self.u64()?;
+        r.error.mse = self.f64()?;
+        r.error.mae = self.f64()?;
+        r.error.count = self.u64()?;
+        let d = prior.len();
+        for i in 0..d {
+            r.theta[i] = self.f64()?;
+        }
+        for i in 0..d {
+            for j in i..d {
+                let v = self.f64()?;
+                r.p[i * d + j] = v;
+                r.p[j * d + i] = v;
+            }
+        }
+        Ok(r)
     }
-}
-
-fn unpack_calib(v: &CalibV2, cap: usize) -> Result<Calib, String> {
-    let bytes = b64::decode(&v.w).ok_or("state holds a malformed window (base64)")?;
-    if bytes.len() % 4 != 0 || !v.a.iter().chain([&v.l]).all(|x| x.is_finite()) {
-        return Err("state holds a malformed window".into());
+    fn calib(&mut self, cap: usize) -> Result<Calib, String> {
+        let n = self.u32()? as usize;
+        let mut c = Calib::new(cap);
+        let bytes = self.take(n.checked_mul(4).ok_or(TRUNCATED)?)?;
+        for ch in bytes.chunks_exact(4) {
+            c.window.push(f32::from_le_bytes(ch.try_into().expect("4")) as f64);
+        }
+        for a in c.aci.alpha.iter_mut() {
+            *a = self.f64()?;
+        }
+        c.level = self.f64()?;
+        Ok(c)
     }
-    let mut c = Calib::new(cap);
-    for ch in bytes.chunks_exact(4) {
-        c.window.push(f32::from_le_bytes(ch.try_into().expect("4 bytes")) as f64);
-    }
-    c.aci.alpha = v.a;
-    c.level = v.l;
-    Ok(c)
-}
-
-fn pack_key(k: &RequestKey) -> KeyV2 {
-    KeyV2 {
-        lat: pack_rls(&k.latency),
-        cost: pack_rls(&k.cost),
-        out: k.output_tokens,
-        on: k.output_count,
-        cal: [pack_calib(&k.calib[0]), pack_calib(&k.calib[1])],
-    }
-}
-
-fn unpack_key(v: &KeyV2, cap: usize) -> Result<RequestKey, String> {
-    if !v.out.is_finite() {
-        return Err("state holds a malformed output-token mean".into());
-    }
-    Ok(RequestKey {
-        latency: unpack_rls(&v.lat, &LATENCY_PRIOR)?,
-        cost: unpack_rls(&v.cost, &COST_PRIOR)?,
-        output_tokens: v.out,
-        output_count: v.on,
-        calib: [unpack_calib(&v.cal[0], cap)?, unpack_calib(&v.cal[1], cap)?],
-    })
-}
-
-fn pack_service(s: &ServiceModels) -> ServiceV2 {
-    ServiceV2 {
-        sat: pack_rls(&s.satisfaction),
-        cpu: pack_rls(&s.cpu),
-        mem: pack_rls(&s.memory),
-        net: pack_rls(&s.network),
-    }
-}
-
-fn unpack_service(v: &ServiceV2) -> Result<ServiceModels, String> {
-    Ok(ServiceModels {
-        satisfaction: unpack_rls(&v.sat, &SAT_PRIOR)?,
-        cpu: unpack_rls(&v.cpu, &RES_PRIOR)?,
-        memory: unpack_rls(&v.mem, &RES_PRIOR)?,
-        network: unpack_rls(&v.net, &RES_PRIOR)?,
-    })
 }
 
 /// A state as read from either format, before its tables are rebuilt.
@@ -1295,12 +1304,14 @@ struct Loaded {
 
 pub const FORMAT: &str = "mlops-native/expanded-predictions";
 
-/// A consistent copy of what a save writes, taken in O(keys) pointer copies.
-#[derive(Clone)]
+/// What a save writes: pointers to the live keys and services (their values are shared
+/// copy on write), gathered a slab chunk at a time (see `Forecaster::snapshot_chunk`), then
+/// ordered least recently used first.
+#[derive(Clone, Default)]
 pub struct Snapshot {
     config: ForecastConfig,
-    keys: Vec<([Arc<str>; 3], Arc<RequestKey>)>,
-    services: Vec<(Arc<str>, Arc<ServiceModels>)>,
+    keys: Vec<(u64, [Arc<str>; 3], Arc<RequestKey>)>,
+    services: Vec<(u64, Arc<str>, Arc<ServiceModels>)>,
     global: [Calib; 2],
     prices: Arc<PriceTable>,
     outcomes: u64,
@@ -1309,24 +1320,41 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn to_json(&self) -> Result<String, String> {
+        let mut keys: Vec<_> = self.keys.iter().collect();
+        keys.sort_unstable_by_key(|k| k.0);
+        let mut services: Vec<_> = self.services.iter().collect();
+        services.sort_unstable_by_key(|k| k.0);
+        let mut w = Writer(Vec::with_capacity(keys.len() * 700 + services.len() * 400));
+        for c in &self.global {
+            w.calib(c);
+        }
+        for (_, names, k) in &keys {
+            for n in names {
+                w.str(n);
+            }
+            w.rls(&k.latency);
+            w.rls(&k.cost);
+            w.f64(k.output_tokens);
+            w.u64(k.output_count);
+            w.calib(&k.calib[0]);
+            w.calib(&k.calib[1]);
+        }
+        for (_, name, m) in &services {
+            w.str(name);
+            for r in [&m.satisfaction, &m.cpu, &m.memory, &m.network] {
+                w.rls(r);
+            }
+        }
         let out = StateOut {
             format: FORMAT,
             format_version: 2,
             config: &self.config,
-            keys: self
-                .keys
-                .iter()
-                .map(|(n, k)| ([&*n[0], &*n[1], &*n[2]], pack_key(k)))
-                .collect(),
-            services: self
-                .services
-                .iter()
-                .map(|(n, s)| (&**n, pack_service(s)))
-                .collect(),
-            global: [pack_calib(&self.global[0]), pack_calib(&self.global[1])],
             prices: &self.prices,
             outcomes: self.outcomes,
             evictions: self.evictions,
+            key_count: keys.len(),
+            service_count: services.len(),
+            data: b64::encode(&w.0),
         };
         serde_json::to_string(&out).map_err(|e| e.to_string())
     }
@@ -1608,7 +1636,10 @@ impl Forecaster {
             return None;
         }
         self.keys.touch(i);
-        Some(self.keys.value(i).state.clone())
+        self.clock += 1;
+        let e = self.keys.value_mut(i);
+        e.tick = self.clock;
+        Some(e.state.clone())
     }
 
     /// Evicts least recently used keys and services, in turn, while over the memory
@@ -1632,8 +1663,10 @@ impl Forecaster {
     /// The key's slot, created (evicting the least recently used key when full).
     fn key_slot(&mut self, k: Key) -> u32 {
         let h = self.triple(k);
+        self.clock += 1;
         if let Some(i) = self.keys.index(&h) {
             self.keys.touch(i);
+            self.keys.value_mut(i).tick = self.clock;
             if !self.same_names(self.keys.value(i), k) {
                 // Two triples with one 64-bit hash: the newcomer takes the slot.
                 let names = [self.names[0].arc(k.0), self.names[1].arc(k.1), self.names[2].arc(k.2)];
@@ -1650,6 +1683,7 @@ impl Forecaster {
         let entry = KeyEntry {
             names: [self.names[0].arc(k.0), self.names[1].arc(k.1), self.names[2].arc(k.2)],
             state: Arc::new(key_new(&self.config)),
+            tick: self.clock,
         };
         self.bytes += key_bytes(&entry.state);
         let (i, evicted) = self.keys.insert(h, entry);
@@ -1663,6 +1697,8 @@ impl Forecaster {
     fn service_mut(&mut self, s: NameId) -> &mut ServiceModels {
         let h = self.names[0].hash(s);
         let name = self.names[0].name(s);
+        self.clock += 1;
+        let clock = self.clock;
         let i = match self.per_service.index(&h) {
             Some(i) if *self.per_service.value(i).name == *name => {
                 self.per_service.touch(i);
@@ -1683,6 +1719,7 @@ impl Forecaster {
                 let entry = ServiceEntry {
                     name: self.names[0].arc(s),
                     state: Arc::new(service_new()),
+                    tick: clock,
                 };
                 let (i, evicted) = self.per_service.insert(h, entry);
                 if evicted.is_some() {
@@ -1692,7 +1729,9 @@ impl Forecaster {
                 i
             }
         };
-        Arc::make_mut(&mut self.per_service.value_mut(i).state)
+        let e = self.per_service.value_mut(i);
+        e.tick = clock;
+        Arc::make_mut(&mut e.state)
     }
 
     fn service(&mut self, s: NameId) -> Option<Arc<ServiceModels>> {
@@ -1701,7 +1740,10 @@ impl Forecaster {
             return None;
         }
         self.per_service.touch(i);
-        Some(self.per_service.value(i).state.clone())
+        self.clock += 1;
+        let e = self.per_service.value_mut(i);
+        e.tick = self.clock;
+        Some(e.state.clone())
     }
 
     /// Everything for one packed context, into `o` (`out::COUNT` values).
@@ -2010,24 +2052,47 @@ impl Forecaster {
 
     /// A consistent copy for saving: pointer copies of the live keys and services (their
     /// values are shared, copy on write), least recently used first.
-    pub fn snapshot(&self) -> Snapshot {
+    /// A snapshot without keys or services; `snapshot_chunk` adds them.
+    pub fn snapshot_header(&self) -> Snapshot {
         Snapshot {
             config: self.config.clone(),
-            keys: self
-                .keys
-                .iter_lru()
-                .map(|(_, _, e)| (e.names.clone(), e.state.clone()))
-                .collect(),
-            services: self
-                .per_service
-                .iter_lru()
-                .map(|(_, _, e)| (e.name.clone(), e.state.clone()))
-                .collect(),
             global: self.global.clone(),
             prices: Arc::new(self.prices.clone()),
             outcomes: self.outcomes,
             evictions: self.evictions,
+            ..Default::default()
         }
+    }
+
+    /// Adds the live entries of slab slots `[from, from + len)` (keys' slots, then
+    /// services') to `snap`; returns the next slot, or None when done. A save runs this on
+    /// a worker, taking the lock for one chunk at a time, so that the JS thread never waits
+    /// for more than a chunk. Entries are stamped with their last use, so the file is
+    /// still ordered by recency; a key evicted and re-created between two chunks can
+    /// appear twice (the load keeps the later one).
+    pub fn snapshot_chunk(&self, snap: &mut Snapshot, from: usize, len: usize) -> Option<usize> {
+        let nk = self.keys.slab_len();
+        let ns = self.per_service.slab_len();
+        let end = (from + len).min(nk + ns);
+        for i in from..end {
+            if i < nk {
+                if let Some(e) = self.keys.live_value(i as u32) {
+                    snap.keys.push((e.tick, e.names.clone(), e.state.clone()));
+                }
+            } else if let Some(e) = self.per_service.live_value((i - nk) as u32) {
+                snap.services.push((e.tick, e.name.clone(), e.state.clone()));
+            }
+        }
+        (end < nk + ns).then_some(end)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = self.snapshot_header();
+        let mut at = 0;
+        while let Some(next) = self.snapshot_chunk(&mut snap, at, 1 << 16) {
+            at = next;
+        }
+        snap
     }
 
     pub fn to_json(&self) -> Result<String, String> {
@@ -2035,32 +2100,11 @@ impl Forecaster {
     }
 
     pub fn from_json(text: &str) -> Result<Self, String> {
-        // Format 2 straight into its structs (no intermediate JSON tree: that tree is
-        // most of the time a large file takes to load).
+        // Format 2: a small JSON object and one borrowed base64 string, decoded here (no
+        // intermediate JSON tree: that tree is most of the time a large file takes).
         if let Ok(st) = serde_json::from_str::<StateIn>(text) {
             if st.format == FORMAT && st.format_version == 2 {
-                let cap = st.config.quantile_window.max(1);
-                let mut keys = Vec::with_capacity(st.keys.len());
-                for (names, k) in &st.keys {
-                    keys.push((names.clone(), unpack_key(k, cap)?));
-                }
-                let mut services = Vec::with_capacity(st.services.len());
-                for (name, m) in &st.services {
-                    services.push((name.clone(), unpack_service(m)?));
-                }
-                let global = [
-                    unpack_calib(&st.global[0], cap * 8)?,
-                    unpack_calib(&st.global[1], cap * 8)?,
-                ];
-                return Self::from_state(Loaded {
-                    config: st.config,
-                    keys,
-                    services,
-                    global,
-                    prices: st.prices,
-                    outcomes: st.outcomes,
-                    evictions: st.evictions,
-                });
+                return Self::from_v2(st);
             }
         }
         let v: serde_json::Value =
@@ -2111,7 +2155,7 @@ impl Forecaster {
             // Version 2 that did not parse above: report why.
             2 => {
                 return Err(schema(
-                    serde_json::from_value::<StateIn>(v)
+                    serde_json::from_str::<StateIn>(text)
                         .err()
                         .unwrap_or_else(|| serde::de::Error::custom("unreadable")),
                 ))
@@ -2119,6 +2163,49 @@ impl Forecaster {
             n => return Err(format!("state format version {n} is newer than this package")),
         };
         Self::from_state(state)
+    }
+
+    fn from_v2(st: StateIn) -> Result<Self, String> {
+        let bytes = b64::decode(st.data).ok_or("state data is not base64")?;
+        let mut r = Reader { b: &bytes, at: 0 };
+        let cap = st.config.quantile_window.max(1);
+        let global = [r.calib(cap * 8)?, r.calib(cap * 8)?];
+        // Counts come from the file: allocate by what the data can hold, not by them.
+        let mut keys = Vec::with_capacity(st.key_count.min(bytes.len() / 64));
+        for _ in 0..st.key_count {
+            let names = [r.str()?, r.str()?, r.str()?];
+            let key = RequestKey {
+                latency: r.rls(&LATENCY_PRIOR)?,
+                cost: r.rls(&COST_PRIOR)?,
+                output_tokens: r.f64()?,
+                output_count: r.u64()?,
+                calib: [r.calib(cap)?, r.calib(cap)?],
+            };
+            keys.push((names, key));
+        }
+        let mut services = Vec::with_capacity(st.service_count.min(bytes.len() / 8));
+        for _ in 0..st.service_count {
+            let name = r.str()?;
+            let m = ServiceModels {
+                satisfaction: r.rls(&SAT_PRIOR)?,
+                cpu: r.rls(&RES_PRIOR)?,
+                memory: r.rls(&RES_PRIOR)?,
+                network: r.rls(&RES_PRIOR)?,
+            };
+            services.push((name, m));
+        }
+        if r.at != bytes.len() {
+            return Err("state data has trailing bytes".into());
+        }
+        Self::from_state(Loaded {
+            config: st.config,
+            keys,
+            services,
+            global,
+            prices: st.prices,
+            outcomes: st.outcomes,
+            evictions: st.evictions,
+        })
     }
 
     fn from_state(state: Loaded) -> Result<Self, String> {
@@ -2156,13 +2243,21 @@ impl Forecaster {
                 }
             }
             let h = triple_hash([fnv_or0(&names[0]), fnv_or0(&names[1]), fnv_or0(&names[2])]);
-            if f.keys.index(&h).is_some() {
-                return Err("state has duplicate keys".into());
-            }
+            f.clock += 1;
             f.bytes += key_bytes(&key);
+            if let Some(i) = f.keys.index(&h) {
+                // Listed twice (evicted and re-created while a save ran): the later wins.
+                f.keys.touch(i);
+                let e = f.keys.value_mut(i);
+                let old = std::mem::replace(&mut e.state, Arc::new(key));
+                e.tick = f.clock;
+                f.bytes = f.bytes.saturating_sub(key_bytes(&old));
+                continue;
+            }
             let entry = KeyEntry {
                 names: names.map(|n| Arc::<str>::from(n)),
                 state: Arc::new(key),
+                tick: f.clock,
             };
             if let (_, Some((_, v))) = f.keys.insert(h, entry) {
                 f.bytes = f.bytes.saturating_sub(key_bytes(&v.state));
@@ -2177,10 +2272,19 @@ impl Forecaster {
                 return Err("state holds a malformed service model".into());
             }
             let h = fnv_or0(&name);
+            f.clock += 1;
+            if let Some(i) = f.per_service.index(&h) {
+                f.per_service.touch(i);
+                let e = f.per_service.value_mut(i);
+                e.state = Arc::new(m);
+                e.tick = f.clock;
+                continue;
+            }
             f.bytes += SERVICE_BYTES;
             let entry = ServiceEntry {
                 name: Arc::from(name),
                 state: Arc::new(m),
+                tick: f.clock,
             };
             if f.per_service.insert(h, entry).1.is_some() {
                 f.bytes = f.bytes.saturating_sub(SERVICE_BYTES);
