@@ -76,7 +76,9 @@ test('state: evicted keys are not saved, recency order survives, format-1 files 
   const p = new ExpandedPredictions({ maxKeys: 50 })
   for (let i = 0; i < 500; i++) p.recordOutcomeSync(ctx(i), { latencyMs: 1000 + i })
   assert.equal(await p.saveState(file), true)
-  const saved = JSON.parse(fs.readFileSync(file, 'utf8'))
+  // Format 2: a JSON header line, then binary records.
+  const raw = fs.readFileSync(file)
+  const saved = JSON.parse(raw.subarray(0, raw.indexOf(10)).toString('utf8'))
   assert.equal(saved.formatVersion, 2)
   assert.equal(saved.keyCount, 50, 'only the live keys are written')
   assert.equal(saved.serviceCount, 50)

@@ -490,7 +490,7 @@ pub const LEVELS: [f64; 3] = [0.5, 0.95, 0.99];
 /// Adaptive conformal inference (Gibbs & Candès, 2021): the level asked of the residual
 /// window is nudged after every outcome, `α ← α + γ(α* − miss)`, so coverage holds in the
 /// long run even when the residuals drift (load over the day, a model that improves).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Aci {
     pub alpha: [f64; 3],
 }
@@ -832,10 +832,8 @@ pub mod lru {
                 Some((cur, &node.key, &node.value))
             })
         }
-
     }
 }
-
 
 /// A tagged name id as packed by the JS layer: `gen · 2^24 + slot + 1` (0 = absent). The
 /// generation changes when a slot is reused for another name, so an id cached by the JS
@@ -1057,14 +1055,14 @@ struct StateV1 {
     outcomes: u64,
 }
 
-/// Format 2: a JSON object whose learned part (`data`) is one base64 string of little-
-/// endian binary records, least recently used first: per key its three names, then per
+/// Format 2: a first line of JSON (format, version, config, prices, counts), then, after
+/// the newline, little-endian binary records, least recently used first: per key its three names, then per
 /// learner a presence byte and, if present, its count, error record, parameters and the
 /// upper triangle of its symmetric covariance (f64; a learner that has seen nothing is
 /// omitted and comes back as its prior), then its two calibration windows (f32); then per
-/// service its name and four learners. Only live keys are written. One string instead of
-/// hundreds of decimal numbers per key is what makes 100,000 keys save and load in well
-/// under a second.
+/// service its name and four learners. Only live keys are written. Bytes instead of
+/// hundreds of decimal numbers per key are what make 100,000 keys save and load in about
+/// a second. (Format 1, the previous release's, was one JSON object; it still loads.)
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StateOut<'a> {
@@ -1076,13 +1074,12 @@ struct StateOut<'a> {
     evictions: Evictions,
     key_count: usize,
     service_count: usize,
-    data: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct StateIn<'a> {
-    format: &'a str,
+struct StateIn {
+    format: String,
     format_version: u32,
     config: ForecastConfig,
     prices: PriceTable,
@@ -1090,80 +1087,6 @@ struct StateIn<'a> {
     evictions: Evictions,
     key_count: usize,
     service_count: usize,
-    data: &'a str,
-}
-
-mod b64 {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(bytes: &[u8]) -> String {
-        let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
-        let mut chunks = bytes.chunks_exact(3);
-        for c in &mut chunks {
-            let n = (c[0] as u32) << 16 | (c[1] as u32) << 8 | c[2] as u32;
-            out.extend_from_slice(&[
-                A[(n >> 18) as usize & 63],
-                A[(n >> 12) as usize & 63],
-                A[(n >> 6) as usize & 63],
-                A[n as usize & 63],
-            ]);
-        }
-        let r = chunks.remainder();
-        if !r.is_empty() {
-            let n = (r[0] as u32) << 16 | (*r.get(1).unwrap_or(&0) as u32) << 8;
-            out.push(A[(n >> 18) as usize & 63]);
-            out.push(A[(n >> 12) as usize & 63]);
-            out.push(if r.len() == 2 {
-                A[(n >> 6) as usize & 63]
-            } else {
-                b'='
-            });
-            out.push(b'=');
-        }
-        String::from_utf8(out).expect("base64 is ASCII")
-    }
-
-    pub fn decode(s: &str) -> Option<Vec<u8>> {
-        let mut table = [255u8; 256];
-        for (i, c) in A.iter().enumerate() {
-            table[*c as usize] = i as u8;
-        }
-        let s = s.trim_end_matches('=').as_bytes();
-        let mut out = Vec::with_capacity(s.len() / 4 * 3 + 3);
-        let mut chunks = s.chunks_exact(4);
-        for c in &mut chunks {
-            let (a, b, cc, d) = (
-                table[c[0] as usize],
-                table[c[1] as usize],
-                table[c[2] as usize],
-                table[c[3] as usize],
-            );
-            if (a | b | cc | d) == 255 {
-                return None;
-            }
-            let n = (a as u32) << 18 | (b as u32) << 12 | (cc as u32) << 6 | d as u32;
-            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
-        }
-        let r = chunks.remainder();
-        if r.len() == 1 {
-            return None;
-        }
-        let mut n = 0u32;
-        for (k, &ch) in r.iter().enumerate() {
-            let v = table[ch as usize];
-            if v == 255 {
-                return None;
-            }
-            n |= (v as u32) << (18 - 6 * k);
-        }
-        if r.len() >= 2 {
-            out.push((n >> 16) as u8);
-        }
-        if r.len() == 3 {
-            out.push((n >> 8) as u8);
-        }
-        Some(out)
-    }
 }
 
 /// Binary record writer and (bounds-checked) reader of format 2.
@@ -1201,6 +1124,13 @@ impl Writer {
         }
     }
     fn calib(&mut self, c: &Calib) {
+        // A calibration that has seen nothing (most keys of a high-cardinality service):
+        // one byte.
+        if c.window.ring.is_empty() && c.level == 0.0 && c.aci == Aci::default() {
+            self.0.push(0);
+            return;
+        }
+        self.0.push(1);
         self.0
             .extend_from_slice(&(c.window.ring.len() as u32).to_le_bytes());
         for v in &c.window.ring {
@@ -1277,11 +1207,17 @@ impl<'a> Reader<'a> {
         Ok(r)
     }
     fn calib(&mut self, cap: usize) -> Result<Calib, String> {
-        let n = self.u32()? as usize;
         let mut c = Calib::new(cap);
+        match self.u8()? {
+            0 => return Ok(c),
+            1 => {}
+            _ => return Err(TRUNCATED.into()),
+        }
+        let n = self.u32()? as usize;
         let bytes = self.take(n.checked_mul(4).ok_or(TRUNCATED)?)?;
         for ch in bytes.chunks_exact(4) {
-            c.window.push(f32::from_le_bytes(ch.try_into().expect("4")) as f64);
+            c.window
+                .push(f32::from_le_bytes(ch.try_into().expect("4")) as f64);
         }
         for a in c.aci.alpha.iter_mut() {
             *a = self.f64()?;
@@ -1319,7 +1255,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn to_json(&self) -> Result<String, String> {
+    /// The state file's bytes (format 2).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
         let mut keys: Vec<_> = self.keys.iter().collect();
         keys.sort_unstable_by_key(|k| k.0);
         let mut services: Vec<_> = self.services.iter().collect();
@@ -1354,9 +1291,11 @@ impl Snapshot {
             evictions: self.evictions,
             key_count: keys.len(),
             service_count: services.len(),
-            data: b64::encode(&w.0),
         };
-        serde_json::to_string(&out).map_err(|e| e.to_string())
+        let mut bytes = serde_json::to_vec(&out).map_err(|e| e.to_string())?;
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&w.0);
+        Ok(bytes)
     }
 }
 
@@ -1653,7 +1592,10 @@ impl Forecaster {
                     self.evictions.keys += 1;
                 }
             }
-            if self.bytes > budget && self.per_service.len() > 1 && self.per_service.pop_lru().is_some() {
+            if self.bytes > budget
+                && self.per_service.len() > 1
+                && self.per_service.pop_lru().is_some()
+            {
                 self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
                 self.evictions.services += 1;
             }
@@ -1669,7 +1611,11 @@ impl Forecaster {
             self.keys.value_mut(i).tick = self.clock;
             if !self.same_names(self.keys.value(i), k) {
                 // Two triples with one 64-bit hash: the newcomer takes the slot.
-                let names = [self.names[0].arc(k.0), self.names[1].arc(k.1), self.names[2].arc(k.2)];
+                let names = [
+                    self.names[0].arc(k.0),
+                    self.names[1].arc(k.1),
+                    self.names[2].arc(k.2),
+                ];
                 let fresh = Arc::new(key_new(&self.config));
                 self.bytes += key_bytes(&fresh);
                 let e = self.keys.value_mut(i);
@@ -1681,7 +1627,11 @@ impl Forecaster {
             return i;
         }
         let entry = KeyEntry {
-            names: [self.names[0].arc(k.0), self.names[1].arc(k.1), self.names[2].arc(k.2)],
+            names: [
+                self.names[0].arc(k.0),
+                self.names[1].arc(k.1),
+                self.names[2].arc(k.2),
+            ],
             state: Arc::new(key_new(&self.config)),
             tick: self.clock,
         };
@@ -1940,7 +1890,11 @@ impl Forecaster {
                 let learned = key.latency.n > 0;
                 let predict = |key: &RequestKey, tokens: f64| {
                     let phi = Self::latency_features(ctx, tokens);
-                    let c = if learned { key.latency.predict(&phi) } else { 0.0 };
+                    let c = if learned {
+                        key.latency.predict(&phi)
+                    } else {
+                        0.0
+                    };
                     (lat_prior + c).max(0.0).round().max(1.0)
                 };
                 let est = if key.output_count > 0 {
@@ -2080,7 +2034,8 @@ impl Forecaster {
                     snap.keys.push((e.tick, e.names.clone(), e.state.clone()));
                 }
             } else if let Some(e) = self.per_service.live_value((i - nk) as u32) {
-                snap.services.push((e.tick, e.name.clone(), e.state.clone()));
+                snap.services
+                    .push((e.tick, e.name.clone(), e.state.clone()));
             }
         }
         (end < nk + ns).then_some(end)
@@ -2095,18 +2050,28 @@ impl Forecaster {
         snap
     }
 
-    pub fn to_json(&self) -> Result<String, String> {
-        self.snapshot().to_json()
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        self.snapshot().to_bytes()
     }
 
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        // Format 2: a small JSON object and one borrowed base64 string, decoded here (no
-        // intermediate JSON tree: that tree is most of the time a large file takes).
-        if let Ok(st) = serde_json::from_str::<StateIn>(text) {
-            if st.format == FORMAT && st.format_version == 2 {
-                return Self::from_v2(st);
+    /// Reads a state file: format 2 (a JSON line, then binary records) or format 1 (JSON).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        if let Some(nl) = bytes.iter().position(|b| *b == b'\n') {
+            if let Ok(st) = serde_json::from_slice::<StateIn>(&bytes[..nl]) {
+                if st.format == FORMAT && st.format_version == 2 {
+                    return Self::from_v2(st, &bytes[nl + 1..]);
+                }
             }
         }
+        let text = std::str::from_utf8(bytes).map_err(|_| {
+            "state is not an ExpandedPredictions state (neither a format-2 header nor JSON)"
+                .to_string()
+        })?;
+        Self::from_json(text)
+    }
+
+    /// Format 1 (and the errors of anything else that is JSON).
+    pub fn from_json(text: &str) -> Result<Self, String> {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
         if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
@@ -2152,22 +2117,18 @@ impl Forecaster {
                     evictions: Evictions::default(),
                 }
             }
-            // Version 2 that did not parse above: report why.
-            2 => {
-                return Err(schema(
-                    serde_json::from_str::<StateIn>(text)
-                        .err()
-                        .unwrap_or_else(|| serde::de::Error::custom("unreadable")),
+            2 => return Err("a format-2 state is a JSON line followed by binary records".into()),
+            n => {
+                return Err(format!(
+                    "state format version {n} is newer than this package"
                 ))
             }
-            n => return Err(format!("state format version {n} is newer than this package")),
         };
         Self::from_state(state)
     }
 
-    fn from_v2(st: StateIn) -> Result<Self, String> {
-        let bytes = b64::decode(st.data).ok_or("state data is not base64")?;
-        let mut r = Reader { b: &bytes, at: 0 };
+    fn from_v2(st: StateIn, bytes: &[u8]) -> Result<Self, String> {
+        let mut r = Reader { b: bytes, at: 0 };
         let cap = st.config.quantile_window.max(1);
         let global = [r.calib(cap * 8)?, r.calib(cap * 8)?];
         // Counts come from the file: allocate by what the data can hold, not by them.
@@ -2206,6 +2167,34 @@ impl Forecaster {
             outcomes: st.outcomes,
             evictions: st.evictions,
         })
+    }
+
+    /// Takes `cfg` (the running instance's options) in place of the file's: its bounds are
+    /// enforced at once (least recently used evicted). Loaded windows keep their sizes.
+    pub fn adopt_config(&mut self, cfg: &ForecastConfig) {
+        self.config = cfg.clone();
+        let cap = cfg.max_keys.clamp(1, MAX_NAMES);
+        self.keys.cap = cap;
+        self.per_service.cap = cap;
+        for t in self.names.iter_mut() {
+            t.lru.cap = cap;
+            while t.lru.len() > cap {
+                t.lru.pop_lru();
+            }
+        }
+        while self.keys.len() > cap {
+            if let Some((_, _, v)) = self.keys.pop_lru() {
+                self.bytes = self.bytes.saturating_sub(key_bytes(&v.state));
+                self.evictions.keys += 1;
+            }
+        }
+        while self.per_service.len() > cap {
+            if self.per_service.pop_lru().is_some() {
+                self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
+                self.evictions.services += 1;
+            }
+        }
+        self.enforce_budget();
     }
 
     fn from_state(state: Loaded) -> Result<Self, String> {
@@ -2441,7 +2430,7 @@ mod tests {
         for _ in 0..20 {
             f.record(&c, &oc).unwrap();
         }
-        let mut back = Forecaster::from_json(&f.to_json().unwrap()).unwrap();
+        let mut back = Forecaster::from_bytes(&f.to_bytes().unwrap()).unwrap();
         let (mut a, mut b) = ([0.0; out::COUNT], [0.0; out::COUNT]);
         f.predict_all(&c, &mut a).unwrap();
         // Ids are per instance: the loaded one interns the name again (as the JS layer
@@ -2469,7 +2458,10 @@ mod tests {
             (0.95, 2.0, 2.920),
         ] {
             let t = student_t_quantile(p, df);
-            assert!((t - want).abs() < 2e-3 * want, "t({p}, {df}) = {t}, table {want}");
+            assert!(
+                (t - want).abs() < 2e-3 * want,
+                "t({p}, {df}) = {t}, table {want}"
+            );
         }
         assert!((normal_quantile(0.975) - 1.959964).abs() < 1e-6);
     }
@@ -2507,7 +2499,10 @@ mod tests {
         assert!(c >= 0.985, "p99 coverage at 40-98 values: {c}");
         // The band below 20 values: the prediction bound reaches nominal p95.
         let c = coverage(2..20, 0.95, 500);
-        assert!((0.94..=0.96).contains(&c), "p95 coverage at 2-19 values: {c}");
+        assert!(
+            (0.94..=0.96).contains(&c),
+            "p95 coverage at 2-19 values: {c}"
+        );
         // Where the rank exists it is the conformal one.
         let mut w = RollingQuantiles::new(10);
         for v in 1..=9 {
@@ -2515,7 +2510,10 @@ mod tests {
         }
         assert_eq!(w.quantile(0.5), Some(5.0));
         assert_eq!(w.quantile(0.9), Some(9.0));
-        assert!(w.quantile(0.95).unwrap() > 9.0, "past the largest rank: above the max");
+        assert!(
+            w.quantile(0.95).unwrap() > 9.0,
+            "past the largest rank: above the max"
+        );
     }
 
     #[test]
@@ -2580,5 +2578,46 @@ mod tests {
         f.predict_all(&c, &mut o).unwrap();
         assert_eq!(o[out::LATENCY_SAMPLES], 1.0, "the key is found by its name");
         assert_eq!(f.evictions.names, 2);
+    }
+
+    #[test]
+    #[ignore]
+    fn time_state_of_100k_keys() {
+        let mut f = Forecaster::new(
+            ForecastConfig {
+                max_memory_mb: 10_000.0,
+                ..Default::default()
+            },
+            PriceTable::new(),
+        );
+        let mut oc = [f64::NAN; outcome::COUNT];
+        oc[outcome::LATENCY_MS] = 900.0;
+        oc[outcome::SATISFACTION] = 4.0;
+        oc[outcome::CPU] = 30.0;
+        for i in 0..100_000 {
+            let mut c = ctx();
+            c[slot::SERVICE] = f.intern(NameKind::Service, &format!("tenant-{i}")).unwrap() as f64;
+            c[slot::MODEL] = f
+                .intern(NameKind::Model, &format!("m-{}", i % 5000))
+                .unwrap() as f64;
+            c[slot::HOUR] = 3.0;
+            f.record(&c, &oc).unwrap();
+        }
+        let t = std::time::Instant::now();
+        let snap = f.snapshot();
+        eprintln!("snapshot {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let bytes = snap.to_bytes().unwrap();
+        eprintln!(
+            "to_bytes {:?} ({} MB)",
+            t.elapsed(),
+            bytes.len() / 1_000_000
+        );
+        let t = std::time::Instant::now();
+        let g = Forecaster::from_bytes(&bytes).unwrap();
+        eprintln!("from_json total {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        drop(g);
+        eprintln!("drop {:?}", t.elapsed());
     }
 }

@@ -2,7 +2,6 @@
 //! Float64Array the JS layer (`js/predictions.js`) registered once; names are interned to
 //! ids so strings cross once each.
 
-use super::state::{LoadState, Persistent};
 use super::{plain, range};
 use crate::core::forecast::{
     out, outcome, parse_price_table, slot, ForecastConfig, Forecaster, NameKind, STALE,
@@ -54,6 +53,57 @@ pub struct SavePredictions {
     path: std::path::PathBuf,
 }
 
+/// State files larger than this are refused rather than read.
+const MAX_STATE_BYTES: u64 = 512 << 20;
+
+/// Reads, checks and rebuilds a state on a worker; swaps it in on the JS thread (in
+/// `resolve`), bumping the generation so the JS layer's name caches know to refill; frees
+/// the old state on a helper thread.
+pub struct LoadPredictions {
+    path: std::path::PathBuf,
+    target: Arc<Mutex<Forecaster>>,
+    generation: Arc<AtomicU32>,
+    loaded: Option<Forecaster>,
+}
+
+impl Task for LoadPredictions {
+    type Output = ();
+    type JsValue = bool;
+    fn compute(&mut self) -> Result<()> {
+        let p = &self.path;
+        let meta =
+            std::fs::metadata(p).map_err(|e| plain(format!("cannot read {}: {e}", p.display())))?;
+        if meta.is_dir() {
+            return Err(plain(format!("{} is a directory, not a file", p.display())));
+        }
+        if meta.len() > MAX_STATE_BYTES {
+            return Err(plain(format!(
+                "{} is {} bytes, larger than the {MAX_STATE_BYTES} bytes allowed",
+                p.display(),
+                meta.len()
+            )));
+        }
+        let bytes =
+            std::fs::read(p).map_err(|e| plain(format!("cannot read {}: {e}", p.display())))?;
+        let mut state =
+            Forecaster::from_bytes(&bytes).map_err(|m| plain(format!("{}: {m}", p.display())))?;
+        // The instance's own bounds and learning options win over the file's.
+        state.adopt_config(&self.target.lock().config);
+        self.loaded = Some(state);
+        Ok(())
+    }
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
+        if let Some(s) = self.loaded.take() {
+            let old = std::mem::replace(&mut *self.target.lock(), s);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            let _ = std::thread::Builder::new()
+                .name("mlops-drop".into())
+                .spawn(move || drop(old));
+        }
+        Ok(true)
+    }
+}
+
 /// Slab slots per locked chunk of a save (≈ 0.1-0.3 ms each).
 const SAVE_CHUNK: usize = 2048;
 
@@ -70,21 +120,12 @@ impl Task for SavePredictions {
                 None => break,
             }
         }
-        let text = snap.to_json().map_err(plain)?;
-        crate::core::fsutil::write_atomic(&self.path, text.as_bytes())
+        let bytes = snap.to_bytes().map_err(plain)?;
+        crate::core::fsutil::write_atomic(&self.path, &bytes)
             .map_err(|e| plain(format!("cannot write {}: {e}", self.path.display())))
     }
     fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
         Ok(true)
-    }
-}
-
-impl Persistent for Forecaster {
-    fn to_json(&self) -> std::result::Result<String, String> {
-        Forecaster::to_json(self)
-    }
-    fn from_json(text: &str) -> std::result::Result<Self, String> {
-        Forecaster::from_json(text)
     }
 }
 
@@ -318,11 +359,12 @@ impl ExpandedPredictions {
     /// Replaces the learned state with the one saved at `path`; a missing, corrupt or
     /// foreign file rejects and leaves the current state untouched.
     #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
-    pub fn load_state(&self, path: String) -> AsyncTask<LoadState<Forecaster>> {
-        AsyncTask::new(LoadState::new(
-            path,
-            self.inner.clone(),
-            self.generation.clone(),
-        ))
+    pub fn load_state(&self, path: String) -> AsyncTask<LoadPredictions> {
+        AsyncTask::new(LoadPredictions {
+            path: std::path::PathBuf::from(path),
+            target: self.inner.clone(),
+            generation: self.generation.clone(),
+            loaded: None,
+        })
     }
 }
