@@ -711,7 +711,7 @@ export interface ExpandedPredictionsOptions {
   forgetting?: number
   /**
    * Keys (service × provider × model) kept at most, least recently used evicted first;
-   * services and names per kind are bounded by the same number (default 100000).
+   * services and names per kind are bounded by the same number (default 20000).
    */
   maxKeys?: number
   /**

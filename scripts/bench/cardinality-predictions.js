@@ -23,13 +23,13 @@ function gc() {
 
 async function run() {
   const max = Number(process.env.CARD_MAX || 1_000_000)
-  console.log('\n## ExpandedPredictions: many keys (default bounds: maxKeys 100000, maxMemoryMb 50)\n')
+  console.log('\n## ExpandedPredictions: many keys (default bounds: maxKeys 20000, maxMemoryMb 50)\n')
   gc()
   const rss0 = process.memoryUsage().rss
   const p = new ExpandedPredictions()
   const rows = []
   let i = 0
-  for (const checkpoint of [10_000, 100_000, 1_000_000].filter((c) => c <= max)) {
+  for (const checkpoint of [10_000, 100_000, 300_000, 1_000_000].filter((c) => c <= max)) {
     const from = i
     const t0 = process.hrtime.bigint()
     for (; i < checkpoint; i++) {

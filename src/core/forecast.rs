@@ -163,6 +163,20 @@ impl Rls {
         }
     }
 
+    /// Allocates the prior state of a learner created empty (keeps its error record).
+    pub fn init(&mut self, prior: &[f64]) {
+        if self.theta.is_empty() {
+            let error = self.error;
+            *self = Rls::new(prior);
+            self.error = error;
+        }
+    }
+
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        8 * (self.theta.capacity() + self.p.capacity())
+    }
+
     pub fn predict(&self, phi: &[f64]) -> f64 {
         self.theta.iter().zip(phi).map(|(t, x)| t * x).sum()
     }
@@ -598,8 +612,10 @@ const RES_NOISE: f64 = 25.0;
 
 fn key_new(cfg: &ForecastConfig) -> RequestKey {
     RequestKey {
-        latency: Rls::new(&LATENCY_PRIOR),
-        cost: Rls::new(&COST_PRIOR),
+        // Allocated on first use (`Rls::init`): most keys of a high-cardinality service
+        // never learn a cost, many services never see a resource outcome.
+        latency: Rls::default(),
+        cost: Rls::default(),
         output_tokens: 0.0,
         output_count: 0,
         calib: [
@@ -611,10 +627,10 @@ fn key_new(cfg: &ForecastConfig) -> RequestKey {
 
 fn service_new() -> ServiceModels {
     ServiceModels {
-        satisfaction: Rls::new(&SAT_PRIOR),
-        cpu: Rls::new(&RES_PRIOR),
-        memory: Rls::new(&RES_PRIOR),
-        network: Rls::new(&RES_PRIOR),
+        satisfaction: Rls::default(),
+        cpu: Rls::default(),
+        memory: Rls::default(),
+        network: Rls::default(),
     }
 }
 
@@ -989,16 +1005,22 @@ impl NameTable {
 
 /// Estimated fixed bytes of one key: its models' matrices, the structs, the index entry
 /// and the list node (windows are counted by their capacity on top of this).
-const KEY_BASE_BYTES: usize = std::mem::size_of::<RequestKey>()
-    + 8 * (LATENCY_DIM + LATENCY_DIM * LATENCY_DIM + COST_DIM + COST_DIM * COST_DIM)
-    + 2 * std::mem::size_of::<Vec<f64>>() * 2
-    + 96;
-const SERVICE_BYTES: usize = std::mem::size_of::<ServiceModels>()
-    + 8 * (SAT_DIM + SAT_DIM * SAT_DIM + 3 * (RES_DIM + RES_DIM * RES_DIM))
-    + 96;
+const KEY_BASE_BYTES: usize = std::mem::size_of::<RequestKey>() + 160;
+const SERVICE_BASE_BYTES: usize = std::mem::size_of::<ServiceModels>() + 160;
+
+fn service_bytes(m: &ServiceModels) -> usize {
+    SERVICE_BASE_BYTES
+        + m.satisfaction.heap_bytes()
+        + m.cpu.heap_bytes()
+        + m.memory.heap_bytes()
+        + m.network.heap_bytes()
+}
 
 fn key_bytes(k: &RequestKey) -> usize {
-    KEY_BASE_BYTES + k.calib.iter().map(|c| c.window.heap_bytes()).sum::<usize>()
+    KEY_BASE_BYTES
+        + k.latency.heap_bytes()
+        + k.cost.heap_bytes()
+        + k.calib.iter().map(|c| c.window.heap_bytes()).sum::<usize>()
 }
 
 /// What eviction has removed so far (keys and services fall back to the back-off: the
@@ -1015,7 +1037,9 @@ pub struct Evictions {
 /// least recently used first, to stay under it.
 pub const DEFAULT_MAX_MEMORY_MB: f64 = 50.0;
 /// Keys per instance when no `maxKeys` is given.
-pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// ≈ 50 MB of keys with their services at ~2 KB each (see the README), and as many names
+/// per kind.
+pub const DEFAULT_MAX_KEYS: usize = 20_000;
 
 #[derive(Clone, Debug, Default)]
 pub struct Forecaster {
@@ -1175,20 +1199,22 @@ impl<'a> Reader<'a> {
             Err("state holds a non-finite number".into())
         }
     }
-    fn str(&mut self) -> Result<String, String> {
+    fn str(&mut self) -> Result<Arc<str>, String> {
         let n = self.u32()? as usize;
         if n > 1024 {
             return Err("state holds a name longer than 1024 bytes".into());
         }
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "state holds a non-UTF-8 name".into())
+        std::str::from_utf8(self.take(n)?)
+            .map(Arc::from)
+            .map_err(|_| "state holds a non-UTF-8 name".into())
     }
     fn rls(&mut self, prior: &[f64]) -> Result<Rls, String> {
-        let mut r = Rls::new(prior);
         match self.u8()? {
-            0 => return Ok(r),
+            0 => return Ok(Rls::default()),
             1 => {}
             _ => return Err(TRUNCATED.into()),
         }
+        let mut r = Rls::new(prior);
         r.n = self.u64()?;
         r.error.mse = self.f64()?;
         r.error.mae = self.f64()?;
@@ -1230,8 +1256,8 @@ impl<'a> Reader<'a> {
 /// A state as read from either format, before its tables are rebuilt.
 struct Loaded {
     config: ForecastConfig,
-    keys: Vec<([String; 3], RequestKey)>,
-    services: Vec<(String, ServiceModels)>,
+    keys: Vec<([Arc<str>; 3], RequestKey)>,
+    services: Vec<(Arc<str>, ServiceModels)>,
     global: [Calib; 2],
     prices: PriceTable,
     outcomes: u64,
@@ -1592,12 +1618,11 @@ impl Forecaster {
                     self.evictions.keys += 1;
                 }
             }
-            if self.bytes > budget
-                && self.per_service.len() > 1
-                && self.per_service.pop_lru().is_some()
-            {
-                self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
-                self.evictions.services += 1;
+            if self.bytes > budget && self.per_service.len() > 1 {
+                if let Some((_, _, v)) = self.per_service.pop_lru() {
+                    self.bytes = self.bytes.saturating_sub(service_bytes(&v.state));
+                    self.evictions.services += 1;
+                }
             }
         }
     }
@@ -1660,20 +1685,21 @@ impl Forecaster {
                 let name = self.names[0].arc(s);
                 let e = self.per_service.value_mut(i);
                 e.name = name;
-                e.state = Arc::new(service_new());
+                let old = std::mem::replace(&mut e.state, Arc::new(service_new()));
+                self.bytes = (self.bytes + SERVICE_BASE_BYTES).saturating_sub(service_bytes(&old));
                 self.evictions.services += 1;
                 i
             }
             None => {
-                self.bytes += SERVICE_BYTES;
+                self.bytes += SERVICE_BASE_BYTES;
                 let entry = ServiceEntry {
                     name: self.names[0].arc(s),
                     state: Arc::new(service_new()),
                     tick: clock,
                 };
                 let (i, evicted) = self.per_service.insert(h, entry);
-                if evicted.is_some() {
-                    self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
+                if let Some((_, v)) = evicted {
+                    self.bytes = self.bytes.saturating_sub(service_bytes(&v.state));
                     self.evictions.services += 1;
                 }
                 i
@@ -1929,6 +1955,7 @@ impl Forecaster {
                     })
                 .max(0.0);
                 key.latency.error.record(before - lat, 0.98);
+                key.latency.init(&LATENCY_PRIOR);
                 key.latency.update(&phi, lat - lat_prior, LATENCY_NOISE);
                 key.latency.forget(lambda, &LATENCY_PRIOR);
             }
@@ -1951,6 +1978,7 @@ impl Forecaster {
                         0.0
                     };
                 key.cost.error.record(before - cost, 0.98);
+                key.cost.init(&COST_PRIOR);
                 key.cost.update(&phi, cost - prior, COST_NOISE);
                 key.cost.forget(lambda, &COST_PRIOR);
             }
@@ -1974,6 +2002,7 @@ impl Forecaster {
         let rphi = Self::resource_features(ctx);
         let rprior = Self::resource_prior(ctx);
         let s = self.service_mut(service);
+        let service_before = service_bytes(s);
         if let Some(sat) = get(oc, outcome::SATISFACTION) {
             let before = (sprior
                 + if s.satisfaction.n > 0 {
@@ -1983,6 +2012,7 @@ impl Forecaster {
                 })
             .clamp(1.0, 5.0);
             s.satisfaction.error.record(before - sat, 0.98);
+            s.satisfaction.init(&SAT_PRIOR);
             s.satisfaction.update(&sphi, sat - sprior, SAT_NOISE);
             s.satisfaction.forget(lambda, &SAT_PRIOR);
         }
@@ -1995,10 +2025,13 @@ impl Forecaster {
                 let m = m.into_iter().nth(j).expect("three resource models");
                 let before = rprior[j] + if m.n > 0 { m.predict(&rphi) } else { 0.0 };
                 m.error.record(before - v, 0.98);
+                m.init(&RES_PRIOR);
                 m.update(&rphi, v - rprior[j], RES_NOISE);
                 m.forget(lambda, &RES_PRIOR);
             }
         }
+        let service_after = service_bytes(s);
+        self.bytes = (self.bytes + service_after).saturating_sub(service_before);
         self.outcomes += 1;
         self.enforce_budget();
         Ok(())
@@ -2089,7 +2122,7 @@ impl Forecaster {
                 let old: StateV1 = serde_json::from_value(v).map_err(schema)?;
                 let name = |t: &Vec<String>, i: u32| {
                     t.get(i as usize)
-                        .cloned()
+                        .map(|n| Arc::<str>::from(n.as_str()))
                         .ok_or_else(|| "state refers to an unknown name id".to_string())
                 };
                 let mut keys = Vec::with_capacity(old.keys.len());
@@ -2189,8 +2222,8 @@ impl Forecaster {
             }
         }
         while self.per_service.len() > cap {
-            if self.per_service.pop_lru().is_some() {
-                self.bytes = self.bytes.saturating_sub(SERVICE_BYTES);
+            if let Some((_, _, v)) = self.per_service.pop_lru() {
+                self.bytes = self.bytes.saturating_sub(service_bytes(&v.state));
                 self.evictions.services += 1;
             }
         }
@@ -2199,9 +2232,10 @@ impl Forecaster {
 
     fn from_state(state: Loaded) -> Result<Self, String> {
         let ok_rls = |r: &Rls, d: usize| {
-            r.theta.len() == d
-                && r.p.len() == d * d
-                && r.theta.iter().chain(&r.p).all(|v| v.is_finite())
+            (r.n == 0 && r.theta.is_empty() && r.p.is_empty())
+                || r.theta.len() == d
+                    && r.p.len() == d * d
+                    && r.theta.iter().chain(&r.p).all(|v| v.is_finite())
         };
         let mut config = state.config;
         if config.max_keys == 0 {
@@ -2232,6 +2266,7 @@ impl Forecaster {
                 }
             }
             let h = triple_hash([fnv_or0(&names[0]), fnv_or0(&names[1]), fnv_or0(&names[2])]);
+            let names: [Arc<str>; 3] = names;
             f.clock += 1;
             f.bytes += key_bytes(&key);
             if let Some(i) = f.keys.index(&h) {
@@ -2244,7 +2279,7 @@ impl Forecaster {
                 continue;
             }
             let entry = KeyEntry {
-                names: names.map(|n| Arc::<str>::from(n)),
+                names,
                 state: Arc::new(key),
                 tick: f.clock,
             };
@@ -2262,21 +2297,22 @@ impl Forecaster {
             }
             let h = fnv_or0(&name);
             f.clock += 1;
+            f.bytes += service_bytes(&m);
             if let Some(i) = f.per_service.index(&h) {
                 f.per_service.touch(i);
                 let e = f.per_service.value_mut(i);
-                e.state = Arc::new(m);
+                let old = std::mem::replace(&mut e.state, Arc::new(m));
                 e.tick = f.clock;
+                f.bytes = f.bytes.saturating_sub(service_bytes(&old));
                 continue;
             }
-            f.bytes += SERVICE_BYTES;
             let entry = ServiceEntry {
-                name: Arc::from(name),
+                name,
                 state: Arc::new(m),
                 tick: f.clock,
             };
-            if f.per_service.insert(h, entry).1.is_some() {
-                f.bytes = f.bytes.saturating_sub(SERVICE_BYTES);
+            if let (_, Some((_, v))) = f.per_service.insert(h, entry) {
+                f.bytes = f.bytes.saturating_sub(service_bytes(&v.state));
             }
         }
         f.enforce_budget();

@@ -29,7 +29,7 @@ pub struct ExpandedPredictionsOptions {
     /// 0.997; 1 never forgets).
     pub forgetting: Option<f64>,
     /// Keys (service × provider × model) kept at most, least recently used evicted first;
-    /// services and names per kind are bounded by the same number (default 100000).
+    /// services and names per kind are bounded by the same number (default 20000).
     pub max_keys: Option<u32>,
     /// Estimated memory the learned keys and services may hold, in MB; least recently
     /// used keys are evicted beyond it (default 50).
