@@ -107,3 +107,32 @@ test('state: evicted keys are not saved, recency order survives, format-1 files 
   assert.equal(old.getStatistics().outcomes, 200)
   fs.rmSync(dir, { recursive: true })
 })
+
+test('property: any stream of calls over many names stays within the bounds and never refuses', () => {
+  const fc = require('fast-check')
+  const op = fc.record({
+    record: fc.boolean(),
+    service: fc.integer({ min: 0, max: 5000 }),
+    model: fc.oneof(fc.integer({ min: 0, max: 50 }), fc.constant(null)),
+    latency: fc.double({ min: 1, max: 1e5, noNaN: true }),
+  })
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 12 }), fc.array(op, { maxLength: 150 }), (maxKeys, ops) => {
+      const p = new ExpandedPredictions({ maxKeys })
+      for (const o of ops) {
+        const c = { serviceName: o.service, model: o.model, provider: 'x', hour: 1 }
+        if (o.record) {
+          assert.equal(p.recordOutcomeSync(c, { latencyMs: o.latency }), true)
+          // The key just recorded is live, whatever came before.
+          assert.ok(p.predictLatencySync(c).factors.samples >= 1)
+        } else {
+          assert.ok(Number.isFinite(p.predictAllSync(c).latency.latency))
+        }
+      }
+      const s = p.getStatistics()
+      assert.ok(s.keys <= maxKeys && s.services <= maxKeys)
+      assert.ok(s.names.services <= maxKeys && s.names.models <= maxKeys)
+    }),
+    { numRuns: 60, seed: 13 },
+  )
+})

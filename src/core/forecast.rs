@@ -260,14 +260,21 @@ pub struct RollingQuantiles {
     pub cap: usize,
     pub ring: VecDeque<f32>,
     pub sorted: Vec<f32>,
+    /// Running Σx and Σx² of the window (for the normal-theory bound in O(1)), summed
+    /// afresh every `cap` pushes so rounding cannot drift.
+    #[serde(skip)]
+    sum: f64,
+    #[serde(skip)]
+    sum2: f64,
+    #[serde(skip)]
+    since_exact: usize,
 }
 
 impl RollingQuantiles {
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
-            ring: VecDeque::new(),
-            sorted: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -282,11 +289,23 @@ impl RollingQuantiles {
                 if i < self.sorted.len() {
                     self.sorted.remove(i);
                 }
+                let o = old as f64;
+                self.sum -= o;
+                self.sum2 -= o * o;
             }
         }
         self.ring.push_back(v);
         let i = self.sorted.partition_point(|x| *x < v);
         self.sorted.insert(i, v);
+        let x = v as f64;
+        self.sum += x;
+        self.sum2 += x * x;
+        self.since_exact += 1;
+        if self.since_exact >= self.cap.max(64) {
+            self.since_exact = 0;
+            self.sum = self.ring.iter().map(|&x| x as f64).sum();
+            self.sum2 = self.ring.iter().map(|&x| (x as f64) * (x as f64)).sum();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -332,13 +351,8 @@ impl RollingQuantiles {
             return None;
         }
         let nf = n as f64;
-        let mean = self.sorted.iter().map(|&x| x as f64).sum::<f64>() / nf;
-        let var = self
-            .sorted
-            .iter()
-            .map(|&x| (x as f64 - mean).powi(2))
-            .sum::<f64>()
-            / (nf - 1.0);
+        let mean = self.sum / nf;
+        let var = ((self.sum2 - nf * mean * mean) / (nf - 1.0)).max(0.0);
         Some(mean + student_t_quantile(tau, nf - 1.0) * var.sqrt() * (1.0 + 1.0 / nf).sqrt())
     }
 }
