@@ -2629,45 +2629,4 @@ mod tests {
         assert_eq!(o[out::LATENCY_SAMPLES], 1.0, "the key is found by its name");
         assert_eq!(f.evictions.names, 2);
     }
-
-    #[test]
-    #[ignore]
-    fn time_state_of_100k_keys() {
-        let mut f = Forecaster::new(
-            ForecastConfig {
-                max_memory_mb: 10_000.0,
-                ..Default::default()
-            },
-            PriceTable::new(),
-        );
-        let mut oc = [f64::NAN; outcome::COUNT];
-        oc[outcome::LATENCY_MS] = 900.0;
-        oc[outcome::SATISFACTION] = 4.0;
-        oc[outcome::CPU] = 30.0;
-        for i in 0..100_000 {
-            let mut c = ctx();
-            c[slot::SERVICE] = f.intern(NameKind::Service, &format!("tenant-{i}")).unwrap() as f64;
-            c[slot::MODEL] = f
-                .intern(NameKind::Model, &format!("m-{}", i % 5000))
-                .unwrap() as f64;
-            c[slot::HOUR] = 3.0;
-            f.record(&c, &oc).unwrap();
-        }
-        let t = std::time::Instant::now();
-        let snap = f.snapshot();
-        eprintln!("snapshot {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        let bytes = snap.to_bytes().unwrap();
-        eprintln!(
-            "to_bytes {:?} ({} MB)",
-            t.elapsed(),
-            bytes.len() / 1_000_000
-        );
-        let t = std::time::Instant::now();
-        let g = Forecaster::from_bytes(&bytes).unwrap();
-        eprintln!("from_json total {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        drop(g);
-        eprintln!("drop {:?}", t.elapsed());
-    }
 }
