@@ -11,7 +11,7 @@
 //!     conditioning (`z = [1, x − r]`). Running means would change the basis under the
 //!     learned state; a fixed shift never does.
 //!   - **Forgetting is chosen automatically**: a bank of learners with λ ∈ {0.95, 0.99,
-//!     0.999, 1} learns every sample; the served prediction mixes them with weights from
+//!     1} learns every sample; the served prediction mixes them with weights from
 //!     their recent prequential (predict-then-learn) squared error, so one default serves
 //!     stationary streams (λ = 1 wins) and drifting ones (a small λ wins).
 //!     `forgetting: λ` fixes a single learner instead.
@@ -139,7 +139,7 @@ pub const RLS_MAX_FEATURES: usize = 48;
 pub const MIN_FORGETTING: f64 = 0.5;
 
 /// The forgetting factors of the automatic bank.
-pub const BANK: [f64; 4] = [0.95, 0.99, 0.999, 1.0];
+pub const BANK: [f64; 3] = [0.95, 0.99, 1.0];
 
 /// Prior variance scale: a feature's weight starts with variance `PRIOR / (x − r)²`, the
 /// bias with `PRIOR`; P's diagonal never exceeds these (no wind-up). As a ridge it is
@@ -170,7 +170,7 @@ pub struct RlsMember {
 }
 
 /// RLS with exponential forgetting: a bank of members, or one when λ is fixed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RlsBank {
     /// Fixed reference subtracted from the features (the first sample learned).
@@ -182,6 +182,16 @@ pub struct RlsBank {
     pub mix: Vec<f64>,
     #[serde(skip)]
     scratch: Vec<f64>,
+}
+
+impl PartialEq for RlsBank {
+    fn eq(&self, o: &Self) -> bool {
+        // `scratch` is working memory, not state.
+        self.reference == o.reference
+            && self.cap == o.cap
+            && self.members == o.members
+            && self.mix == o.mix
+    }
 }
 
 impl RlsBank {
@@ -261,7 +271,8 @@ impl RlsBank {
             .sum()
     }
 
-    fn learn(&mut self, x: &[f64], y: f64, clip: f64, n_seen: u64) {
+    /// Learns one sample; returns the prediction made before learning it.
+    fn learn(&mut self, x: &[f64], y: f64, clip: f64, n_seen: u64) -> f64 {
         let d = self.features();
         let n = d + 1;
         if self.scratch.len() != 2 * n {
@@ -299,33 +310,41 @@ impl RlsBank {
             }
         }
         let warm = n_seen > CLIP_WARMUP;
+        let rate = (1.0 / n_seen as f64).max(1.0 / BANK_HORIZON);
+        let slow = (1.0 / n_seen as f64).max(1.0 / CLIP_HORIZON);
         let mut best = f64::INFINITY;
-        for m in &mut self.members {
+        let mut served = 0.0;
+        for (m, &w) in self.members.iter_mut().zip(&self.mix) {
             let pred: f64 = m.theta.iter().zip(z.iter()).map(|(t, v)| t * v).sum();
+            served += w * pred;
             let e = y - pred;
             let e2 = e * e;
             // Bank and clip statistics are prequential: scored before learning.
-            let a = (1.0 / n_seen as f64).max(1.0 / BANK_HORIZON);
-            m.err += a * (e2 - m.err);
+            m.err += rate * (e2 - m.err);
             best = best.min(m.err);
-            let bound = clip * m.scale.sqrt();
-            let e_used = if warm && bound > 0.0 {
+            let e_used = if warm {
+                let bound = clip * m.scale.sqrt();
                 e.clamp(-bound, bound)
             } else {
                 e
             };
-            let s = (1.0 / n_seen as f64).max(1.0 / CLIP_HORIZON);
-            m.scale += s * (e2.min(if warm { 100.0 * m.scale } else { e2 }) - m.scale);
-            rls_step(m, z, g, e_used);
-            // Wind-up guard: bound P's diagonal by the prior.
-            for k in 0..n {
-                let c = self.cap[k];
-                let pkk = m.p[k * n + k];
-                if c > 0.0 && pkk > c {
-                    shrink_coordinate(&mut m.p, n, k, c, g);
+            // One outlier may raise the scale by a bounded factor (≤ 1 + 1e4/CLIP_HORIZON);
+            // a real level change raises it geometrically by that factor per sample, so
+            // clipping stalls recovery for a handful of samples at most, even after a
+            // long stretch of near-zero errors.
+            m.scale += slow * (if warm { e2.min(1e4 * m.scale) } else { e2 } - m.scale);
+            let zpz = mat_vec(&m.p, z, g);
+            rls_step(m, z, g, zpz, e_used);
+            if m.lambda < 1.0 {
+                // Wind-up guard: bound P's diagonal by the prior (λ = 1 only shrinks P).
+                for k in 0..n {
+                    let c = self.cap[k];
+                    if c > 0.0 && m.p[k * n + k] > c {
+                        shrink_coordinate(&mut m.p, n, k, c, g);
+                    }
                 }
             }
-            if !m.p.iter().all(|v| v.is_finite()) || m.p[0] <= 0.0 {
+            if !(m.p[0] > 0.0 && m.p[0].is_finite()) {
                 // Numerical breakdown (never seen in practice): restart this member's
                 // covariance from the prior, keeping its weights.
                 reset_cov(&mut m.p, &self.cap, n);
@@ -343,6 +362,7 @@ impl RlsBank {
         for w in &mut self.mix {
             *w /= total;
         }
+        served
     }
 
     fn check(&self, d: usize) -> Result<(), String> {
@@ -376,38 +396,42 @@ impl RlsBank {
     }
 }
 
-/// One forgetting RLS update with error `e` on regressor `z` (`g` is scratch).
+/// One forgetting RLS update with error `e` on regressor `z`; `g` holds `P z` and
+/// `zpz` is `zᵀ P z` (both computed by the caller, which needed them for the prediction).
 #[inline]
-fn rls_step(m: &mut RlsMember, z: &[f64], g: &mut [f64], e: f64) {
+fn rls_step(m: &mut RlsMember, z: &[f64], g: &[f64], zpz: f64, e: f64) {
     let n = z.len();
-    let p = &mut m.p;
-    // g = P z (z is sparse in unexcited coordinates, but dense rows are faster here).
-    let mut zpz = 0.0;
-    for i in 0..n {
-        let row = &p[i * n..(i + 1) * n];
-        let mut s = 0.0;
-        for j in 0..n {
-            s += row[j] * z[j];
-        }
-        g[i] = s;
-        zpz += z[i] * s;
-    }
     let alpha = m.lambda + zpz;
     if !(alpha.is_finite() && alpha > 0.0) {
         return;
     }
     let inv = 1.0 / alpha;
-    for i in 0..n {
-        m.theta[i] += g[i] * inv * e;
+    let ke = inv * e;
+    for (t, &gi) in m.theta.iter_mut().zip(g) {
+        *t += gi * ke;
     }
+    // P ← (P − g gᵀ/α)/λ. g gᵀ is symmetric and computed identically for (i, j) and
+    // (j, i), so P stays exactly symmetric.
     let il = 1.0 / m.lambda;
-    for i in 0..n {
-        let gi = g[i] * inv;
-        let row = &mut p[i * n..(i + 1) * n];
-        for j in 0..n {
-            row[j] = (row[j] - gi * g[j]) * il;
+    for (row, &gi) in m.p.chunks_exact_mut(n).zip(g) {
+        let a = gi * inv;
+        for (r, &gj) in row.iter_mut().zip(g) {
+            *r = (*r - a * gj) * il;
         }
     }
+}
+
+/// `g = P z`; returns `zᵀ P z`.
+#[inline]
+fn mat_vec(p: &[f64], z: &[f64], g: &mut [f64]) -> f64 {
+    let n = z.len();
+    let mut zpz = 0.0;
+    for ((row, gi), &zi) in p.chunks_exact(n).zip(g.iter_mut()).zip(z) {
+        let s: f64 = row.iter().zip(z).map(|(a, b)| a * b).sum();
+        *gi = s;
+        zpz += zi * s;
+    }
+    zpz
 }
 
 /// Pseudo-observation `√ρ·e_k` with zero error: `P ← P − ρ P e_k e_kᵀ P / (1 + ρ P_kk)`,
@@ -704,17 +728,19 @@ impl OnlineLinear {
     /// overflow the running statistics and poison every later prediction.
     pub fn learn(&mut self, x: &[f64], y: f64) -> f64 {
         let d = self.features;
-        let pred = self.predict(x);
         let ok = |v: f64| v.is_finite() && v.abs() <= MAX_MAGNITUDE;
         if x.len() != d || !ok(y) || !x.iter().all(|&v| ok(v)) {
-            return pred;
+            return self.predict(x);
         }
         self.n += 1;
         match &mut self.engine {
             Engine::Rls(b) => b.learn(x, y, self.config.clip, self.n),
-            Engine::AdaGrad(a) => a.learn(x, y, pred, &self.config, self.n),
+            Engine::AdaGrad(a) => {
+                let pred = a.predict(x);
+                a.learn(x, y, pred, &self.config, self.n);
+                pred
+            }
         }
-        pred
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -876,6 +902,224 @@ mod tests {
         assert!(m.predict(&[1.0, 1.0, 1.0]).is_finite());
     }
 
+    /// Uniform in [0, 1) and a standard normal (Box-Muller), seeded.
+    struct Rng(SplitMix);
+    impl Rng {
+        fn u(&mut self) -> f64 {
+            (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn normal(&mut self) -> f64 {
+            let (a, b) = (self.u().max(1e-300), self.u());
+            (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+        }
+    }
+
+    fn cfg(optimizer: Optimizer, forgetting: Option<f64>) -> OnlineConfig {
+        OnlineConfig {
+            optimizer,
+            forgetting,
+            ..OnlineConfig::default()
+        }
+    }
+
+    /// Progressive (predict-then-learn) MAE of `m` on `data[from..to]`, learning all of `data`.
+    fn progressive(m: &mut OnlineLinear, data: &[(Vec<f64>, f64)], from: usize, to: usize) -> f64 {
+        let mut ae = 0.0;
+        for (t, (x, y)) in data.iter().enumerate() {
+            let p = m.learn(x, *y);
+            assert!(p.is_finite(), "prediction {p} at {t}");
+            if (from..to).contains(&t) {
+                ae += (p - y).abs();
+            }
+        }
+        ae / (to - from) as f64
+    }
+
+    /// Four features of mixed scales; the weights jump at `change` (abrupt) or turn over
+    /// `ramp` samples (gradual). Noise σ = 1.
+    fn drifting(seed: u64, n: usize, change: usize, ramp: usize) -> Vec<(Vec<f64>, f64)> {
+        let mut r = Rng(SplitMix(seed));
+        let before = [3.0, -0.02, 40.0, 1.0];
+        let after = [-2.0, 0.05, 10.0, -3.0];
+        (0..n)
+            .map(|t| {
+                let x = vec![r.normal(), 100.0 + 50.0 * r.normal(), r.u(), 5.0 * r.normal()];
+                let a = ((t as f64 - change as f64) / ramp.max(1) as f64).clamp(0.0, 1.0);
+                let y = 10.0
+                    + (0..4)
+                        .map(|i| ((1.0 - a) * before[i] + a * after[i]) * x[i])
+                        .sum::<f64>()
+                    + r.normal();
+                (x, y)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rls_bank_recovers_from_an_abrupt_drift_far_faster_than_adagrad() {
+        let data = drifting(11, 4000, 2000, 0);
+        let bank = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Auto, None)), &data, 2000, 2300);
+        let ada = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Adagrad, None)), &data, 2000, 2300);
+        let frozen = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Rls, Some(1.0))), &data, 2000, 2300);
+        // Noise MAE is √(2/π) ≈ 0.8; the jump is worth ≈ 16 in MAE.
+        assert!(bank < 0.5 * ada, "bank {bank} vs AdaGrad {ada}");
+        assert!(bank < 0.5 * frozen, "bank {bank} vs λ = 1 {frozen}");
+        // And it has settled by the end.
+        let late = progressive(&mut OnlineLinear::new(4, OnlineConfig::default()), &data, 3500, 4000);
+        assert!(late < 1.0, "late MAE {late}");
+    }
+
+    #[test]
+    fn rls_bank_tracks_a_gradual_drift() {
+        let data = drifting(12, 6000, 1000, 4000);
+        let bank = progressive(&mut OnlineLinear::new(4, OnlineConfig::default()), &data, 1000, 5000);
+        let ada = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Adagrad, None)), &data, 1000, 5000);
+        let frozen = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Rls, Some(1.0))), &data, 1000, 5000);
+        assert!(bank < 1.2, "bank {bank}: noise alone is 0.8");
+        assert!(bank < 0.6 * ada && bank < 0.3 * frozen, "bank {bank}, AdaGrad {ada}, λ=1 {frozen}");
+    }
+
+    #[test]
+    fn a_trending_feature_is_followed_on_raw_units() {
+        // A date-like feature (days since 1 AD) that only grows, and two noisy covariates:
+        // the level of the target moves with the date.
+        let mut r = Rng(SplitMix(13));
+        let data: Vec<(Vec<f64>, f64)> = (0..1000)
+            .map(|t| {
+                let day = 736_389.0 + t as f64;
+                let a = 40.0 + 3.0 * r.normal();
+                let b = 45.0 + 3.0 * r.normal();
+                let y = 0.01 * (day - 736_389.0) + 0.3 * a + 0.2 * b + 0.2 * r.normal();
+                (vec![day, a, b], y)
+            })
+            .collect();
+        let bank = progressive(&mut OnlineLinear::new(3, OnlineConfig::default()), &data, 0, 1000);
+        let ada = progressive(&mut OnlineLinear::new(3, cfg(Optimizer::Adagrad, None)), &data, 0, 1000);
+        assert!(bank < 0.5, "bank {bank}");
+        assert!(bank * 10.0 < ada, "bank {bank} vs AdaGrad {ada}");
+    }
+
+    #[test]
+    fn stationary_error_is_within_a_tolerance_of_the_optimum() {
+        let data = drifting(14, 6000, usize::MAX / 2, 0);
+        let mut m = OnlineLinear::new(4, OnlineConfig::default());
+        let mut se = 0.0;
+        for (t, (x, y)) in data.iter().enumerate() {
+            let p = m.learn(x, *y);
+            if t >= 1000 {
+                se += (p - y) * (p - y);
+            }
+        }
+        // The optimum's MSE is the noise variance, 1.
+        let mse = se / 5000.0;
+        assert!(mse < 1.08, "stationary MSE {mse} vs 1");
+        let bank = m.bank();
+        let stiff = bank.iter().find(|(l, _)| *l == 1.0).unwrap().1;
+        assert!(stiff > 0.5, "λ = 1 should carry a stationary stream: {bank:?}");
+    }
+
+    #[test]
+    fn no_covariance_wind_up_after_100k_identical_samples() {
+        let mut m = OnlineLinear::new(3, OnlineConfig::default());
+        let mut r = Rng(SplitMix(15));
+        // Some variation first, so every feature has a prior, then 100k identical samples.
+        for _ in 0..200 {
+            let x = [r.normal(), 10.0 * r.normal(), r.u()];
+            m.learn(&x, 1.0 + x[0] - 0.1 * x[1] + 2.0 * x[2] + 0.1 * r.normal());
+        }
+        for _ in 0..100_000 {
+            m.learn(&[0.5, 3.0, 0.25], 1.2);
+        }
+        assert!(m.check().is_ok());
+        let Engine::Rls(b) = &m.engine else { panic!("not RLS") };
+        for mem in &b.members {
+            for k in 0..4 {
+                assert!(mem.p[k * 4 + k] <= b.cap[k] * (1.0 + 1e-9), "P diag {k} of λ={} unbounded", mem.lambda);
+            }
+        }
+        // Then the relation changes: within a few hundred samples the error is back to noise.
+        let mut errs = vec![];
+        for _ in 0..600 {
+            let x = [r.normal(), 10.0 * r.normal(), r.u()];
+            let y = -3.0 + 2.0 * x[0] + 0.3 * x[1] - x[2] + 0.1 * r.normal();
+            errs.push((m.learn(&x, y) - y).abs());
+        }
+        assert!(errs.iter().all(|e| e.is_finite()));
+        let tail = errs[300..].iter().sum::<f64>() / 300.0;
+        assert!(tail < 0.2, "MAE after 300 samples {tail} (noise ≈ 0.08)");
+    }
+
+    #[test]
+    fn json_round_trip_continues_bit_for_bit() {
+        for c in [OnlineConfig::default(), cfg(Optimizer::Adagrad, None), cfg(Optimizer::Rls, Some(0.97))] {
+            let data = drifting(16, 700, 300, 0);
+            let mut m = OnlineLinear::new(4, c.clone());
+            for (x, y) in &data[..400] {
+                m.learn(x, *y);
+            }
+            let text = serde_json::to_string(&m).unwrap();
+            let mut back: OnlineLinear = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, m);
+            for (x, y) in &data[400..] {
+                assert_eq!(m.learn(x, *y).to_bits(), back.learn(x, *y).to_bits());
+            }
+            assert_eq!(m.to_raw(), back.to_raw());
+        }
+    }
+
+    #[test]
+    fn states_saved_before_rls_load_as_adagrad() {
+        // What the pre-RLS version wrote (its `OnlineLinear` serialised as-is).
+        let old = r#"{"config":{"learningRate":0.1,"clip":3.0,"l2":0.0},"w":[0.5,-2.0],
+            "b":1.5,"mean":[1.0,2.0],"sq":[0.25,4.0],"g":[3.0,5.0],"gb":2.0,"yMean":1.0,
+            "yVar":2.0,"n":42}"#;
+        let mut m: OnlineLinear = serde_json::from_str(old).unwrap();
+        assert_eq!(m.optimizer(), Optimizer::Adagrad);
+        assert_eq!(m.config.optimizer, Optimizer::Adagrad);
+        assert_eq!(m.n, 42);
+        assert!(m.check().is_ok());
+        // Same function as before: b + Σ w (x − μ).
+        assert_eq!(m.predict(&[2.0, 3.0]), 1.5 + 0.5 * 1.0 - 2.0 * 1.0);
+        m.learn(&[2.0, 3.0], 1.0);
+        assert_eq!(m.n, 43);
+        // And it saves back in that same flat shape.
+        let v = serde_json::to_value(&m).unwrap();
+        assert!(v.get("w").is_some() && v.get("rls").is_none());
+    }
+
+    #[test]
+    fn auto_uses_adagrad_above_the_rls_feature_limit_and_a_fixed_forgetting_is_one_learner() {
+        let c = OnlineConfig::default();
+        assert_eq!(OnlineLinear::new(RLS_MAX_FEATURES, c.clone()).optimizer(), Optimizer::Rls);
+        assert_eq!(OnlineLinear::new(RLS_MAX_FEATURES + 1, c).optimizer(), Optimizer::Adagrad);
+        let big = OnlineLinear::new(RLS_MAX_FEATURES + 1, cfg(Optimizer::Rls, None));
+        assert_eq!(big.optimizer(), Optimizer::Rls);
+        let one = OnlineLinear::new(2, cfg(Optimizer::Auto, Some(0.9)));
+        assert_eq!(one.bank(), vec![(0.9, 1.0)]);
+        assert!(cfg(Optimizer::Auto, Some(0.2)).validate().is_err());
+        assert!(cfg(Optimizer::Auto, Some(1.01)).validate().is_err());
+    }
+
+    #[test]
+    fn from_model_keeps_the_function_and_a_constant_feature_learns_nothing() {
+        let raw = LinearModel {
+            weights: vec![2.0, -1.0],
+            bias: 0.5,
+            extra: Default::default(),
+        };
+        let mut m = OnlineLinear::from_model(&raw, OnlineConfig::default());
+        assert_eq!(m.predict(&[3.0, 4.0]), raw.predict(&[3.0, 4.0]));
+        // Feature 1 never moves: its weight stays the prior's, its covariance stays 0.
+        let mut r = Rng(SplitMix(17));
+        for _ in 0..2000 {
+            let a = r.normal();
+            m.learn(&[a, 7.0], 1.0 + 3.0 * a);
+        }
+        let (w, b) = m.to_raw();
+        assert!((w[0] - 3.0).abs() < 1e-6 && w[1] == -1.0, "{w:?}");
+        assert!((b + 7.0 * w[1] - 1.0).abs() < 1e-6, "bias {b}");
+    }
+
     #[test]
     fn page_hinkley_fires_on_a_jump_and_not_on_noise() {
         let mut r = SplitMix(5);
@@ -931,6 +1175,28 @@ mod dev {
                     ae += (m.learn(x, *y) - y).abs();
                 }
                 println!("{p} {name}: MAE {:.4}", ae / data.len() as f64);
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod devperf {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn dev_perf() {
+        for d in [8usize, 16, 32, 48, 64, 96] {
+            for opt in [Optimizer::Rls, Optimizer::Adagrad] {
+                let mut rng = crate::core::finetune::SplitMix(1);
+                let rows: Vec<f64> = (0..1024 * d).map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 100.0).collect();
+                let ys: Vec<f64> = (0..1024).map(|i| rows[i * d..(i + 1) * d].iter().sum::<f64>()).collect();
+                let mut m = OnlineLinear::new(d, OnlineConfig { optimizer: opt, ..Default::default() });
+                let n = 200_000 / d;
+                let t = std::time::Instant::now();
+                let mut acc = 0.0;
+                for i in 0..n { let r = i & 1023; acc += m.learn(&rows[r * d..(r + 1) * d], ys[r]); }
+                std::hint::black_box(acc);
+                println!("d={d} {opt:?}: {:.0} ns", t.elapsed().as_nanos() as f64 / n as f64);
             }
         }
     }

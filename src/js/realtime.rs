@@ -313,7 +313,7 @@ pub struct OnlineLinearModelOptions {
     pub l2: Option<f64>,
     /// `'auto'` (default: RLS up to 48 features, AdaGrad above), `'rls'` or `'adagrad'`.
     pub optimizer: Option<String>,
-    /// RLS forgetting factor in [0.5, 1]; without it a bank of λ ∈ {0.95, 0.99, 0.999, 1}
+    /// RLS forgetting factor in [0.5, 1]; without it a bank of λ ∈ {0.95, 0.99, 1}
     /// is mixed by recent prequential error.
     pub forgetting: Option<f64>,
 }
