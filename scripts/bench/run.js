@@ -7,6 +7,7 @@
 const suites = {
   ensemble: () => require('./ensemble.js').run(),
   finetune: () => require('./finetune.js').run(),
+  online: () => require('./online.js').run(),
   predictions: () => require('./predictions.js').run(),
   realtime: () => require('./realtime.js').run(),
 }
