@@ -1004,18 +1004,21 @@ mod tests {
         let data = drifting(14, 6000, usize::MAX / 2, 0);
         let mut m = OnlineLinear::new(4, OnlineConfig::default());
         let mut se = 0.0;
+        let mut weight = [0.0; 3];
         for (t, (x, y)) in data.iter().enumerate() {
             let p = m.learn(x, *y);
             if t >= 1000 {
                 se += (p - y) * (p - y);
+                for (i, (_, w)) in m.bank().into_iter().enumerate() {
+                    weight[i] += w / 5000.0;
+                }
             }
         }
         // The optimum's MSE is the noise variance, 1.
         let mse = se / 5000.0;
         assert!(mse < 1.08, "stationary MSE {mse} vs 1");
-        let bank = m.bank();
-        let stiff = bank.iter().find(|(l, _)| *l == 1.0).unwrap().1;
-        assert!(stiff > 0.5, "λ = 1 should carry a stationary stream: {bank:?}");
+        // λ = 1 carries a stationary stream, on average.
+        assert!(weight[2] > 0.45 && weight[2] > 2.0 * weight[0], "mean weights {weight:?}");
     }
 
     #[test]
