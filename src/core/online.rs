@@ -574,7 +574,37 @@ pub enum Engine {
     AdaGrad(AdaGrad),
 }
 
-/// Online linear regression (see the module docs). Serialises as
+/// Online linear regression (see the module docs).
+///
+/// ```
+/// use mlops_native::core::online::{OnlineConfig, OnlineLinear, Optimizer};
+///
+/// // A trending first feature in raw units, and a relation that changes at t = 500.
+/// let mut m = OnlineLinear::new(2, OnlineConfig::default());
+/// assert_eq!(m.optimizer(), Optimizer::Rls);
+/// let f = |t: usize| if t < 500 { (0.5, -2.0) } else { (0.8, 1.0) };
+/// let mut late_error = 0.0;
+/// for t in 0..1000 {
+///     let x = [730_000.0 + t as f64, (t % 7) as f64];
+///     let (a, b) = f(t);
+///     let y = 3.0 + a * (x[0] - 730_000.0) + b * x[1];
+///     let before = m.learn(&x, y); // predict, then learn
+///     if t >= 800 {
+///         late_error += (before - y).abs() / 200.0;
+///     }
+/// }
+/// // The λ = 0.95 learner took over after the change and has forgotten the old relation.
+/// assert!(late_error < 1e-4, "{late_error}");
+/// assert!(m.bank()[0].1 > 0.99, "{:?}", m.bank());
+/// // The mixed model is an ordinary raw `{weights, bias}` model.
+/// let (w, _bias) = m.to_raw();
+/// assert!((w[0] - 0.8).abs() < 1e-6 && (w[1] - 1.0).abs() < 1e-6, "{w:?}");
+/// // Serialised state continues exactly.
+/// let back: OnlineLinear = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+/// assert_eq!(back, m);
+/// ```
+///
+/// Serialises as
 /// `{config, n, rls: {...}}` or, for AdaGrad, as the pre-RLS flat shape
 /// `{config, n, w, b, mean, sq, g, gb, yMean, yVar}`, which is also what earlier
 /// versions saved: those states load unchanged, as AdaGrad learners.
@@ -943,7 +973,12 @@ mod tests {
         let after = [-2.0, 0.05, 10.0, -3.0];
         (0..n)
             .map(|t| {
-                let x = vec![r.normal(), 100.0 + 50.0 * r.normal(), r.u(), 5.0 * r.normal()];
+                let x = vec![
+                    r.normal(),
+                    100.0 + 50.0 * r.normal(),
+                    r.u(),
+                    5.0 * r.normal(),
+                ];
                 let a = ((t as f64 - change as f64) / ramp.max(1) as f64).clamp(0.0, 1.0);
                 let y = 10.0
                     + (0..4)
@@ -958,25 +993,63 @@ mod tests {
     #[test]
     fn rls_bank_recovers_from_an_abrupt_drift_far_faster_than_adagrad() {
         let data = drifting(11, 4000, 2000, 0);
-        let bank = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Auto, None)), &data, 2000, 2300);
-        let ada = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Adagrad, None)), &data, 2000, 2300);
-        let frozen = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Rls, Some(1.0))), &data, 2000, 2300);
+        let bank = progressive(
+            &mut OnlineLinear::new(4, cfg(Optimizer::Auto, None)),
+            &data,
+            2000,
+            2300,
+        );
+        let ada = progressive(
+            &mut OnlineLinear::new(4, cfg(Optimizer::Adagrad, None)),
+            &data,
+            2000,
+            2300,
+        );
+        let frozen = progressive(
+            &mut OnlineLinear::new(4, cfg(Optimizer::Rls, Some(1.0))),
+            &data,
+            2000,
+            2300,
+        );
         // Noise MAE is √(2/π) ≈ 0.8; the jump is worth ≈ 16 in MAE.
         assert!(bank < 0.5 * ada, "bank {bank} vs AdaGrad {ada}");
         assert!(bank < 0.5 * frozen, "bank {bank} vs λ = 1 {frozen}");
         // And it has settled by the end.
-        let late = progressive(&mut OnlineLinear::new(4, OnlineConfig::default()), &data, 3500, 4000);
+        let late = progressive(
+            &mut OnlineLinear::new(4, OnlineConfig::default()),
+            &data,
+            3500,
+            4000,
+        );
         assert!(late < 1.0, "late MAE {late}");
     }
 
     #[test]
     fn rls_bank_tracks_a_gradual_drift() {
         let data = drifting(12, 6000, 1000, 4000);
-        let bank = progressive(&mut OnlineLinear::new(4, OnlineConfig::default()), &data, 1000, 5000);
-        let ada = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Adagrad, None)), &data, 1000, 5000);
-        let frozen = progressive(&mut OnlineLinear::new(4, cfg(Optimizer::Rls, Some(1.0))), &data, 1000, 5000);
+        let bank = progressive(
+            &mut OnlineLinear::new(4, OnlineConfig::default()),
+            &data,
+            1000,
+            5000,
+        );
+        let ada = progressive(
+            &mut OnlineLinear::new(4, cfg(Optimizer::Adagrad, None)),
+            &data,
+            1000,
+            5000,
+        );
+        let frozen = progressive(
+            &mut OnlineLinear::new(4, cfg(Optimizer::Rls, Some(1.0))),
+            &data,
+            1000,
+            5000,
+        );
         assert!(bank < 1.2, "bank {bank}: noise alone is 0.8");
-        assert!(bank < 0.6 * ada && bank < 0.3 * frozen, "bank {bank}, AdaGrad {ada}, λ=1 {frozen}");
+        assert!(
+            bank < 0.6 * ada && bank < 0.3 * frozen,
+            "bank {bank}, AdaGrad {ada}, λ=1 {frozen}"
+        );
     }
 
     #[test]
@@ -993,8 +1066,18 @@ mod tests {
                 (vec![day, a, b], y)
             })
             .collect();
-        let bank = progressive(&mut OnlineLinear::new(3, OnlineConfig::default()), &data, 0, 1000);
-        let ada = progressive(&mut OnlineLinear::new(3, cfg(Optimizer::Adagrad, None)), &data, 0, 1000);
+        let bank = progressive(
+            &mut OnlineLinear::new(3, OnlineConfig::default()),
+            &data,
+            0,
+            1000,
+        );
+        let ada = progressive(
+            &mut OnlineLinear::new(3, cfg(Optimizer::Adagrad, None)),
+            &data,
+            0,
+            1000,
+        );
         assert!(bank < 0.5, "bank {bank}");
         assert!(bank * 10.0 < ada, "bank {bank} vs AdaGrad {ada}");
     }
@@ -1018,7 +1101,10 @@ mod tests {
         let mse = se / 5000.0;
         assert!(mse < 1.08, "stationary MSE {mse} vs 1");
         // λ = 1 carries a stationary stream, on average.
-        assert!(weight[2] > 0.45 && weight[2] > 2.0 * weight[0], "mean weights {weight:?}");
+        assert!(
+            weight[2] > 0.45 && weight[2] > 2.0 * weight[0],
+            "mean weights {weight:?}"
+        );
     }
 
     #[test]
@@ -1034,10 +1120,16 @@ mod tests {
             m.learn(&[0.5, 3.0, 0.25], 1.2);
         }
         assert!(m.check().is_ok());
-        let Engine::Rls(b) = &m.engine else { panic!("not RLS") };
+        let Engine::Rls(b) = &m.engine else {
+            panic!("not RLS")
+        };
         for mem in &b.members {
             for k in 0..4 {
-                assert!(mem.p[k * 4 + k] <= b.cap[k] * (1.0 + 1e-9), "P diag {k} of λ={} unbounded", mem.lambda);
+                assert!(
+                    mem.p[k * 4 + k] <= b.cap[k] * (1.0 + 1e-9),
+                    "P diag {k} of λ={} unbounded",
+                    mem.lambda
+                );
             }
         }
         // Then the relation changes: within a few hundred samples the error is back to noise.
@@ -1054,7 +1146,11 @@ mod tests {
 
     #[test]
     fn json_round_trip_continues_bit_for_bit() {
-        for c in [OnlineConfig::default(), cfg(Optimizer::Adagrad, None), cfg(Optimizer::Rls, Some(0.97))] {
+        for c in [
+            OnlineConfig::default(),
+            cfg(Optimizer::Adagrad, None),
+            cfg(Optimizer::Rls, Some(0.97)),
+        ] {
             let data = drifting(16, 700, 300, 0);
             let mut m = OnlineLinear::new(4, c.clone());
             for (x, y) in &data[..400] {
@@ -1093,8 +1189,14 @@ mod tests {
     #[test]
     fn auto_uses_adagrad_above_the_rls_feature_limit_and_a_fixed_forgetting_is_one_learner() {
         let c = OnlineConfig::default();
-        assert_eq!(OnlineLinear::new(RLS_MAX_FEATURES, c.clone()).optimizer(), Optimizer::Rls);
-        assert_eq!(OnlineLinear::new(RLS_MAX_FEATURES + 1, c).optimizer(), Optimizer::Adagrad);
+        assert_eq!(
+            OnlineLinear::new(RLS_MAX_FEATURES, c.clone()).optimizer(),
+            Optimizer::Rls
+        );
+        assert_eq!(
+            OnlineLinear::new(RLS_MAX_FEATURES + 1, c).optimizer(),
+            Optimizer::Adagrad
+        );
         let big = OnlineLinear::new(RLS_MAX_FEATURES + 1, cfg(Optimizer::Rls, None));
         assert_eq!(big.optimizer(), Optimizer::Rls);
         let one = OnlineLinear::new(2, cfg(Optimizer::Auto, Some(0.9)));
@@ -1142,69 +1244,5 @@ mod tests {
             }
         }
         assert!(at.is_some_and(|t| t < 50), "detected at {at:?}");
-    }
-}
-
-#[cfg(test)]
-mod dev {
-    use super::*;
-    fn load(p: &str, target: usize) -> Vec<(Vec<f64>, f64)> {
-        let t = std::fs::read_to_string(p).unwrap();
-        t.lines()
-            .skip(1)
-            .map(|l| {
-                let v: Vec<f64> = l.split(',').map(|s| s.parse().unwrap()).collect();
-                let y = v[target];
-                let x = v.iter().enumerate().filter(|(i, _)| *i != target).map(|(_, v)| *v).collect();
-                (x, y)
-            })
-            .collect()
-    }
-    #[test]
-    #[ignore]
-    fn dev_datasets() {
-        for (p, t) in [("/tmp/ds/trump.csv", 1), ("/tmp/ds/chick.csv", 0)] {
-            let data = load(p, t);
-            let mut cfgs: Vec<(String, OnlineConfig)> = vec![("auto".into(), OnlineConfig::default())];
-            for l in BANK {
-                cfgs.push((format!("λ={l}"), OnlineConfig { forgetting: Some(l), ..Default::default() }));
-            }
-            cfgs.push(("noclip".into(), OnlineConfig { clip: 1e9, ..Default::default() }));
-            cfgs.push(("adagrad".into(), OnlineConfig { optimizer: Optimizer::Adagrad, ..Default::default() }));
-            for (name, c) in cfgs {
-                let mut m = OnlineLinear::new(data[0].0.len(), c);
-                let mut ae = 0.0;
-                for (x, y) in &data {
-                    ae += (m.learn(x, *y) - y).abs();
-                }
-                println!("{p} {name}: MAE {:.4}", ae / data.len() as f64);
-            }
-        }
-    }
-}
-#[cfg(test)]
-mod devperf {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn dev_perf() {
-        for d in [8usize, 32] {
-            let mut best = [f64::INFINITY; 2];
-            for _ in 0..9 {
-            for (k, opt) in [Optimizer::Rls, Optimizer::Adagrad].into_iter().enumerate() {
-                let mut rng = crate::core::finetune::SplitMix(1);
-                let rows: Vec<f64> = (0..1024 * d).map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 100.0).collect();
-                let ys: Vec<f64> = (0..1024).map(|i| rows[i * d..(i + 1) * d].iter().sum::<f64>()).collect();
-                let mut m = OnlineLinear::new(d, OnlineConfig { optimizer: opt, ..Default::default() });
-                let n = 400_000 / d;
-                let t = std::time::Instant::now();
-                let mut acc = 0.0;
-                for i in 0..n { let r = i & 1023; acc += m.learn(&rows[r * d..(r + 1) * d], ys[r]); }
-                std::hint::black_box(acc);
-                best[k] = best[k].min(t.elapsed().as_nanos() as f64 / n as f64);
-            }
-            }
-            println!("d={d} rls {:.0} ada {:.0} ratio {:.2}", best[0], best[1], best[0] / best[1]);
-        }
     }
 }

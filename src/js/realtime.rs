@@ -312,6 +312,7 @@ pub struct OnlineLinearModelOptions {
     /// AdaGrad: L2 shrinkage (default 0).
     pub l2: Option<f64>,
     /// `'auto'` (default: RLS up to 48 features, AdaGrad above), `'rls'` or `'adagrad'`.
+    #[napi(ts_type = "'auto' | 'rls' | 'adagrad'")]
     pub optimizer: Option<String>,
     /// RLS forgetting factor in [0.5, 1]; without it a bank of λ ∈ {0.95, 0.99, 1}
     /// is mixed by recent prequential error.
@@ -436,7 +437,10 @@ impl OnlineLinearModel {
 
     /// RLS: each forgetting factor of the bank with its current mixing weight (one entry
     /// when `forgetting` is fixed; empty for AdaGrad or before the first sample).
-    #[napi(catch_unwind, ts_return_type = "Array<{ forgetting: number; weight: number }>")]
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Array<{ forgetting: number; weight: number }>"
+    )]
     pub fn bank(&self) -> Value {
         let b = self.inner.as_ref().map(|m| m.bank()).unwrap_or_default();
         Value::Array(
