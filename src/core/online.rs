@@ -11,8 +11,8 @@
 //!     conditioning (`z = [1, x − r]`). Running means would change the basis under the
 //!     learned state; a fixed shift never does.
 //!   - **Forgetting is chosen automatically**: a bank of learners with λ ∈ {0.95, 0.99,
-//!     1} learns every sample; the served prediction mixes them with weights from
-//!     their recent prequential (predict-then-learn) squared error, so one default serves
+//!     1} learns every sample; the served prediction mixes them with weights
+//!     ∝ (best / own recent prequential squared error)⁴, so one default serves
 //!     stationary streams (λ = 1 wins) and drifting ones (a small λ wins).
 //!     `forgetting: λ` fixes a single learner instead.
 //!   - **No covariance wind-up**: with λ < 1 the covariance P grows as λ⁻ᵗ in every
@@ -23,8 +23,8 @@
 //!     is bounded, so P stays finite after any number of identical samples, and the
 //!     unexcited directions are exactly as ready to learn as at the start.
 //!   - A feature's prior is set the first time it differs from the reference (until
-//!     then it contributed nothing), with variance `C / (x − r)²`: weak, and in the
-//!     feature's own units.
+//!     then it contributed nothing), with variance `PRIOR / (x − r)²` (PRIOR = 10⁶):
+//!     weak, and in the feature's own units.
 //!
 //! * **AdaGrad** (`optimizer: 'adagrad'`, and the automatic choice above
 //!   [`RLS_MAX_FEATURES`] features where O(d²) per sample stops paying): the previous
@@ -130,9 +130,12 @@ impl OnlineConfig {
 /// Largest magnitude a feature or target may have to be learned (squares stay finite).
 pub const MAX_MAGNITUDE: f64 = 1e100;
 
-/// Above this many features `optimizer: 'auto'` uses AdaGrad: the RLS bank costs
-/// O(4·d²) per sample and, measured by `node scripts/bench/run.js online`, crosses
-/// 10 µs per `learnOne` (100k samples/s, 70× AdaGrad) a little above 48 features.
+/// Above this many features `optimizer: 'auto'` uses AdaGrad. The RLS bank costs
+/// O(3·d²) per sample; measured in Rust alone by `node scripts/bench/run.js online` on
+/// this 2-core machine: 0.3 µs at 8 features (2–4× AdaGrad), 3.8 µs at 32, 9–13 µs at 48
+/// (~100k samples/s, 11–14× AdaGrad), then 26–39 µs at 64 once the three covariances
+/// (3·65² doubles) stop fitting in L1. Past 48 a learner would cap a stream below ~100k
+/// samples/s per core for a statistical gain that needs ever more samples to show.
 pub const RLS_MAX_FEATURES: usize = 48;
 
 /// Smallest fixed forgetting factor accepted (an effective memory of 2 samples).
