@@ -176,8 +176,13 @@ function speed() {
     jsA.push(nsPerCall((i) => ada.learnOne(X[i & 1023], Y[i & 1023]), 200_000))
     jsR.push(nsPerCall((i) => rls.learnOne(X[i & 1023], Y[i & 1023]), 200_000))
   }
-  const rustR = median([1, 2, 3, 4, 5].map(() => native.OnlineLinearModel._benchLearnOne(D, 500_000, 'rls')))
-  const rustA = median([1, 2, 3, 4, 5].map(() => native.OnlineLinearModel._benchLearnOne(D, 500_000, 'adagrad')))
+  const rR = []
+  const rA = []
+  for (let r = 0; r < 7; r++) {
+    rA.push(native.OnlineLinearModel._benchLearnOne(D, 300_000, 'adagrad'))
+    rR.push(native.OnlineLinearModel._benchLearnOne(D, 300_000, 'rls'))
+  }
+  const [rustR, rustA] = [median(rR), median(rA)]
   const [a, b] = [median(jsA), median(jsR)]
   table(
     [

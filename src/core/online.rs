@@ -380,7 +380,11 @@ impl RlsBank {
         let mut total = 0.0;
         for (w, m) in self.mix.iter_mut().zip(&self.members) {
             let excess = (m.err - best) / (best + floor);
-            *w = (-0.5 * BANK_HORIZON * excess).exp();
+            *w = if excess > 0.0 {
+                (-0.5 * BANK_HORIZON * excess).exp()
+            } else {
+                1.0
+            };
             total += *w;
         }
         for w in &mut self.mix {
