@@ -12,7 +12,8 @@
 //!     learned state; a fixed shift never does.
 //!   - **Forgetting is chosen automatically**: a bank of learners with λ ∈ {0.95, 0.99,
 //!     1} learns every sample; the served prediction mixes them with weights
-//!     ∝ (best / own recent prequential squared error)⁴, so one default serves
+//!     `exp(−(W/2)(Lᵢ/L_best − 1))` from their recent prequential squared errors Lᵢ
+//!     (W = 20 samples), so one default serves
 //!     stationary streams (λ = 1 wins) and drifting ones (a small λ wins).
 //!     `forgetting: λ` fixes a single learner instead.
 //!   - **No covariance wind-up**: with λ < 1 the covariance P grows as λ⁻ᵗ in every
@@ -22,9 +23,9 @@
 //!     untouched) shrinks `P_kk` back to the bound. A PSD matrix with a bounded diagonal
 //!     is bounded, so P stays finite after any number of identical samples, and the
 //!     unexcited directions are exactly as ready to learn as at the start.
-//!   - A feature's prior is set the first time it differs from the reference (until
-//!     then it contributed nothing), with variance `PRIOR / (x − r)²` (PRIOR = 10⁶):
-//!     weak, and in the feature's own units.
+//!   - A feature's prior is set once it has differed from the reference 3 times (until
+//!     then it is inert and the bias absorbs it), with variance `PRIOR / rms(x − r)²`
+//!     (PRIOR = 10⁶): weak, and in the feature's own units.
 //!
 //! * **AdaGrad** (`optimizer: 'adagrad'`, and the automatic choice above
 //!   [`RLS_MAX_FEATURES`] features where O(d²) per sample stops paying): the previous
@@ -132,10 +133,10 @@ pub const MAX_MAGNITUDE: f64 = 1e100;
 
 /// Above this many features `optimizer: 'auto'` uses AdaGrad. The RLS bank costs
 /// O(3·d²) per sample; measured in Rust alone by `node scripts/bench/run.js online` on
-/// this 2-core machine: 0.3 µs at 8 features (2–4× AdaGrad), 3.8 µs at 32, 9–13 µs at 48
-/// (~100k samples/s, 11–14× AdaGrad), then 26–39 µs at 64 once the three covariances
-/// (3·65² doubles) stop fitting in L1. Past 48 a learner would cap a stream below ~100k
-/// samples/s per core for a statistical gain that needs ever more samples to show.
+/// this shared 2-core machine: 0.3–0.8 µs at 8 features (3–4× AdaGrad), 4–9 µs at 32,
+/// 9–20 µs at 48 (50–100k samples/s, 11–16× AdaGrad), 20–40 µs at 64. Past 48 a learner
+/// would cap a stream below ~50–100k samples/s per core for a statistical gain that
+/// needs ever more samples to show.
 pub const RLS_MAX_FEATURES: usize = 48;
 
 /// Smallest fixed forgetting factor accepted (an effective memory of 2 samples).
