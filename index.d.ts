@@ -635,7 +635,7 @@ export interface RealTimeModelUpdatesOptions {
   keepLogFiles?: number
   /** The log is fsynced this often while it has unsynced writes (default 100). */
   fsyncIntervalMs?: number
-  /** OnlineLinearModel step size (default 0.1). */
+  /** Step size of the stream's learner when it uses AdaGrad (over 48 features; default 0.1). */
   learningRate?: number
   /** Follow production promotions in `<modelsDir>/fine-tuned` (default true). */
   followRegistry?: boolean
@@ -892,9 +892,11 @@ export declare class ModelFineTuningCore {
 }
 
 /**
- * Online linear regression for raw features of any scale: online centring, per-feature
- * normalised AdaGrad steps, clipped errors. Weights stay in raw units, so `toModel()`
- * is a plain `{weights, bias}` file.
+ * Online linear regression on raw features of any scale. Default: recursive least squares
+ * with exponential forgetting, the forgetting chosen by a bank mixed on recent
+ * prequential error, and a bounded covariance (no wind-up); `optimizer: 'adagrad'` (and
+ * `'auto'` above 48 features) takes normalised AdaGrad steps instead. Weights stay in raw
+ * units, so `toModel()` is a plain `{weights, bias}` file.
  */
 export declare class OnlineLinearModel {
   constructor(options?: OnlineLinearModelOptions | undefined | null)
@@ -902,6 +904,16 @@ export declare class OnlineLinearModel {
   get features(): number
   /** Samples learned so far. */
   get samples(): number
+  /**
+   * The optimiser in use: `'rls'` or `'adagrad'` (what `'auto'` resolved to once the
+   * feature count is known; until then the configured one).
+   */
+  get optimizer(): 'auto' | 'rls' | 'adagrad'
+  /**
+   * RLS: each forgetting factor of the bank with its current mixing weight (one entry
+   * when `forgetting` is fixed; empty for AdaGrad or before the first sample).
+   */
+  bank(): Array<{ forgetting: number; weight: number }>
   /** Learns one sample; returns the prediction made before learning it. */
   learnOne(features: Float64Array | number[], target: number): number
   predictOne(features: Float64Array | number[]): number
@@ -1009,12 +1021,19 @@ export interface NativeFineTuneOptions {
 export interface OnlineLinearModelOptions {
   /** Feature count; taken from the first sample when not given. */
   features?: number
-  /** Base step size in normalised units (default 0.1). */
+  /** AdaGrad: base step size in normalised units (default 0.1). */
   learningRate?: number
-  /** Normalised errors are clipped to ±clip (default 3). */
+  /** Errors are clipped to ±clip times their running scale (default 3). */
   clip?: number
-  /** L2 shrinkage (default 0). */
+  /** AdaGrad: L2 shrinkage (default 0). */
   l2?: number
+  /** `'auto'` (default: RLS up to 48 features, AdaGrad above), `'rls'` or `'adagrad'`. */
+  optimizer?: 'auto' | 'rls' | 'adagrad'
+  /**
+   * RLS forgetting factor in [0.5, 1]; without it a bank of λ ∈ {0.95, 0.99, 1}
+   * is mixed by recent prequential error.
+   */
+  forgetting?: number
 }
 
 /** Options after the JS layer applied defaults and checked types. */

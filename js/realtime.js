@@ -629,6 +629,28 @@ const toF64 = (x, field) => {
   throw v.typeError(field, 'an array of numbers or a Float64Array', x)
 }
 
+const ONLINE_NUMERIC = {
+  features: { min: 1, max: 1_000_000, integer: true },
+  learningRate: { min: 0, minExclusive: true },
+  clip: { min: 0, minExclusive: true },
+  l2: { min: 0 },
+  forgetting: { min: 0.5, max: 1 },
+}
+const OPTIMIZERS = ['auto', 'rls', 'adagrad']
+
+/** OnlineLinearModel options: numbers coerced and range-checked, `optimizer` one of OPTIMIZERS. */
+function onlineOptions(options) {
+  const out = v.numericOptions(options, ONLINE_NUMERIC)
+  const o = v.optionalObject(options, 'options')
+  const opt = o ? v.prop(o, 'optimizer', 'options.optimizer') : undefined
+  if (opt !== undefined && opt !== null) {
+    if (typeof opt !== 'string') throw v.typeError('options.optimizer', `one of ${OPTIMIZERS.map((x) => `'${x}'`).join(', ')}`, opt)
+    if (!OPTIMIZERS.includes(opt)) throw v.rangeError('options.optimizer', `one of ${OPTIMIZERS.map((x) => `'${x}'`).join(', ')}`, opt)
+    out.optimizer = opt
+  }
+  return out
+}
+
 class OnlineLinearModel extends native.OnlineLinearModel {
   learnOne(features, target) {
     if (typeof target !== 'number') throw v.typeError('target', 'a number', target)
@@ -657,13 +679,13 @@ class OnlineLinearModel extends native.OnlineLinearModel {
 
   static fromModel(model, options) {
     if (model === null || typeof model !== 'object') throw v.typeError('model', 'an object with weights and bias', model)
-    const m = native.OnlineLinearModel.fromModel(plainJson(model, 'model'), v.numericOptions(options, { features: { min: 1, integer: true }, learningRate: { min: 0, minExclusive: true }, clip: { min: 0, minExclusive: true }, l2: { min: 0 } }))
+    const m = native.OnlineLinearModel.fromModel(plainJson(model, 'model'), onlineOptions(options))
     Object.setPrototypeOf(m, OnlineLinearModel.prototype)
     return m
   }
 
   constructor(options) {
-    super(v.numericOptions(options, { features: { min: 1, max: 1_000_000, integer: true }, learningRate: { min: 0, minExclusive: true }, clip: { min: 0, minExclusive: true }, l2: { min: 0 } }))
+    super(onlineOptions(options))
   }
 }
 

@@ -635,7 +635,7 @@ export interface RealTimeModelUpdatesOptions {
   keepLogFiles?: number
   /** The log is fsynced this often while it has unsynced writes (default 100). */
   fsyncIntervalMs?: number
-  /** OnlineLinearModel step size (default 0.1). */
+  /** Step size of the stream's learner when it uses AdaGrad (over 48 features; default 0.1). */
   learningRate?: number
   /** Follow production promotions in `<modelsDir>/fine-tuned` (default true). */
   followRegistry?: boolean

@@ -5,7 +5,7 @@
 
 use super::{plain, range};
 use crate::core::linear::LinearModel;
-use crate::core::online::{OnlineConfig, OnlineLinear};
+use crate::core::online::{OnlineConfig, OnlineLinear, Optimizer};
 use crate::core::stream::{Notifier, Request, SendError, StreamConfig, StreamHandle};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -326,17 +326,25 @@ impl RealTimeModelUpdatesCore {
 pub struct OnlineLinearModelOptions {
     /// Feature count; taken from the first sample when not given.
     pub features: Option<u32>,
-    /// Base step size in normalised units (default 0.1).
+    /// AdaGrad: base step size in normalised units (default 0.1).
     pub learning_rate: Option<f64>,
-    /// Normalised errors are clipped to ±clip (default 3).
+    /// Errors are clipped to ±clip times their running scale (default 3).
     pub clip: Option<f64>,
-    /// L2 shrinkage (default 0).
+    /// AdaGrad: L2 shrinkage (default 0).
     pub l2: Option<f64>,
+    /// `'auto'` (default: RLS up to 48 features, AdaGrad above), `'rls'` or `'adagrad'`.
+    #[napi(ts_type = "'auto' | 'rls' | 'adagrad'")]
+    pub optimizer: Option<String>,
+    /// RLS forgetting factor in [0.5, 1]; without it a bank of λ ∈ {0.95, 0.99, 1}
+    /// is mixed by recent prequential error.
+    pub forgetting: Option<f64>,
 }
 
-/// Online linear regression for raw features of any scale: online centring, per-feature
-/// normalised AdaGrad steps, clipped errors. Weights stay in raw units, so `toModel()`
-/// is a plain `{weights, bias}` file.
+/// Online linear regression on raw features of any scale. Default: recursive least squares
+/// with exponential forgetting, the forgetting chosen by a bank mixed on recent
+/// prequential error, and a bounded covariance (no wind-up); `optimizer: 'adagrad'` (and
+/// `'auto'` above 48 features) takes normalised AdaGrad steps instead. Weights stay in raw
+/// units, so `toModel()` is a plain `{weights, bias}` file.
 #[napi]
 pub struct OnlineLinearModel {
     config: OnlineConfig,
@@ -404,6 +412,11 @@ impl OnlineLinearModel {
             learning_rate: o.learning_rate.unwrap_or(d.learning_rate),
             clip: o.clip.unwrap_or(d.clip),
             l2: o.l2.unwrap_or(d.l2),
+            optimizer: match o.optimizer.as_deref() {
+                None => d.optimizer,
+                Some(s) => Optimizer::parse(s).map_err(|m| range(&env, format!("options.{m}")))?,
+            },
+            forgetting: o.forgetting,
         };
         config
             .validate()
@@ -425,6 +438,37 @@ impl OnlineLinearModel {
     #[napi(getter)]
     pub fn samples(&self) -> f64 {
         self.inner.as_ref().map_or(0.0, |m| m.n as f64)
+    }
+
+    /// The optimiser in use: `'rls'` or `'adagrad'` (what `'auto'` resolved to once the
+    /// feature count is known; until then the configured one).
+    #[napi(getter, ts_return_type = "'auto' | 'rls' | 'adagrad'")]
+    pub fn optimizer(&self) -> String {
+        let o = match &self.inner {
+            Some(m) => m.optimizer(),
+            None => self.config.optimizer,
+        };
+        match o {
+            Optimizer::Auto => "auto",
+            Optimizer::Rls => "rls",
+            Optimizer::Adagrad => "adagrad",
+        }
+        .into()
+    }
+
+    /// RLS: each forgetting factor of the bank with its current mixing weight (one entry
+    /// when `forgetting` is fixed; empty for AdaGrad or before the first sample).
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Array<{ forgetting: number; weight: number }>"
+    )]
+    pub fn bank(&self) -> Value {
+        let b = self.inner.as_ref().map(|m| m.bank()).unwrap_or_default();
+        Value::Array(
+            b.into_iter()
+                .map(|(l, w)| json!({ "forgetting": l, "weight": w }))
+                .collect(),
+        )
     }
 
     /// Learns one sample; returns the prediction made before learning it.
@@ -555,7 +599,7 @@ impl OnlineLinearModel {
     /// ns per `learnOne` in Rust alone (no JS crossing), on synthetic data: the figure
     /// `npm run bench` reports for the learner itself.
     #[napi(js_name = "_benchLearnOne", skip_typescript)]
-    pub fn bench_learn_one(features: u32, iterations: u32) -> f64 {
+    pub fn bench_learn_one(features: u32, iterations: u32, optimizer: Option<String>) -> f64 {
         let d = features.clamp(1, 1024) as usize;
         let n = iterations.max(1) as usize;
         let mut rng = crate::core::finetune::SplitMix(1);
@@ -565,7 +609,14 @@ impl OnlineLinearModel {
         let ys: Vec<f64> = (0..1024)
             .map(|i| rows[i * d..(i + 1) * d].iter().sum::<f64>())
             .collect();
-        let mut m = OnlineLinear::new(d, OnlineConfig::default());
+        let config = OnlineConfig {
+            optimizer: optimizer
+                .as_deref()
+                .and_then(|s| Optimizer::parse(s).ok())
+                .unwrap_or_default(),
+            ..OnlineConfig::default()
+        };
+        let mut m = OnlineLinear::new(d, config);
         let t = std::time::Instant::now();
         let mut acc = 0.0;
         for i in 0..n {

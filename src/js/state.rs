@@ -1,5 +1,5 @@
-//! Saving and loading a learner's whole state as JSON, shared by every stateful class.
-//! Writes are atomic and happen off the JS thread; loads parse and check off the JS
+//! Loading a learner's whole state from JSON (each class saves its own snapshot form).
+//! Loads parse and check off the JS
 //! thread and swap on it (in `resolve`), bumping a generation counter so the JS layer's
 //! name→id caches can tell they are stale.
 
@@ -18,40 +18,6 @@ const MAX_STATE_BYTES: u64 = 512 << 20;
 pub trait Persistent: Clone + Send + Sized + 'static {
     fn to_json(&self) -> std::result::Result<String, String>;
     fn from_json(text: &str) -> std::result::Result<Self, String>;
-}
-
-pub struct SaveState<T: Persistent> {
-    path: PathBuf,
-    snapshot: Option<T>,
-}
-
-impl<T: Persistent> SaveState<T> {
-    /// Takes a consistent snapshot on the calling thread (a clone: a memory copy, far
-    /// cheaper than serialising, which measured 8-15 ms for large states) and leaves the
-    /// serialising and writing to a worker.
-    pub fn new(state: &Mutex<T>, path: String) -> Self {
-        Self {
-            path: PathBuf::from(path),
-            snapshot: Some(state.lock().clone()),
-        }
-    }
-}
-
-impl<T: Persistent> Task for SaveState<T> {
-    type Output = ();
-    type JsValue = bool;
-    fn compute(&mut self) -> Result<()> {
-        let snapshot = self
-            .snapshot
-            .take()
-            .ok_or_else(|| plain("state already saved"))?;
-        let text = snapshot.to_json().map_err(plain)?;
-        fsutil::write_atomic(&self.path, text.as_bytes())
-            .map_err(|e| plain(format!("cannot write {}: {e}", self.path.display())))
-    }
-    fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
-        Ok(true)
-    }
 }
 
 pub struct LoadState<T: Persistent> {
