@@ -10,5 +10,7 @@ pub mod linalg;
 pub mod linear;
 pub mod online;
 pub mod registry;
+pub mod runtime;
 pub mod stats;
+pub mod store;
 pub mod stream;
