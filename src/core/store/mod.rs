@@ -4,6 +4,8 @@
 //! `postgres` keeps the same things in PostgreSQL tables so that many processes on many
 //! machines share one feedback log, one registry and one production pointer.
 
+pub mod pg_registry;
+pub mod pg_stream;
 pub mod postgres;
 #[cfg(test)]
 pub(crate) mod testpg;

@@ -197,7 +197,7 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        self.stop_server("immediate");
+        self.stop_server("fast");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
