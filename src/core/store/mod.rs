@@ -10,6 +10,36 @@ pub mod postgres;
 #[cfg(test)]
 pub(crate) mod testpg;
 
+use parking_lot::Mutex;
+use postgres::{PgOptions, PgStore, StoreError};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// The environment variable that selects PostgreSQL when no option names a store.
+pub const DATABASE_URL_ENV: &str = "MLOPS_DATABASE_URL";
+
+/// One store (one pool, one schema check) per connection string and schema per process:
+/// every `RealTimeModelUpdates` and `ModelFineTuning` on the same database shares it.
+/// Blocks the calling thread (never the JS thread: callers are workers) for at most
+/// `connect_timeout`. A failed connect is not cached; the next call tries again.
+pub fn connect_shared(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
+    static STORES: OnceLock<Mutex<HashMap<(String, String), PgStore>>> = OnceLock::new();
+    let key = (url.to_owned(), opts.schema.clone());
+    let map = STORES.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(s) = map.lock().get(&key) {
+        return Ok(s.clone());
+    }
+    let u = url.to_owned();
+    let timeout = opts.connect_timeout + opts.statement_timeout + std::time::Duration::from_secs(1);
+    let store =
+        super::runtime::block_on_timeout(async move { PgStore::connect(&u, opts).await }, timeout)
+            .map_err(|e| StoreError {
+                kind: postgres::ErrorKind::Timeout,
+                message: format!("PostgreSQL {}: {e}", redact_conn_str(url)),
+            })??;
+    Ok(map.lock().entry(key).or_insert(store).clone())
+}
+
 /// Replaces the password of a connection string (URL or `key=value` form) with `***`.
 /// Every error message that could carry a connection string goes through this.
 pub fn redact_conn_str(s: &str) -> String {
