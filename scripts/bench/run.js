@@ -8,6 +8,7 @@ const suites = {
   ensemble: () => require('./ensemble.js').run(),
   finetune: () => require('./finetune.js').run(),
   predictions: () => require('./predictions.js').run(),
+  postgres: () => require('./postgres.js').run(),
   realtime: () => require('./realtime.js').run(),
   training: () => require('./training.js').run(),
 }
