@@ -460,13 +460,20 @@ export interface RealTimeModelUpdatesOptions {
   learningRate?: number
   /** Follow production promotions in `<modelsDir>/fine-tuned` (default true). */
   followRegistry?: boolean
+  /** Names for features given as an object, when the serving model file has no `featureNames`. */
+  featureNames?: string[]
 }
 
+/** Named features: mapped through the serving model's `featureNames` (or the option); missing names are 0. */
+export type NamedFeatures = Record<string, number | string>
+
 export interface FeedbackEvent {
-  prediction: number
-  actual: number
+  /** A number, a numeric string, or `{predictedQuality | quality | prediction | value}` (first found). */
+  prediction: number | string | { predictedQuality?: number | string; quality?: number | string; prediction?: number | string; value?: number | string }
+  actual: number | string
   /** `[]` is valid: it counts for error statistics and drift, not for weight updates. */
-  features?: number[] | Float64Array
+  features?: Array<number | string> | Float64Array | NamedFeatures
+  /** Any object; its `features` (same forms as `features`) is used when `features` is absent. */
   context?: unknown
 }
 
@@ -483,6 +490,14 @@ export interface UpdateReport {
   time: number
   durationMs: number
   modelVersion?: number
+  /** The old module's fields. `timestamp` = `time` (ms since the epoch). */
+  timestamp: number
+  /** `mse`: the serving model's validation MSE after the cycle (the candidate's when accepted). */
+  metrics: { mse: number; candidateMse: number; baselineMse: number; improvement: number; samples: number }
+  /** The model file serving after the cycle. */
+  modelPath: string
+  /** `v<modelVersion>` serving after the cycle. */
+  version: string
 }
 
 export interface RealTimeStatistics {
@@ -490,11 +505,14 @@ export interface RealTimeStatistics {
   bufferCapacity: number
   isUpdating: boolean
   lastUpdateTime: number | null
+  /** Accepted updates (as the old module counted); rejected ones: updatesRejected. */
   updateCount: number
   recentUpdates: UpdateReport[]
+  /** Update cycles run, accepted or not. */
+  updateCycles: number
   /** received = accepted + rejected.total + dropped */
   received: number
-  /** accepted = processed + bufferSize + queueDepth */
+  /** accepted = processed + bufferSize + queueDepth + logFailed */
   accepted: number
   rejected: { missing: number; invalid: number; closed: number; total: number }
   /** Refused because the queue was full. */
@@ -510,8 +528,19 @@ export interface RealTimeStatistics {
   replayed: number
   updatesAccepted: number
   updatesRejected: number
+  /** Highest sequence number in the log. */
   durableSeq: number
+  durableTicket: number
+  /** False while the feedback log cannot be written (initialize() and flush() then resolve false). */
+  logHealthy: boolean | null
+  /** Log records skipped on reading because their checksum or JSON was bad. */
+  corruptLogRecords: number
+  /** Same as corruptLogRecords (the old name). */
   corruptLogLines: number
+  /** Unterminated last records (writes cut short, never acknowledged). */
+  tornLogRecords: number
+  /** Events whose log write failed: answered false, not learned from. */
+  logFailed: number
   pendingAcks: number
   currentModelPath: string
   lastError: string | null
@@ -528,9 +557,14 @@ export declare class RealTimeModelUpdates {
     epochs: number
     batchSize: number
   }
-  /** Starts the worker (loads the model, replays the log). Idempotent; never rejects. */
+  /**
+   * Starts the worker (loads the model, replays the log). Idempotent; never rejects. True when a
+   * model serves and the log can be written; false otherwise (another instance owns the log
+   * folder, nothing readable to serve, unwritable log: lastError says which). After cleanup()
+   * it starts a fresh stream on the same log.
+   */
   initialize(): Promise<boolean>
-  /** Resolves true once the event is in the feedback log; false for missing/invalid fields, a full queue, or after cleanup(). */
+  /** Resolves true once the event's record is completely in the feedback log; false only for events not in it (missing/invalid fields, a full queue, a failed write, after cleanup()). */
   addFeedback(feedback: FeedbackEvent): Promise<boolean>
   /** true once queued; false for missing fields, a full queue, or after cleanup(); throws on wrong types. */
   addFeedbackSync(feedback: FeedbackEvent): boolean
@@ -542,11 +576,11 @@ export declare class RealTimeModelUpdates {
   hotSwapModel(path: string): Promise<boolean>
   rollback(): Promise<boolean>
   getCurrentModelPath(): string
-  predictSync(features: number[] | Float64Array): number
-  predict(features: number[] | Float64Array): Promise<number>
+  predictSync(features: Array<number | string> | Float64Array | NamedFeatures): number
+  predict(features: Array<number | string> | Float64Array | NamedFeatures): Promise<number>
   startUpdateTimer(): void
   stopUpdateTimer(): void
-  /** fsync the feedback log now. */
+  /** fsync the feedback log now; false while the log cannot be written. */
   flush(): Promise<boolean>
   cleanup(): Promise<boolean>
   on(event: 'update' | 'rejected', listener: (report: UpdateReport) => void): this

@@ -258,7 +258,7 @@ test('RealTimeModelUpdates and OnlineLinearModel: every entry point against host
 })
 
 test('report', () => {
-  const cwdJunk = fs.readdirSync(path.join(__dirname, '..')).filter((f) => !/^(\.|__test__|build\.rs|Cargo|README|data|index\.|js|lib|mlops|models|node_modules|package|scripts|src|target|types)/.test(f))
+  const cwdJunk = fs.readdirSync(path.join(__dirname, '..')).filter((f) => !/^(\.|__test__|build\.rs|Cargo|README|data|index\.|js|lib|mlops|models|node_modules|npm|package|scripts|src|target|types)/.test(f))
   assert.deepEqual(cwdJunk, [], 'the suite wrote nothing into the repository')
   const total = Object.values(counts).reduce((a, b) => a + b, 0)
   console.log(`# fuzz: ${total} generated calls over ${Object.keys(counts).length} entry points (FUZZ_RUNS=${RUNS})`)

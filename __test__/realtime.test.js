@@ -209,11 +209,13 @@ test('a production version promoted by another process is picked up within updat
   const ev = await once(rt, 'update')
   assert.equal(ev.reason, 'registry')
   assert.ok(Math.abs(rt.predictSync([3, 2]) - truth(3, 2)) < 0.1)
-  // A new instance starts on the production version.
+  // A new instance starts on the production version (once the first one has released the
+  // log folder: one owner per folder, issue 10).
+  await rt.cleanup()
   const rt2 = new RealTimeModelUpdates({ modelsDir: dir })
-  await rt2.initialize()
+  assert.equal(await rt2.initialize(), true)
   assert.equal(rt2.getCurrentModelPath(), r.modelPath)
-  await Promise.all([rt.cleanup(), rt2.cleanup()])
+  await rt2.cleanup()
   fs.rmSync(dir, { recursive: true })
 })
 

@@ -236,10 +236,19 @@ class ModelFineTuning {
     return e ? toHistoryEntry(e) : null
   }
 
-  /** Path of what serves for this base: the production version, else the base file. */
+  /**
+   * Path of what serves for this base: the production version when its file is readable,
+   * else the newest readable version its gate did not refuse, else the base file — the
+   * same fallback RealTimeModelUpdates serves (issue 10).
+   */
   async getProductionModelPath(baseModelPath) {
     const e = await this.getProductionVersion(baseModelPath)
-    return e ? e.modelPath : this.resolveModelPath(baseModelPath)
+    if (!e) return this.resolveModelPath(baseModelPath)
+    if (await this.loadModel(e.modelPath)) return e.modelPath
+    for (const h of await this.getFineTuningHistory(baseModelPath)) {
+      if (h.accepted !== false && h.modelPath !== e.modelPath && (await this.loadModel(h.modelPath))) return h.modelPath
+    }
+    return this.resolveModelPath(baseModelPath)
   }
 
   // ---- the old helpers: plain arithmetic on plain objects, cheaper here than a crossing ----

@@ -49,16 +49,30 @@ class RealTimeModelUpdates {
   #lastDurable = 0
   #packed = [0, 0]
   #waitingReady = false
+  #lastError = null
+  #startFailed = false
+  #featureNames = null
+  // The serving model's feature names, cached per served version.
+  #namesVersion = -1
+  #names = null
 
   constructor(options) {
     const raw = v.optionalObject(options, 'options') ?? {}
     // One read of every option, so a throwing getter is a TypeError naming it.
     const o = {}
-    for (const k of [...Object.keys(OPTIONS), 'modelsDir', 'modelPath', 'feedbackLogDir', 'enableHotSwap', 'followRegistry']) o[k] = v.prop(raw, k, `options.${k}`)
+    for (const k of [...Object.keys(OPTIONS), 'modelsDir', 'modelPath', 'feedbackLogDir', 'enableHotSwap', 'followRegistry', 'featureNames']) o[k] = v.prop(raw, k, `options.${k}`)
     const n = v.numericOptions(o, OPTIONS)
     this.modelsDir = path.resolve(v.optionalString(o.modelsDir, 'options.modelsDir', '') || defaultModelsDir())
     this.modelPath = v.optionalString(o.modelPath, 'options.modelPath', DEFAULT_MODEL)
     if (this.modelPath === '') throw new RangeError('options.modelPath must not be empty')
+    if (o.featureNames !== undefined && o.featureNames !== null) {
+      if (!Array.isArray(o.featureNames)) throw v.typeError('options.featureNames', 'an array of strings', o.featureNames)
+      this.#featureNames = o.featureNames.map((x, i) => {
+        if (typeof x !== 'string' || x === '') throw v.typeError(`options.featureNames[${i}]`, 'a non-empty string', x)
+        return x
+      })
+      if (new Set(this.#featureNames).size !== this.#featureNames.length) throw new RangeError('options.featureNames must not repeat a name')
+    }
     let logDir = o.feedbackLogDir
     if (logDir === undefined || logDir === null) logDir = path.join(this.modelsDir, 'feedback-log')
     else if (logDir === false) logDir = null
@@ -108,16 +122,28 @@ class RealTimeModelUpdates {
     return path.isAbsolute(p) ? p : path.resolve(this.modelsDir, p)
   }
 
-  #start() {
+  /** Starts the worker on first use. After a refused start only initialize() tries again. */
+  #start(retry = false) {
     if (this.#started) return true
     if (this.#closed) return false
+    if (this.#startFailed && !retry) return false
     this.#ready = new Promise((resolve) => (this.#readyResolve = resolve))
     try {
       this.#core._start((notice) => this.#onNotice(notice), this.#io)
     } catch (e) {
+      // Typically: another instance owns the feedback log folder. Nothing started, nothing
+      // written; a later initialize() may try again.
+      this.#lastError = e.message
+      this.#startFailed = true
       this.#readyResolve(false)
+      this.#emit('error', { message: e.message })
       return false
     }
+    this.#lastError = null
+    this.#startFailed = false
+    // Tickets (what acknowledgements refer to) count from 1 in every stream.
+    this.#lastDurable = 0
+    this.#namesVersion = -1
     this.#started = true
     this.#waitingReady = true
     this.#holdAlive()
@@ -163,10 +189,13 @@ class RealTimeModelUpdates {
         }
         break
       }
-      case 'ready':
+      case 'ready': {
+        // true only when a model serves and the log (if any) can be written.
+        const r = payload ? JSON.parse(payload) : {}
         this.#waitingReady = false
-        this.#readyResolve(true)
+        this.#readyResolve(r.serving !== false && r.logHealthy !== false)
         break
+      }
       case 'fatal': {
         // The worker stopped on an internal bug: settle everything, refuse what follows.
         this.#closed = true
@@ -176,26 +205,23 @@ class RealTimeModelUpdates {
         this.#settleAcks(Number.MAX_SAFE_INTEGER, false)
         for (const r of this.#replies.values()) r(null)
         this.#replies.clear()
-        const data = payload ? JSON.parse(payload) : null
-        for (const cb of this.#listeners.error) {
-          try {
-            cb(data)
-          } catch {}
-        }
+        this.#emit('error', payload ? JSON.parse(payload) : null)
         break
       }
-      default: {
-        const data = payload ? JSON.parse(payload) : null
-        for (const cb of this.#listeners[kind] ?? []) {
-          try {
-            cb(data)
-          } catch {
-            // A listener's bug must not become an uncaught exception in the host.
-          }
-        }
-      }
+      default:
+        this.#emit(kind, payload ? JSON.parse(payload) : null)
     }
     this.#holdAlive()
+  }
+
+  #emit(kind, data) {
+    for (const cb of this.#listeners[kind] ?? []) {
+      try {
+        cb(data)
+      } catch {
+        // A listener's bug must not become an uncaught exception in the host.
+      }
+    }
   }
 
   #request(kind, arg) {
@@ -208,10 +234,48 @@ class RealTimeModelUpdates {
     })
   }
 
-  /** Starts the worker (loads the model, replays the log). Idempotent; resolves false if it cannot. */
+  /**
+   * Starts the worker (loads the model, replays the log). Idempotent. Resolves true when a
+   * model serves and the feedback log can be written; false otherwise (another instance
+   * owns the log folder, no readable model, unwritable log — lastError says which).
+   * After cleanup() it starts a fresh stream on the same log (replaying what is unprocessed).
+   */
   initialize() {
-    if (!this.#start()) return Promise.resolve(false)
+    if (this.#closed && this.#started) {
+      this.#closed = false
+      this.#started = false
+    }
+    if (!this.#start(true)) return Promise.resolve(false)
     return this.#ready
+  }
+
+  /** The serving model's feature names (its file's featureNames), else the featureNames option. */
+  #currentNames() {
+    if (this.#started) {
+      const [version] = this.#core._modelInfo()
+      if (version !== this.#namesVersion) {
+        this.#namesVersion = version
+        this.#names = this.#core._featureNames()
+      }
+      if (this.#names) return this.#names
+    }
+    return this.#featureNames
+  }
+
+  /** Named features → the io buffer, in the serving model's order; missing names are 0. */
+  #packNamed(obj, field) {
+    const names = this.#currentNames()
+    if (!names) throw new TypeError(`${field} is an object of named features, but the serving model has no featureNames and no featureNames option was given`)
+    if (names.length > MAX_FEATURES) throw new RangeError(`${field}: the serving model has ${names.length} features, at most ${MAX_FEATURES} are supported`)
+    const index = new Map(names.map((n, i) => [n, i]))
+    const io = this.#io
+    io.fill(0, 0, names.length)
+    for (const k of Object.keys(obj)) {
+      const i = index.get(k)
+      if (i === undefined) throw new RangeError(`${field}.${k} is not a feature of the serving model (known: ${names.slice(0, 20).join(', ')}${names.length > 20 ? ', …' : ''})`)
+      io[i] = v.finite(v.prop(obj, k, `${field}.${k}`), `${field}.${k}`)
+    }
+    return names.length
   }
 
   /** Validates and packs one feedback; returns the feature count, or a reason string. */
@@ -219,19 +283,35 @@ class RealTimeModelUpdates {
     if (fb === null || typeof fb !== 'object') throw v.typeError('feedback', 'an object', fb)
     const prediction = v.prop(fb, 'prediction', 'feedback.prediction')
     const actual = v.prop(fb, 'actual', 'feedback.actual')
-    const features = v.prop(fb, 'features', 'feedback.features')
+    let features = v.prop(fb, 'features', 'feedback.features')
+    let field = 'feedback.features'
+    if (features === undefined || features === null) {
+      // The services put named features in the context.
+      const ctx = v.prop(fb, 'context', 'feedback.context')
+      if (ctx !== null && typeof ctx === 'object') {
+        features = v.prop(ctx, 'features', 'feedback.context.features')
+        field = 'feedback.context.features'
+      }
+    }
     if (prediction === undefined || prediction === null || actual === undefined || actual === null) return 'missing'
     this.#packed[0] = v.predictionValue(prediction, 'feedback.prediction')
     this.#packed[1] = v.finite(actual, 'feedback.actual')
+    return this.#packFeatures(features, field)
+  }
+
+  #packFeatures(features, field) {
     if (features === undefined || features === null) return 0
     const isTyped = features instanceof Float64Array
-    if (!Array.isArray(features) && !isTyped) throw v.typeError('feedback.features', 'an array of numbers', features)
+    if (!Array.isArray(features) && !isTyped) {
+      if (typeof features === 'object' && !ArrayBuffer.isView(features)) return this.#packNamed(features, field)
+      throw v.typeError(field, 'an array of numbers or an object of named numbers', features)
+    }
     const n = features.length
-    if (n > MAX_FEATURES) throw new RangeError(`feedback.features must have at most ${MAX_FEATURES} values, got ${n}`)
+    if (n > MAX_FEATURES) throw new RangeError(`${field} must have at most ${MAX_FEATURES} values, got ${n}`)
     const io = this.#io
     for (let i = 0; i < n; i++) {
-      const x = isTyped ? features[i] : v.prop(features, i, `feedback.features[${i}]`)
-      io[i] = typeof x === 'number' && Number.isFinite(x) ? x : v.finite(x, `feedback.features[${i}]`)
+      const x = isTyped ? features[i] : v.prop(features, i, `${field}[${i}]`)
+      io[i] = typeof x === 'number' && Number.isFinite(x) ? x : v.finite(x, `${field}[${i}]`)
     }
     return n
   }
@@ -361,8 +441,9 @@ class RealTimeModelUpdates {
 
   /** Prediction of the model serving now (never waits for training). */
   predictSync(features) {
-    const n = this.#pack({ features, prediction: 0, actual: 0 })
-    if (this.#closed || !this.#start()) throw new Error('RealTimeModelUpdates is cleaned up')
+    if (this.#closed) throw new Error('RealTimeModelUpdates is cleaned up')
+    if (!this.#start()) throw new Error(`RealTimeModelUpdates did not start: ${this.#lastError}`)
+    const n = this.#packFeatures(features, 'features')
     const y = this.#core._predict(n)
     if (Number.isNaN(y)) {
       const [, d] = this.#core._modelInfo()
@@ -388,7 +469,7 @@ class RealTimeModelUpdates {
     if (this.#started && !this.#closed) this.#core._request(REQ.timerOff, 0, undefined)
   }
 
-  /** Makes everything logged durable (fsync) now. */
+  /** Makes everything logged durable (fsync) now; resolves false while the log cannot be written. */
   flush() {
     return this.#request(REQ.flush).then((r) => r === true)
   }
@@ -408,7 +489,7 @@ class RealTimeModelUpdates {
     this.#closed = true
     await done
     const s = this.#core._stats()
-    this.#settleAcks(s ? s.durableSeq : 0, true)
+    this.#settleAcks(s ? s.durableTicket : 0, true)
     this.#settleAcks(Number.MAX_SAFE_INTEGER, false)
     for (const r of this.#replies.values()) r(null)
     this.#replies.clear()
@@ -438,7 +519,9 @@ class RealTimeModelUpdates {
     const base = s ?? {
       bufferSize: 0, isUpdating: false, lastUpdateTime: null, updateCount: 0, recentUpdates: [], received: 0, accepted: 0,
       rejected: { closed: 0 }, dropped: 0, processed: 0, queueDepth: 0, modelVersion: 0, swaps: 0, rollbacks: 0, drifts: 0,
-      replayed: 0, updatesAccepted: 0, updatesRejected: 0, durableSeq: 0, corruptLogLines: 0, lastError: null,
+      replayed: 0, updatesAccepted: 0, updatesRejected: 0, updateCycles: 0, durableSeq: 0, durableTicket: 0,
+      logHealthy: this.#logEnabled ? null : true, corruptLogRecords: 0, corruptLogLines: 0, tornLogRecords: 0, logFailed: 0,
+      lastError: null, currentModelPath: this.modelPath,
     }
     const closed = (base.rejected.closed ?? 0) + rej.closed
     const rejectedTotal = rej.missing + rej.invalid + closed
@@ -448,6 +531,7 @@ class RealTimeModelUpdates {
       received: base.received + rej.missing + rej.invalid + rej.closed,
       rejected: { missing: rej.missing, invalid: rej.invalid, closed, total: rejectedTotal },
       queueFull: base.dropped,
+      lastError: base.lastError ?? this.#lastError,
       pendingAcks: this.#acks.length - this.#ackHead,
       closed: this.#closed,
     }

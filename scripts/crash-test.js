@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict'
-// npm run test:crash -- [--kills N] [--seed N]
+// npm run test:crash -- [--kills N] [--faults N] [--seed N]
 //
 // Kills child processes with SIGKILL at random moments, many times, and checks what a
 // fresh process finds afterwards:
@@ -8,7 +8,16 @@
 //     manifest readable, no version number reused, the production pointer valid;
 // (b) children streaming addFeedback at a high rate with the feedback log on: every event
 //     whose addFeedback Promise resolved true is in the log, and is either processed
-//     (at or below the watermark) or replayed on the next start.
+//     (at or below the watermark) or replayed on the next start;
+// (c) a randomized fault test of the feedback log: each round a child streams addFeedback
+//     and is SIGKILLed at a random moment, about half the rounds under a random file-size
+//     limit (`ulimit -f`, a stand-in for a full disk: writes fail part-way), and about half
+//     the rounds also damage random bytes of a *copy* of the log and start a stream on the
+//     copy. Checked: every event acknowledged true is in the log exactly once (checksum
+//     valid, one record per id, no sequence number twice), and is processed (≤ watermark)
+//     or replayed on the next start; no event acknowledged false is in the log; on a
+//     damaged copy the stream replays exactly the records that are still intact and counts
+//     the damaged ones.
 // Exit code 0 when nothing was lost or broken.
 
 const fs = require('node:fs')
@@ -17,18 +26,24 @@ const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { parseArgs } = require('node:util')
 const { ModelFineTuning, RealTimeModelUpdates } = require('..')
+const { readLog, readWatermark, expectedReplay } = require('./lib/feedback-log.js')
 
 const ROOT = path.join(__dirname, '..')
 const BASE = 'quality-predictor-v3-advanced.json'
-const { values: a } = parseArgs({ options: { kills: { type: 'string', default: '20' }, seed: { type: 'string', default: '1' }, quiet: { type: 'boolean', default: false } } })
+const { values: a } = parseArgs({ options: { kills: { type: 'string', default: '20' }, faults: { type: 'string', default: '40' }, seed: { type: 'string', default: '1' }, quiet: { type: 'boolean', default: false } } })
 const KILLS = Number(a.kills)
+const FAULTS = Number(a.faults)
 let s = Number(a.seed) >>> 0
 const rand = () => ((s = (s * 1664525 + 1013904223) >>> 0) / 4294967296)
 const log = (...x) => a.quiet || console.log(...x)
 
-function runAndKill(script, minMs, maxMs, onLine) {
+function runAndKill(script, minMs, maxMs, onLine, { fileLimitKiB = 0 } = {}) {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+    // Under a file-size limit the child runs in a shell that set it (node ignores SIGXFSZ:
+    // an oversized write fails with EFBIG after writing what fits).
+    const child = fileLimitKiB
+      ? spawn('bash', ['-c', `ulimit -f ${fileLimitKiB}; exec "$0" -e "$1"`, process.execPath, script], { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] })
     let buf = ''
     let err = ''
     child.stdout.on('data', (d) => {
@@ -113,7 +128,7 @@ async function feedbackCrashes(dir) {
     nextId += 1_000_000
     const script = `
       const { RealTimeModelUpdates } = require(${JSON.stringify(ROOT)})
-      const rt = new RealTimeModelUpdates({ modelsDir: ${JSON.stringify(dir)}, bufferSize: 500, minSamplesForUpdate: 100, updateIntervalMs: 50, queueCapacity: 100000 })
+      const rt = new RealTimeModelUpdates({ modelsDir: ${JSON.stringify(dir)}, bufferSize: 500, minSamplesForUpdate: 100, updateIntervalMs: 50, queueCapacity: 100000, keepLogFiles: 100000 })
       rt.initialize().then(async () => {
         for (let id = ${start}; ; id += 200) {
           const ids = Array.from({ length: 200 }, (_, i) => id + i)
@@ -131,20 +146,10 @@ async function feedbackCrashes(dir) {
   }
   // What a fresh process finds: every acknowledged id must be in the log.
   const logDir = path.join(dir, 'feedback-log')
-  const inLog = new Map()
-  let corrupt = 0
-  for (const f of fs.readdirSync(logDir).filter((x) => x.endsWith('.jsonl'))) {
-    for (const line of fs.readFileSync(path.join(logDir, f), 'utf8').split('\n')) {
-      if (!line) continue
-      try {
-        const e = JSON.parse(line)
-        inLog.set(e.actual, e.seq)
-      } catch {
-        corrupt++ // a torn last line from a kill mid-write (never an acknowledged one)
-      }
-    }
-  }
-  const watermark = JSON.parse(fs.readFileSync(path.join(logDir, 'watermark.json'), 'utf8')).processedSeq
+  const found = readLog(logDir)
+  const inLog = new Map(found.records.map((e) => [e.actual, e.seq]))
+  const corrupt = found.corrupt + found.torn
+  const watermark = readWatermark(logDir).processedSeq
   let processed = 0
   let toReplay = 0
   let lost = 0
@@ -163,22 +168,153 @@ async function feedbackCrashes(dir) {
   return { kills, acknowledged: acked.size, processed, replayed, acknowledgedAboveWatermark: toReplay, lost, tornLines: corrupt, problems }
 }
 
+function damage(file) {
+  const b = fs.readFileSync(file)
+  if (b.length === 0) return 'empty'
+  const op = Math.floor(rand() * 4)
+  const at = Math.floor(rand() * b.length)
+  if (op === 0) {
+    for (let i = 0; i < 1 + Math.floor(rand() * 5); i++) b[Math.floor(rand() * b.length)] ^= 1 + Math.floor(rand() * 255)
+    fs.writeFileSync(file, b)
+    return 'flipped bytes'
+  }
+  if (op === 1) {
+    fs.writeFileSync(file, Buffer.concat([b.subarray(0, at), Buffer.from([0xff, 0xfe, 0x00, 0xc3]), b.subarray(at)]))
+    return 'inserted bytes'
+  }
+  if (op === 2) {
+    fs.writeFileSync(file, b.subarray(0, at))
+    return 'truncated'
+  }
+  fs.writeFileSync(file, Buffer.concat([b, Buffer.from([0xff, 0xfe, 0x00, 0xc3]), rand() < 0.5 ? Buffer.from('\n') : Buffer.alloc(0)]))
+  return 'appended bytes'
+}
+
+async function faultCrashes(dir) {
+  fs.writeFileSync(path.join(dir, BASE), JSON.stringify({ weights: [0, 0], bias: 0 }))
+  const scratch = path.join(dir, 'scratch')
+  fs.mkdirSync(scratch)
+  fs.writeFileSync(path.join(scratch, BASE), JSON.stringify({ weights: [0, 0], bias: 0 }))
+  const logDir = path.join(dir, 'feedback-log')
+  const acked = new Set()
+  const nacked = new Set()
+  const counts = { rounds: 0, kills: 0, sizeLimitedRuns: 0, damagedCopies: 0, damagedFiles: 0, damagedCopyReplayed: 0, damagedCopySkipped: 0 }
+  const problems = []
+  let nextId = 1
+  for (let k = 0; k < FAULTS; k++) {
+    counts.rounds++
+    const start = nextId
+    nextId += 1_000_000
+    const limit = rand() < 0.5 ? 2 + Math.floor(rand() * 40) : 0
+    const script = `
+      const { RealTimeModelUpdates } = require(${JSON.stringify(ROOT)})
+      const rt = new RealTimeModelUpdates({ modelsDir: ${JSON.stringify(dir)}, bufferSize: ${200 + Math.floor(rand() * 600)}, minSamplesForUpdate: 50, updateIntervalMs: ${20 + Math.floor(rand() * 200)}, queueCapacity: 100000, keepLogFiles: 100000, maxLogBytes: ${rand() < 0.3 ? 4096 : 16777216} })
+      if (process.env.CRASH_DEBUG) rt.on('error', (e) => console.error(e.message.slice(0, 200)))
+      rt.initialize().then(async (ok) => {
+        if (process.env.CRASH_DEBUG) console.error('initialize', ok)
+        for (let id = ${start}; ; id += 100) {
+          const ids = Array.from({ length: 100 }, (_, i) => id + i)
+          const oks = await Promise.all(ids.map((x) => rt.addFeedback({ features: [x % 10, x % 7], prediction: 0, actual: x })))
+          const good = ids.filter((_, i) => oks[i] === true)
+          const bad = ids.filter((_, i) => oks[i] !== true)
+          if (good.length) console.log('ack ' + good.join(','))
+          if (bad.length) console.log('nack ' + bad.join(','))
+          for (let i = 0; i < 100; i++) rt.addFeedbackSync({ features: [1, 2], prediction: 0, actual: -1 })
+        }
+      })`
+    if (limit) counts.sizeLimitedRuns++
+    const r = await runAndKill(script, 250, 1000, (line) => {
+      const [tag, list] = line.split(' ')
+      const into = tag === 'ack' ? acked : tag === 'nack' ? nacked : null
+      if (into && list) for (const x of list.split(',')) into.add(Number(x))
+    }, { fileLimitKiB: limit })
+    if (process.env.CRASH_DEBUG) console.error(`round ${k}: delay ${Math.round(r.delay)} ms, limit ${limit} KiB, acked ${acked.size}, nacked ${nacked.size}, ${r.signal ?? r.code} ${r.err.slice(0, 300)}`)
+    if (r.signal === 'SIGKILL') counts.kills++
+    else problems.push(`fault round ${k}: child exited by itself (${r.code}): ${r.err.slice(0, 300)}`)
+    if (rand() < 0.5 && fs.existsSync(logDir)) {
+      // Damage a copy: the stream on the copy must replay exactly what is intact.
+      const copy = path.join(dir, `damaged-${k}`)
+      fs.cpSync(logDir, copy, { recursive: true })
+      fs.rmSync(path.join(copy, '.lock'), { force: true })
+      const files = fs.readdirSync(copy).filter((f) => f.endsWith('.jsonl') && fs.statSync(path.join(copy, f)).size > 0)
+      const n = Math.min(files.length, 1 + Math.floor(rand() * 3))
+      for (let i = 0; i < n; i++) {
+        damage(path.join(copy, files[Math.floor(rand() * files.length)]))
+        counts.damagedFiles++
+      }
+      counts.damagedCopies++
+      const want = readLog(copy)
+      const wantReplay = expectedReplay(copy)
+      const rt = new RealTimeModelUpdates({ modelsDir: scratch, feedbackLogDir: copy, bufferSize: 1e7, minSamplesForUpdate: 1e7, followRegistry: false })
+      const ok = await rt.initialize()
+      const s = rt.getStatistics()
+      await rt.cleanup()
+      fs.rmSync(copy, { recursive: true, force: true })
+      fs.rmSync(path.join(scratch, 'online'), { recursive: true, force: true })
+      counts.damagedCopyReplayed += s.replayed
+      counts.damagedCopySkipped += s.corruptLogRecords
+      if (!ok) problems.push(`fault round ${k}: a stream on the damaged copy did not start: ${s.lastError}`)
+      if (s.replayed !== wantReplay) problems.push(`fault round ${k}: damaged copy replayed ${s.replayed}, ${wantReplay} intact records were above its watermark`)
+      if (s.corruptLogRecords !== want.corrupt) problems.push(`fault round ${k}: damaged copy counted ${s.corruptLogRecords} damaged records, the independent reader ${want.corrupt}`)
+    }
+  }
+  // What a fresh process finds in the real (undamaged) log.
+  const found = readLog(logDir)
+  const byId = new Map()
+  const seqs = new Set()
+  let duplicateSeqs = 0
+  for (const e of found.records) {
+    if (seqs.has(e.seq)) duplicateSeqs++
+    seqs.add(e.seq)
+    if (e.actual >= 0) byId.set(e.actual, (byId.get(e.actual) ?? 0) + 1)
+  }
+  const watermark = readWatermark(logDir).processedSeq
+  const seqOf = new Map(found.records.map((e) => [e.actual, e.seq]))
+  let lost = 0
+  let twice = 0
+  let processed = 0
+  let aboveWatermark = 0
+  for (const id of acked) {
+    const c = byId.get(id) ?? 0
+    if (c === 0) lost++
+    else if (c > 1) twice++
+    else if (seqOf.get(id) <= watermark) processed++
+    else aboveWatermark++
+  }
+  let nackedLogged = 0
+  for (const id of nacked) if (byId.has(id)) nackedLogged++
+  const wantReplay = expectedReplay(logDir)
+  const rt = new RealTimeModelUpdates({ modelsDir: dir, bufferSize: 1e7, minSamplesForUpdate: 1e7 })
+  await rt.initialize()
+  const replayed = rt.getStatistics().replayed
+  await rt.cleanup()
+  if (lost) problems.push(`fault test: ${lost} events acknowledged true are not in the log`)
+  if (twice) problems.push(`fault test: ${twice} acknowledged events are in the log more than once`)
+  if (duplicateSeqs) problems.push(`fault test: ${duplicateSeqs} sequence numbers are used twice`)
+  if (nackedLogged) problems.push(`fault test: ${nackedLogged} events acknowledged false are in the log`)
+  if (replayed !== wantReplay) problems.push(`fault test: replayed ${replayed}, but ${wantReplay} logged records are above the watermark`)
+  return { ...counts, acknowledged: acked.size, acknowledgedFalse: nacked.size, processed, acknowledgedAboveWatermark: aboveWatermark, replayed, lost, duplicates: twice + duplicateSeqs, falseButLogged: nackedLogged, tornRecords: found.torn, problems }
+}
+
 ;(async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlops-crash-'))
   fs.mkdirSync(path.join(dir, 'ft'))
   fs.mkdirSync(path.join(dir, 'fb'))
+  fs.mkdirSync(path.join(dir, 'faults'))
   log(`crash test: ${KILLS} rounds each, seed ${a.seed}, in ${dir}`)
   const ftRes = await fineTuneCrashes(path.join(dir, 'ft'))
   log(`fine-tuning: ${ftRes.kills} SIGKILLs; ${ftRes.versions} versions on disk, ${ftRes.reported} reported complete, all readable and distinct; ${ftRes.leftoverTempFiles} temp files left by kills mid-write`)
   const fbRes = await feedbackCrashes(path.join(dir, 'fb'))
   log(`feedback: ${fbRes.kills} SIGKILLs; ${fbRes.acknowledged} events acknowledged (addFeedback → true): ${fbRes.processed} processed, ${fbRes.acknowledgedAboveWatermark} above the watermark and ${fbRes.replayed} replayed on restart, ${fbRes.lost} lost; ${fbRes.tornLines} torn unacknowledged lines skipped`)
-  const problems = [...ftRes.problems, ...fbRes.problems]
+  const faultRes = await faultCrashes(path.join(dir, 'faults'))
+  log(`log faults: ${faultRes.rounds} rounds, ${faultRes.kills} SIGKILLs, ${faultRes.sizeLimitedRuns} under a file-size limit, ${faultRes.damagedFiles} files damaged in ${faultRes.damagedCopies} copies (${faultRes.damagedCopySkipped} damaged records skipped, ${faultRes.damagedCopyReplayed} intact ones replayed); ${faultRes.acknowledged} acknowledged true, ${faultRes.acknowledgedFalse} false; ${faultRes.processed} processed, ${faultRes.replayed} replayed, ${faultRes.lost} lost, ${faultRes.duplicates} duplicates, ${faultRes.falseButLogged} acknowledged false but logged`)
+  const problems = [...ftRes.problems, ...fbRes.problems, ...faultRes.problems]
   fs.rmSync(dir, { recursive: true, force: true })
   if (problems.length) {
     console.error('FAIL:\n  ' + problems.slice(0, 20).join('\n  '))
     process.exit(1)
   }
-  console.log(JSON.stringify({ fineTuning: { ...ftRes, problems: undefined }, feedback: { ...fbRes, problems: undefined } }))
+  console.log(JSON.stringify({ fineTuning: { ...ftRes, problems: undefined }, feedback: { ...fbRes, problems: undefined }, faults: { ...faultRes, problems: undefined } }))
   log('PASS: nothing acknowledged was lost, nothing on disk is broken.')
 })().catch((e) => {
   console.error(`crash test failed: ${e.stack}`)

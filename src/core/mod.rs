@@ -1,6 +1,7 @@
 //! The learning core: plain Rust, no napi. Everything here is unit-tested with `cargo test`
 //! and could be published as a crate of its own.
 
+pub mod drift;
 pub mod ensemble;
 pub mod finetune;
 pub mod forecast;

@@ -195,72 +195,6 @@ impl OnlineLinear {
     }
 }
 
-/// Page-Hinkley test for an increase in the mean of a stream (here: normalised absolute
-/// residuals). `delta` is the tolerated drift per sample, `lambda` the alarm threshold,
-/// both in units of the stream's long-run mean.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PageHinkley {
-    pub delta: f64,
-    pub lambda: f64,
-    pub min_samples: u64,
-    pub n: u64,
-    pub mean: f64,
-    pub cum: f64,
-    pub min_cum: f64,
-    /// Long-run scale the residuals are normalised by, and how many residuals it has seen.
-    pub scale: f64,
-    #[serde(default)]
-    pub seen: u64,
-}
-
-impl Default for PageHinkley {
-    fn default() -> Self {
-        Self {
-            delta: 0.1,
-            lambda: 30.0,
-            min_samples: 30,
-            n: 0,
-            mean: 0.0,
-            cum: 0.0,
-            min_cum: 0.0,
-            scale: 0.0,
-            seen: 0,
-        }
-    }
-}
-
-impl PageHinkley {
-    /// Adds |residual|; returns true when drift is detected (the detector then resets).
-    pub fn update(&mut self, residual: f64) -> bool {
-        let r = residual.abs();
-        if !r.is_finite() {
-            return false;
-        }
-        // An exact mean at first, then a slow EMA: one small first residual must not make
-        // every later one look like an alarm.
-        self.seen += 1;
-        self.scale += (r - self.scale) * (1.0 / self.seen as f64).max(0.001);
-        let x = r / self.scale.max(1e-12);
-        self.n += 1;
-        self.mean += (x - self.mean) / self.n as f64;
-        self.cum += x - self.mean - self.delta;
-        self.min_cum = self.min_cum.min(self.cum);
-        if self.n >= self.min_samples && self.cum - self.min_cum > self.lambda {
-            self.reset();
-            return true;
-        }
-        false
-    }
-
-    pub fn reset(&mut self) {
-        self.n = 0;
-        self.mean = 0.0;
-        self.cum = 0.0;
-        self.min_cum = 0.0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,26 +277,5 @@ mod tests {
         m.learn(&[1e200, 1.0, 1.0], 1.0);
         assert_eq!(m.n, n);
         assert!(m.predict(&[1.0, 1.0, 1.0]).is_finite());
-    }
-
-    #[test]
-    fn page_hinkley_fires_on_a_jump_and_not_on_noise() {
-        let mut r = SplitMix(5);
-        let mut ph = PageHinkley::default();
-        let mut fired = 0;
-        for _ in 0..5000 {
-            let u = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            fired += ph.update(u) as u32;
-        }
-        assert_eq!(fired, 0, "no drift in stationary noise");
-        let mut at = None;
-        for t in 0..2000 {
-            let u = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            if ph.update(5.0 + u) {
-                at = Some(t);
-                break;
-            }
-        }
-        assert!(at.is_some_and(|t| t < 50), "detected at {at:?}");
     }
 }

@@ -7,8 +7,14 @@
 //! roll back. Every write is atomic (temp + fsync + rename), and every read-modify-write
 //! of a manifest holds an exclusive lock on `<stem>/.lock`, so two processes fine-tuning
 //! the same base at once get distinct versions and neither loses the other's entry.
+//!
+//! Damage: a missing or corrupt manifest is rebuilt from the `<stem>-v<N>.json` files it can
+//! read (the corrupt one is kept beside it as `manifest.json.corrupt-<ms>`), and the rebuilt
+//! manifest says so in `recovered`. Version numbers always continue above every version file
+//! on disk, listed or not, so a number is never reused. The production pointer cannot be
+//! recovered from the files; until something is promoted again the base model serves.
 
-use super::fsutil::{read_text, write_atomic};
+use super::fsutil::write_atomic;
 use super::linear::LinearModel;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -50,6 +56,10 @@ pub struct Manifest {
     /// Production versions in the order they were promoted; the last one serves.
     #[serde(default)]
     pub production_history: Vec<u32>,
+    /// Set when the manifest was rebuilt from the version files on disk (it was missing or
+    /// corrupt): when, why, which versions were recovered and which files were unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<Value>,
 }
 
 const MANIFEST_MAX_BYTES: u64 = 256 << 20;
@@ -115,22 +125,135 @@ impl Registry {
         self.dir.join("manifest.json")
     }
 
+    /// The manifest; rebuilt in memory from the version files when it is missing or corrupt
+    /// (`update` then writes the rebuilt one).
     pub fn read(&self) -> Result<Manifest, String> {
+        self.load().map(|(m, _)| m)
+    }
+
+    /// The manifest, and the reason it was rebuilt when the file on disk was corrupt.
+    fn load(&self) -> Result<(Manifest, Option<String>), String> {
         let p = self.manifest_path();
-        if !p.exists() {
-            return Ok(Manifest {
-                format: FORMAT.into(),
-                base_model: self.base_model.display().to_string(),
-                ..Default::default()
-            });
+        let bytes = match fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let files = self.version_files();
+                if files.is_empty() {
+                    return Ok((
+                        Manifest {
+                            format: FORMAT.into(),
+                            base_model: self.base_model.display().to_string(),
+                            ..Default::default()
+                        },
+                        None,
+                    ));
+                }
+                return Ok((
+                    self.rebuild("manifest.json was missing".into(), files),
+                    None,
+                ));
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+            Ok(meta) if meta.is_dir() => {
+                return Err(format!("{} is a directory, not a file", p.display()))
+            }
+            Ok(meta) if meta.len() > MANIFEST_MAX_BYTES => None,
+            Ok(_) => Some(fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
+        };
+        let parsed = match bytes {
+            None => Err("larger than allowed".to_string()),
+            Some(b) => serde_json::from_slice::<Manifest>(&b)
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    if m.format == FORMAT {
+                        Ok(m)
+                    } else {
+                        Err("not a registry manifest".into())
+                    }
+                }),
+        };
+        match parsed {
+            Ok(m) => Ok((m, None)),
+            Err(e) => {
+                let why = format!("manifest.json was corrupt ({e})");
+                Ok((self.rebuild(why.clone(), self.version_files()), Some(why)))
+            }
         }
-        let text = read_text(&p, MANIFEST_MAX_BYTES)?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: manifest is corrupt ({e})", p.display()))?;
-        if m.format != FORMAT {
-            return Err(format!("{}: not a registry manifest", p.display()));
+    }
+
+    /// `<stem>-v<N>.json` files in the registry folder, by version.
+    fn version_files(&self) -> Vec<(u32, PathBuf)> {
+        let prefix = format!("{}-v", self.stem);
+        let mut v: Vec<(u32, PathBuf)> = fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let n = name.strip_prefix(&prefix)?.strip_suffix(".json")?;
+                        if n.is_empty() || !n.bytes().all(|c| c.is_ascii_digit()) {
+                            return None;
+                        }
+                        Some((n.parse().ok()?, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Highest version number a file on disk uses (0 when none).
+    fn max_file_version(&self) -> u32 {
+        self.version_files().last().map_or(0, |(n, _)| *n)
+    }
+
+    fn rebuild(&self, reason: String, files: Vec<(u32, PathBuf)>) -> Manifest {
+        let mut versions = vec![];
+        let mut unreadable = vec![];
+        for (n, path) in files {
+            let filename = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match LinearModel::load(&path) {
+                Ok(model) => {
+                    let created = fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+                    versions.push(VersionEntry {
+                        version: n,
+                        name: format!("v{n}"),
+                        filename,
+                        model_path: path.display().to_string(),
+                        parent: None,
+                        created,
+                        status: "candidate".into(),
+                        metrics: model.extra.get("metrics").cloned().unwrap_or(Value::Null),
+                        base_metrics: Value::Null,
+                        improvement: None,
+                        accepted: None,
+                        options: Value::Null,
+                        data: Value::Null,
+                    });
+                }
+                Err(e) => unreadable.push(serde_json::json!({ "file": filename, "error": e })),
+            }
         }
-        Ok(m)
+        let recovered = serde_json::json!({
+            "time": now_ms(),
+            "reason": reason,
+            "versions": versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+            "unreadable": unreadable,
+            "note": "rebuilt from the version files on disk; lineage, metrics and the production pointer could not be recovered (the base model serves until a version is promoted again)",
+        });
+        Manifest {
+            format: FORMAT.into(),
+            base_model: self.base_model.display().to_string(),
+            versions,
+            production_history: vec![],
+            recovered: Some(recovered),
+        }
     }
 
     /// Runs `f` on the manifest under the exclusive lock and writes the result atomically.
@@ -151,7 +274,14 @@ impl Registry {
             .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
         self.sweep_temp_files();
         let result = (|| {
-            let mut m = self.read()?;
+            let (mut m, corrupt) = self.load()?;
+            if corrupt.is_some() {
+                // Keep the damaged file for whoever investigates; the rebuilt one replaces it.
+                let aside = self
+                    .dir
+                    .join(format!("manifest.json.corrupt-{}", now_ms() as u64));
+                let _ = fs::rename(self.manifest_path(), aside);
+            }
             let out = f(&mut m)?;
             let text = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())?;
             write_atomic(&self.manifest_path(), text.as_bytes())
@@ -186,6 +316,7 @@ impl Registry {
         }
     }
 
+    /// Above every version the manifest lists and every version file on disk.
     pub fn next_version(&self) -> Result<u32, String> {
         Ok(self
             .read()?
@@ -194,6 +325,7 @@ impl Registry {
             .map(|v| v.version)
             .max()
             .unwrap_or(0)
+            .max(self.max_file_version())
             + 1)
     }
 
@@ -201,7 +333,16 @@ impl Registry {
     /// is durable before the manifest names it, so a crash never leaves a dangling entry.
     pub fn register(&self, model: &LinearModel, info: NewVersion) -> Result<VersionEntry, String> {
         self.update(|m| {
-            let version = m.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            // Files count too: one written by a run killed before its manifest write, or
+            // left when the manifest was lost, keeps its number.
+            let version = m
+                .versions
+                .iter()
+                .map(|v| v.version)
+                .max()
+                .unwrap_or(0)
+                .max(self.max_file_version())
+                + 1;
             let filename = format!("{}-v{version}.json", self.stem);
             let path = self.dir.join(&filename);
             write_atomic(&path, model.to_json_pretty().as_bytes())
@@ -282,6 +423,38 @@ impl Registry {
             .and_then(|p| m.versions.iter().find(|v| v.version == *p).cloned()))
     }
 
+    /// What should serve for this base. `Ok(None)`: the base model file (nothing is in
+    /// production). Otherwise the production version when its file is readable, else the
+    /// newest readable version its gate did not refuse (`accepted ≠ false`); the notes say
+    /// which versions were skipped and why. `Err` only when production is set and no
+    /// version at all is readable (the caller then serves the base file).
+    pub fn serving(&self) -> Result<Option<(VersionEntry, Vec<String>)>, String> {
+        let m = self.read()?;
+        let Some(&prod) = m.production_history.last() else {
+            return Ok(None);
+        };
+        let mut notes = vec![];
+        let mut order: Vec<&VersionEntry> =
+            m.versions.iter().filter(|v| v.version == prod).collect();
+        if order.is_empty() {
+            notes.push(format!("production v{prod} is not in the manifest"));
+        }
+        let mut rest: Vec<&VersionEntry> = m
+            .versions
+            .iter()
+            .filter(|v| v.version != prod && v.accepted != Some(false))
+            .collect();
+        rest.sort_by_key(|e| std::cmp::Reverse(e.version));
+        order.extend(rest);
+        for e in order {
+            match LinearModel::load(Path::new(&e.model_path)) {
+                Ok(_) => return Ok(Some((e.clone(), notes))),
+                Err(err) => notes.push(format!("v{} is unreadable: {err}", e.version)),
+            }
+        }
+        Err(notes.join("; "))
+    }
+
     /// Newest first.
     pub fn history(&self) -> Result<Vec<VersionEntry>, String> {
         let mut v = self.read()?.versions;
@@ -357,17 +530,76 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    // Issue 10 changed this: a corrupt manifest used to be an error for every later write;
+    // now it is rebuilt from the version files, and numbers still never go back.
     #[test]
-    fn a_corrupt_manifest_is_an_error_not_a_reset() {
+    fn a_corrupt_or_missing_manifest_is_rebuilt_and_numbers_continue() {
         let dir = tmp("corrupt");
         let r = Registry::new(&dir, Path::new("q.json"));
-        r.register(&LinearModel::zeros(1), NewVersion::default())
-            .unwrap();
+        for _ in 0..3 {
+            r.register(&LinearModel::zeros(1), NewVersion::default())
+                .unwrap();
+        }
+        r.promote(2).unwrap();
+        fs::write(dir.join("q/q-v3.json"), "{\"weights\":").unwrap(); // unreadable v3
         fs::write(dir.join("q/manifest.json"), "{\"format\":").unwrap();
-        assert!(r
+        let v4 = r
             .register(&LinearModel::zeros(1), NewVersion::default())
-            .unwrap_err()
-            .contains("corrupt"));
+            .unwrap();
+        assert_eq!(v4.version, 4, "continues above every file, readable or not");
+        let m = r.read().unwrap();
+        let rec = m.recovered.as_ref().expect("says it was rebuilt");
+        assert!(rec["reason"].as_str().unwrap().contains("corrupt"));
+        assert_eq!(rec["versions"], serde_json::json!([1, 2]));
+        assert_eq!(rec["unreadable"][0]["file"], "q-v3.json");
+        assert!(fs::read_dir(dir.join("q")).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("manifest.json.corrupt-")));
+        // Missing: the same, from the files alone.
+        fs::remove_file(dir.join("q/manifest.json")).unwrap();
+        assert_eq!(r.next_version().unwrap(), 5);
+        let v5 = r
+            .register(&LinearModel::zeros(1), NewVersion::default())
+            .unwrap();
+        assert_eq!(v5.version, 5);
+        assert!(r.read().unwrap().recovered.unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn serving_falls_back_to_the_newest_readable_version() {
+        let dir = tmp("serving");
+        let r = Registry::new(&dir, Path::new("q.json"));
+        assert!(
+            r.serving().unwrap().is_none(),
+            "nothing promoted: the base serves"
+        );
+        for _ in 0..3 {
+            r.register(&LinearModel::zeros(1), NewVersion::default())
+                .unwrap();
+        }
+        r.register(
+            &LinearModel::zeros(1),
+            NewVersion {
+                accepted: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        r.promote(3).unwrap();
+        assert_eq!(r.serving().unwrap().unwrap().0.version, 3);
+        fs::remove_file(dir.join("q/q-v3.json")).unwrap();
+        let (e, notes) = r.serving().unwrap().unwrap();
+        assert_eq!(e.version, 2, "v4 was refused by its gate, v3 is gone");
+        assert!(notes[0].contains("v3 is unreadable"));
+        for v in [1, 2, 4] {
+            fs::write(dir.join(format!("q/q-v{v}.json")), "garbage").unwrap();
+        }
+        assert!(r.serving().is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -128,8 +128,13 @@ impl RealTimeModelUpdatesCore {
     )]
     pub fn start(&self, env: Env, notify: NoticeFn, io: Float64Array) -> Result<bool> {
         let mut slot = self.handle.lock();
-        if slot.is_some() {
-            return Ok(false);
+        if let Some(old) = slot.as_ref() {
+            if !old.shared.closed.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            // Restart after cleanup(): the old worker has released the log folder before it
+            // replied to the shutdown; its thread is exiting.
+            old.join();
         }
         let h = Arc::new(
             StreamHandle::start(self.config.clone(), Box::new(TsfnNotifier(notify)))
@@ -146,7 +151,8 @@ impl RealTimeModelUpdatesCore {
     }
 
     /// Hot path: the first `n` values of the registered buffer are the features.
-    /// Returns the sequence number, -1 when the queue is full, -2 when closed.
+    /// Returns the event's ticket (acknowledgements refer to it), -1 when the queue is
+    /// full, -2 when closed.
     #[napi(js_name = "_push", skip_typescript)]
     pub fn push(&self, n: u32, prediction: f64, actual: f64) -> f64 {
         let Some(h) = handle_of(&self.handle) else {
@@ -263,6 +269,14 @@ impl RealTimeModelUpdatesCore {
         }
     }
 
+    /// The serving model's feature names (its file's `featureNames`), or null.
+    #[napi(js_name = "_featureNames", skip_typescript)]
+    pub fn feature_names(&self) -> Option<Vec<String>> {
+        let h = handle_of(&self.handle)?;
+        let s = h.shared.current.load();
+        s.feature_names.as_ref().map(|n| n.as_ref().clone())
+    }
+
     #[napi(js_name = "_stats", skip_typescript, catch_unwind)]
     pub fn stats(&self) -> Value {
         let Some(h) = handle_of(&self.handle) else {
@@ -277,7 +291,9 @@ impl RealTimeModelUpdatesCore {
             "bufferSize": l(&c.buffered),
             "isUpdating": s.is_updating.load(Ordering::Acquire),
             "lastUpdateTime": if l(&c.last_update_time) == 0 { Value::Null } else { json!(l(&c.last_update_time)) },
-            "updateCount": l(&c.updates),
+            // Accepted updates only, as the old module counted; rejections: updatesRejected.
+            "updateCount": l(&c.updates_accepted),
+            "updateCycles": l(&c.updates),
             "recentUpdates": s.recent_updates.lock().iter().cloned().collect::<Vec<_>>(),
             "received": l(&c.received),
             "accepted": accepted,
@@ -293,7 +309,12 @@ impl RealTimeModelUpdatesCore {
             "updatesAccepted": l(&c.updates_accepted),
             "updatesRejected": l(&c.updates_rejected),
             "durableSeq": l(&c.durable_seq),
-            "corruptLogLines": l(&c.corrupt_log_lines),
+            "durableTicket": l(&c.durable_ticket),
+            "logHealthy": s.log_healthy.load(Ordering::Acquire),
+            "corruptLogRecords": l(&c.corrupt_log_records),
+            "corruptLogLines": l(&c.corrupt_log_records),
+            "tornLogRecords": l(&c.torn_log_records),
+            "logFailed": l(&c.log_failed),
             "lastError": s.last_error.lock().clone(),
             "currentModelPath": s.current_path.lock().clone(),
         })
