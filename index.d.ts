@@ -642,7 +642,19 @@ export declare class ExpandedPredictions {
 }
 
 export declare class ModelFineTuningCore {
-  constructor(fineTunedDir: string)
+  /**
+   * `registry_url`: a postgres:// connection string (versions and the production
+   * pointer then live in PostgreSQL; `fine_tuned_dir` caches their model files).
+   */
+  constructor(fineTunedDir: string, registryUrl?: string | undefined | null, pg?: PgNativeOptions | undefined | null)
+  /**
+   * Connects to the PostgreSQL registry (creating its schema on first use) off the JS
+   * thread; resolves null when ready (or when the registry is a folder), else the
+   * reason, with the password replaced by `***`.
+   */
+  connect(): Promise<string | null>
+  /** The registry's connection string with its password replaced (null for a folder). */
+  get registryUrl(): string | null
   /**
    * Trains on the libuv thread pool; resolves the result object (throws on failure,
    * which the JS layer turns into `{success: false, error}`).
@@ -751,6 +763,14 @@ export interface OnlineLinearModelOptions {
   l2?: number
 }
 
+/** PostgreSQL options after the JS layer checked them. */
+export interface PgNativeOptions {
+  schema?: string
+  connectTimeoutMs?: number
+  statementTimeoutMs?: number
+  poolSize?: number
+}
+
 /** Options after the JS layer applied defaults and checked types. */
 export interface RealtimeNativeConfig {
   bufferSize: number
@@ -769,6 +789,16 @@ export interface RealtimeNativeConfig {
   fsyncIntervalMs: number
   learningRate: number
   timerEnabled: boolean
+  /** postgres:// connection string: feedback, training lease and registry in PostgreSQL. */
+  storeUrl?: string
+  pg?: PgNativeOptions
+  leaseMs?: number
+  pollMs?: number
+  train?: boolean
+  /** Spool folder while the database cannot take feedback. */
+  spoolDir?: string
+  /** Where production models are cached as files. */
+  cacheDir?: string
 }
 
 /**

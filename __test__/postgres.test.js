@@ -154,7 +154,7 @@ test('ModelFineTuning keeps versions and the production pointer in PostgreSQL, v
   fs.rmSync(dirB, { recursive: true, force: true })
 })
 
-test('three processes: one trainer, every acknowledged event consumed once, promotions seen by all within 100 ms, leader SIGKILL and a database restart survived', async () => {
+test('three processes: one trainer, every acknowledged event consumed once, promotions seen by all within 100 ms, leader SIGKILL and a database restart survived', async (t) => {
   const schema = 'fleet'
   const opts = { schema, leaseMs: 1500, pollMs: 50, updateIntervalMs: 200, minSamplesForUpdate: 1 }
   const dirs = [modelsDir(), modelsDir(), modelsDir()]
@@ -196,6 +196,7 @@ test('three processes: one trainer, every acknowledged event consumed once, prom
   lat.sort((x, y) => x - y)
   assert.ok(lat[Math.floor(lat.length / 2)] < 100, `promotion → swap median ${lat[Math.floor(lat.length / 2)].toFixed(1)} ms (all: ${lat.map((x) => x.toFixed(1)).join(', ')})`)
   assert.ok(lat[lat.length - 1] < 1000, `slowest ${lat[lat.length - 1].toFixed(1)} ms`)
+  t.diagnostic(`promotion → swap: ${lat.map((x) => x.toFixed(1)).join(', ')} ms`)
 
   // 3. SIGKILL the leader while everyone feeds: another takes over; nothing lost or doubled.
   const stats = await Promise.all(kids.map((k) => k.stats()))
@@ -212,6 +213,7 @@ test('three processes: one trainer, every acknowledged event consumed once, prom
   await until('a new trainer', async () => (await Promise.all(others.map((k) => k.stats()))).some((s) => s.postgres.leader))
   const takeover = Date.now() - killedAt
   assert.ok(takeover < 1500 + 3000, `takeover after ${takeover} ms`)
+  t.diagnostic(`takeover ${takeover} ms after SIGKILL`)
   await until('every stored event consumed exactly once', () => stored() > 0 && consumed() === stored())
   for (const [i, k] of kids.entries()) if (k !== leader) assert.equal(perInstance(ids[i]), 5000)
   assert.equal(stored(), 9000 + 4000)
@@ -224,6 +226,9 @@ test('three processes: one trainer, every acknowledged event consumed once, prom
   for (const k of others) assert.equal(typeof (await k.call('predict', { x: [1, 1] })).y, 'number')
   const after2 = await Promise.all(feeding2)
   for (const f of after2) assert.deepEqual([f.acked, f.failed], [2000, 0])
+  const spooled = (await Promise.all(others.map((k) => k.stats()))).map((s) => s.postgres.spooled)
+  t.diagnostic(`spooled during the restart: ${spooled.join(', ')}`)
+  assert.ok(spooled.every((n) => n > 0), 'the restart happened mid-stream: both processes spooled')
   await until('spooled events forwarded', () => stored() === 13000 + 4000, 30_000)
   await until('all of them consumed once', () => consumed() === 17000, 30_000)
   for (const k of others) await k.call('stop')

@@ -24,7 +24,9 @@ use super::super::store::pg_registry::PgRegistry;
 use super::super::store::pg_stream::{
     new_instance_id, Durable, LeaseChange, PgFeedbackWriter, PgTrainer,
 };
-use super::super::store::postgres::{FeedbackBatch, Listener, NewVersion, Notice, PgOptions, Publish};
+use super::super::store::postgres::{
+    FeedbackBatch, Listener, NewVersion, Notice, PgOptions, Publish,
+};
 use super::{now_ms, Msg, Worker};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -92,7 +94,11 @@ impl Worker {
         let registry = PgRegistry::new(store.clone(), &cfg.cache_dir, &self.cfg.model_path);
         let sync_flag = Arc::new(AtomicBool::new(true));
         let listener_errors = Arc::new(Mutex::new(Vec::new()));
-        let (flag, errs, key) = (sync_flag.clone(), listener_errors.clone(), model_key.clone());
+        let (flag, errs, key) = (
+            sync_flag.clone(),
+            listener_errors.clone(),
+            model_key.clone(),
+        );
         let listener = store.listen(Duration::from_secs(1), move |n| match n {
             Notice::Connected => flag.store(true, Ordering::Release),
             Notice::Production { model_key, .. } if model_key == key => {
@@ -184,7 +190,9 @@ impl Worker {
                 self.registry_version = None;
                 let base = self.cfg.model_path.clone();
                 if let Err(err) = self.hot_swap(&base, base.display().to_string()) {
-                    self.error(format!("postgres: rolled back to the base model, but {err}"));
+                    self.error(format!(
+                        "postgres: rolled back to the base model, but {err}"
+                    ));
                 }
             }
             Ok(_) => {}
@@ -193,7 +201,7 @@ impl Worker {
     }
 
     /// Drops unpublished learning and serves the production model again.
-    fn pg_reset(&mut self) {
+    pub(super) fn pg_reset(&mut self) {
         self.buffer.clear();
         self.shared.counters.buffered.store(0, Ordering::Relaxed);
         self.registry_version = Some(u32::MAX);
@@ -267,7 +275,11 @@ impl Worker {
 
     /// As trainer: everyone's new feedback → the buffer (cycles run as in file mode).
     fn pg_consume(&mut self) {
-        let limit = self.cfg.buffer_size.max(self.cfg.max_samples_per_update).clamp(64, 10_000);
+        let limit = self
+            .cfg
+            .buffer_size
+            .max(self.cfg.max_samples_per_update)
+            .clamp(64, 10_000);
         for _ in 0..8 {
             let Some(pg) = self.pg.as_mut() else { return };
             if !pg.trainer.leading() {
