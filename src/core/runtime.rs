@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn timeouts_are_errors() {
         let e = block_on_timeout(
-            tokio::time::sleep(Duration::from_secs(5)),
+            async { tokio::time::sleep(Duration::from_secs(5)).await },
             Duration::from_millis(20),
         )
         .unwrap_err();
