@@ -120,6 +120,25 @@ test('a bad URL, wrong credentials or an unreachable host: initialize() resolves
   fs.rmSync(dir, { recursive: true, force: true })
 })
 
+test('initialize() while the database is down resolves false and refuses feedback; a later initialize() connects', async () => {
+  const dir = modelsDir()
+  const rt = new RealTimeModelUpdates({ store: pg.url, schema: 'retry', modelsDir: dir, modelPath: 'base.json', connectTimeoutMs: 1000 })
+  pg.stopServer('fast')
+  try {
+    assert.equal(await rt.initialize(), false)
+    assert.match(rt.getStatistics().lastError, /error connecting|refused/i)
+    assert.equal(await rt.addFeedback({ features: [1, 2], prediction: 0, actual: 1 }), false)
+  } finally {
+    pg.startServer()
+  }
+  assert.equal(await rt.initialize(), true)
+  assert.equal(rt.getStatistics().lastError, null)
+  assert.equal(await rt.addFeedback({ features: [1, 2], prediction: 0, actual: 1 }), true)
+  assert.equal(q('SELECT count(*) FROM retry.feedback'), '1')
+  await rt.cleanup()
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
 async function closedPort() {
   const s = net.createServer().listen(0, '127.0.0.1')
   await new Promise((r) => s.once('listening', r))

@@ -225,7 +225,19 @@ class RealTimeModelUpdates {
         // true only when a model serves and the log (if any) can be written.
         const r = payload ? JSON.parse(payload) : {}
         this.#waitingReady = false
-        this.#readyResolve(r.serving !== false && r.logHealthy !== false && r.postgres !== false)
+        if (r.postgres === false) {
+          // The database it was told to use did not answer: nothing ran. What was queued
+          // meanwhile is refused, and a later initialize() tries again.
+          this.#started = false
+          this.#startFailed = true
+          this.#lastError = r.lastError ?? this.#lastError
+          this.#settleAcks(Number.MAX_SAFE_INTEGER, false)
+          for (const reply of this.#replies.values()) reply(null)
+          this.#replies.clear()
+          this.#readyResolve(false)
+          break
+        }
+        this.#readyResolve(r.serving !== false && r.logHealthy !== false)
         break
       }
       case 'fatal': {

@@ -883,6 +883,11 @@ impl Worker {
     }
 
     fn save_learner(&self) {
+        // On PostgreSQL what serves comes from the registry; local learner state is never
+        // resumed (see stream_pg.rs), so it is not written either.
+        if self.pg.is_some() {
+            return;
+        }
         let Some(l) = &self.learner else { return };
         let s = OnlineState {
             format: "mlops-native/online-state@1".into(),

@@ -8,12 +8,26 @@
 //! change once written, so a cache file is rewritten only when its bytes differ (another
 //! database behind the same folder).
 
-use super::super::fsutil::write_atomic;
 use super::super::linear::LinearModel;
 use super::super::registry::{stem_of, NewVersion, VersionEntry};
 use super::super::runtime;
 use super::postgres::{self as pg, PgStore, StoreError, VersionRow};
 use std::path::{Path, PathBuf};
+
+/// Temp file + rename, without the fsyncs of `write_atomic`: a reader never sees a torn
+/// file, and the database is the durable copy (a cache file lost in a crash, or left
+/// different, is rewritten the next time the version is read). Keeps a swap off the disk's
+/// fsync latency.
+fn write_cache(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
 
 pub struct PgRegistry {
     pub store: PgStore,
@@ -52,7 +66,7 @@ impl PgRegistry {
             let text = serde_json::to_string_pretty(model).map_err(|e| e.to_string())?;
             let same = std::fs::read(&path).is_ok_and(|b| b == text.as_bytes());
             if !same {
-                write_atomic(&path, text.as_bytes())
+                write_cache(&path, text.as_bytes())
                     .map_err(|e| format!("cannot cache {}: {e}", path.display()))?;
             }
         }
