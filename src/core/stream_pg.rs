@@ -135,7 +135,7 @@ impl Worker {
         for m in msgs {
             m.for_each_event(|ticket, x, p, y| batch.push(base + ticket, t, x, p, y));
         }
-        match pg.writer.write(&batch) {
+        match pg.writer.write(batch) {
             Ok((where_, db_err)) => {
                 pg.handed_off += n;
                 if let Some(e) = db_err {

@@ -25,6 +25,7 @@ use crate::core::runtime;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // ------------------------------------------------------------------ crc32 (IEEE)
@@ -354,7 +355,7 @@ impl PgFeedbackWriter {
         self.offline_until.is_none()
     }
 
-    fn append(&self, instance: &str, batch: &FeedbackBatch) -> Result<u64, String> {
+    fn append(&self, instance: &str, batch: &Arc<FeedbackBatch>) -> Result<u64, String> {
         let store = self.store.clone();
         let key = self.model_key.clone();
         let inst = instance.to_owned();
@@ -369,13 +370,15 @@ impl PgFeedbackWriter {
     /// Makes a group durable: in PostgreSQL when it answers, else in the spool. `Err`
     /// (with both reasons): neither worked, do not acknowledge. The second value is the
     /// database error that sent the group to the spool, if any.
-    pub fn write(&mut self, batch: &FeedbackBatch) -> Result<(Durable, Option<String>), String> {
+    pub fn write(&mut self, batch: FeedbackBatch) -> Result<(Durable, Option<String>), String> {
         if batch.is_empty() {
             return Ok((Durable::Database, None));
         }
+        // Shared with the database task, not copied: groups are thousands of events.
+        let batch = Arc::new(batch);
         let mut db_error = None;
         if self.offline_until.is_none() {
-            match self.append(&self.instance_id, batch) {
+            match self.append(&self.instance_id, &batch) {
                 Ok(_) => {
                     self.db_total += batch.len() as u64;
                     return Ok((Durable::Database, None));
@@ -386,7 +389,7 @@ impl PgFeedbackWriter {
                 }
             }
         }
-        match self.spool.append(batch) {
+        match self.spool.append(&batch) {
             Ok(()) => {
                 self.spooled_total += batch.len() as u64;
                 Ok((Durable::Spool, db_error))

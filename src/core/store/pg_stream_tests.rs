@@ -19,15 +19,15 @@ fn spool_while_down_forward_once_back_and_hand_over_training() {
     let dir = std::env::temp_dir().join(format!("mlops-pgw-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     let mut w = PgFeedbackWriter::new(store.clone(), "q", "inst-1", &dir, Duration::from_secs(2));
-    assert_eq!(w.write(&batch(1..101)).unwrap().0, Durable::Database);
+    assert_eq!(w.write(batch(1..101)).unwrap().0, Durable::Database);
 
     // Database down: groups are spooled (and acknowledged), quickly.
     pg.stop_server("immediate");
     let t = Instant::now();
-    let (d, why) = w.write(&batch(101..201)).unwrap();
+    let (d, why) = w.write(batch(101..201)).unwrap();
     assert_eq!(d, Durable::Spool);
     assert!(why.is_some());
-    assert_eq!(w.write(&batch(201..301)).unwrap().0, Durable::Spool);
+    assert_eq!(w.write(batch(201..301)).unwrap().0, Durable::Spool);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(!w.online());
     std::thread::sleep(Duration::from_millis(150));
@@ -45,9 +45,9 @@ fn spool_while_down_forward_once_back_and_hand_over_training() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(w.online());
-    assert_eq!(w.write(&batch(301..311)).unwrap().0, Durable::Database);
+    assert_eq!(w.write(batch(301..311)).unwrap().0, Durable::Database);
     // Re-sending a group (an unknown outcome retried) stores nothing twice.
-    assert_eq!(w.write(&batch(290..311)).unwrap().0, Durable::Database);
+    assert_eq!(w.write(batch(290..311)).unwrap().0, Durable::Database);
     let s = store.clone();
     let n = runtime::block_on(async move { s.count_feedback("q").await })
         .unwrap()
