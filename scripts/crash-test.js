@@ -308,7 +308,7 @@ async function postgresCrashes(dir) {
   const problems = []
   try {
     fs.writeFileSync(path.join(dir, BASE), JSON.stringify({ weights: [0, 0], bias: 0 }))
-    const opts = { store: pg.url, schema: 'crash', modelsDir: dir, leaseMs: 800, pollMs: 20, updateIntervalMs: 100, minSamplesForUpdate: 1, bufferSize: 300, updateThreshold: -1e9 }
+    const opts = { store: pg.url, schema: 'crash', modelsDir: dir, leaseMs: 800, pollMs: 20, updateIntervalMs: 100, minSamplesForUpdate: 1, bufferSize: 2000, maxSamplesPerUpdate: 2000, updateThreshold: -1e9 }
     const script = `
       const { RealTimeModelUpdates } = require(${JSON.stringify(ROOT)})
       const rt = new RealTimeModelUpdates(${JSON.stringify(opts)})
@@ -324,6 +324,7 @@ async function postgresCrashes(dir) {
           const r = await Promise.all(w)
           if (r.every(Boolean)) { acked += r.length; console.log('ack ' + id + ' ' + acked) }
           else { console.log('nack ' + id + ' ' + r.filter((x) => !x).length); return }
+          await new Promise((r) => setTimeout(r, 5))
         }
       })()`
     const acked = new Map()
@@ -351,7 +352,7 @@ async function postgresCrashes(dir) {
     if (!(await rt.initialize())) problems.push(`final trainer did not start: ${rt.getStatistics().lastError}`)
     const q = (sql) => Number(pg.psql(sql))
     let lost = 0
-    const deadline = Date.now() + 60_000
+    const deadline = Date.now() + 120_000
     for (;;) {
       lost = 0
       for (const [id, n] of acked) lost += n - q(`SELECT count(*) FROM crash.feedback WHERE instance_id = '${id}' AND seq <= ${n}`)

@@ -324,6 +324,8 @@ pub struct PgFeedbackWriter {
     pub write_timeout: Duration,
     offline_until: Option<Instant>,
     backoff: Duration,
+    /// Spool files of dead runs are looked for at most this often (a directory read).
+    next_orphan_scan: Instant,
     pub spooled_total: u64,
     pub forwarded_total: u64,
     pub db_total: u64,
@@ -345,6 +347,7 @@ impl PgFeedbackWriter {
             write_timeout,
             offline_until: None,
             backoff: Duration::from_millis(100),
+            next_orphan_scan: Instant::now(),
             spooled_total: 0,
             forwarded_total: 0,
             db_total: 0,
@@ -409,8 +412,15 @@ impl PgFeedbackWriter {
         if !due {
             return None;
         }
-        if self.offline_until.is_none() && !self.spool.has_backlog() {
-            return None;
+        if self.offline_until.is_none() && self.spool.pending == 0 {
+            let now = Instant::now();
+            if now < self.next_orphan_scan {
+                return None;
+            }
+            self.next_orphan_scan = now + Duration::from_secs(5);
+            if !self.spool.has_backlog() {
+                return None;
+            }
         }
         let store = self.store.clone();
         let key = self.model_key.clone();
