@@ -167,6 +167,7 @@ test('ModelFineTuning keeps versions and the production pointer in PostgreSQL, v
   assert.equal(h.length, 1)
   assert.equal(h[0].metrics.mse, r.metrics.mse)
   assert.equal(q("SELECT count(*) FROM reg.versions WHERE model_key = 'base'"), '1')
+  assert.equal(q("SELECT fingerprint FROM reg.versions WHERE model_key = 'base'"), r.data.hash, 'the data fingerprint has its own column')
   assert.equal(await b.rollback('base.json'), null)
   assert.equal(await a.getProductionVersion('base.json'), null)
   fs.rmSync(dirA, { recursive: true, force: true })

@@ -333,7 +333,12 @@ impl Worker {
                         improvement: get("improvement").as_f64(),
                         accepted: Some(true),
                         options: json!({ "reason": get("reason"), "threshold": get("threshold") }),
-                        data: json!({ "rows": get("samples"), "consumedThrough": pg.trainer.uncommitted() }),
+                        // The feedback it was trained on ends at this watermark position.
+                        data: json!({
+                            "rows": get("samples"),
+                            "consumed": pg.trainer.uncommitted(),
+                            "fingerprint": pg.trainer.cursor().map(|w| format!("watermark:{}:{}:{}", w.txid, w.instance_id, w.seq)),
+                        }),
                         model,
                         created_by: Some(pg.instance_id.clone()),
                     },

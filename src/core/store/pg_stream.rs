@@ -637,6 +637,11 @@ impl PgTrainer {
         self.drop_lease();
     }
 
+    /// The position of the last event handed to the learner (what a commit would store).
+    pub fn cursor(&self) -> Option<&Watermark> {
+        self.cursor.as_ref()
+    }
+
     pub fn uncommitted(&self) -> u64 {
         self.uncommitted
     }

@@ -205,7 +205,8 @@ pub struct NewVersion {
     pub improvement: Option<f64>,
     pub accepted: Option<bool>,
     pub options: Value,
-    /// What it was trained on; `data.fingerprint` (a string) is also kept in its own column.
+    /// What it was trained on; `data.fingerprint` (else `data.hash`), a string, is also kept
+    /// in its own column.
     pub data: Value,
     pub model: Value,
     pub created_by: Option<String>,
@@ -1322,10 +1323,10 @@ async fn insert_version(
         .query_one(sql.alloc_version.as_str(), &[&model_key])
         .await?
         .get(0);
-    let fingerprint = v
-        .data
-        .get("fingerprint")
-        .and_then(Value::as_str)
+    // `fingerprint`, else the fine-tuner's `hash` of the rows it trained on.
+    let fingerprint = ["fingerprint", "hash"]
+        .iter()
+        .find_map(|k| v.data.get(*k).and_then(Value::as_str))
         .map(str::to_owned);
     let parent = v.parent.map(|p| p as i32);
     let created = now_ms();
