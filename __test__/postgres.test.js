@@ -139,6 +139,34 @@ test('initialize() while the database is down resolves false and refuses feedbac
   fs.rmSync(dir, { recursive: true, force: true })
 })
 
+test('a slow database (statement timeout) and dropped connections: nothing acknowledged is lost, errors are reported', async () => {
+  const dir = modelsDir()
+  const rt = new RealTimeModelUpdates({ store: pg.url, schema: 'slow', modelsDir: dir, modelPath: 'base.json', statementTimeoutMs: 300, train: false })
+  const errors = []
+  rt.on('error', (e) => errors.push(e.message))
+  assert.equal(await rt.initialize(), true)
+  // Another session holds the table for 2 s: writes time out and go to the spool.
+  const { spawn } = require('node:child_process')
+  const locker = spawn(path.join(pg.bin, 'psql'), ['-h', '127.0.0.1', '-p', String(pg.port), '-U', 'postgres', '-d', 'postgres', '-c', 'BEGIN; LOCK TABLE slow.feedback IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2); COMMIT;'], { env: { ...process.env, PGPASSWORD: pg.password }, stdio: 'ignore' })
+  await until('the lock', () => q("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'feedback' AND l.mode = 'AccessExclusiveLock' AND l.granted") === '1')
+  const t = Date.now()
+  const acks = await Promise.all(Array.from({ length: 500 }, (_, i) => rt.addFeedback({ features: [i, 1], prediction: 0, actual: i })))
+  assert.ok(acks.every(Boolean), 'acknowledged (spooled) while the database is slow')
+  assert.ok(Date.now() - t < 1500, `acknowledged in ${Date.now() - t} ms, not after the lock`)
+  assert.ok(rt.getStatistics().postgres.spooled > 0)
+  assert.ok(errors.some((m) => /statement timeout/.test(m)), errors.join('\n'))
+  await new Promise((r) => locker.on('exit', r))
+  await until('the spool forwarded', () => q('SELECT count(*) FROM slow.feedback') === '500')
+  // Every connection of the package is cut: the next writes reconnect, nothing is lost.
+  q("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'mlops-native'")
+  const more = await Promise.all(Array.from({ length: 100 }, (_, i) => rt.addFeedback({ features: [i, 2], prediction: 0, actual: i })))
+  assert.ok(more.every(Boolean))
+  await until('all 600 stored once', () => q('SELECT count(*) FROM slow.feedback') === '600')
+  assert.equal(typeof rt.predictSync([1, 1]), 'number', 'serving never stopped')
+  await rt.cleanup()
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
 async function closedPort() {
   const s = net.createServer().listen(0, '127.0.0.1')
   await new Promise((r) => s.once('listening', r))
