@@ -6,7 +6,7 @@
 
 const native = require('./index.js')
 const { AdvancedEnsemble, getAdvancedEnsemble } = require('./js/ensemble.js')
-const { ModelFineTuning, getModelFineTuning } = require('./js/finetune.js')
+const { ModelFineTuning, getModelFineTuning, Model } = require('./js/finetune.js')
 const { ExpandedPredictions, getExpandedPredictions } = require('./js/predictions.js')
 const { RealTimeModelUpdates, getRealTimeModelUpdates, OnlineLinearModel } = require('./js/realtime.js')
 
@@ -20,6 +20,7 @@ module.exports = {
   RealTimeModelUpdates,
   getRealTimeModelUpdates,
   OnlineLinearModel,
+  Model,
   ModelFineTuningCore: native.ModelFineTuningCore,
   RealTimeModelUpdatesCore: native.RealTimeModelUpdatesCore,
 }

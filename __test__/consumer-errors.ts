@@ -5,8 +5,10 @@ import mlops = require('mlops-native')
 const e = new mlops.AdvancedEnsemble()
 // @ts-expect-error predictions must be an array
 void e.stackingEnsembleSync(5)
-// @ts-expect-error an entry's value is a number
-void e.stackingEnsembleSync([{ value: '1' }])
+// @ts-expect-error an entry's value is a number or a numeric string, not a boolean
+void e.stackingEnsembleSync([{ value: true }])
+// @ts-expect-error a context has known fields only
+void e.stackingEnsembleSync([1], { serviceName: 'a', tenant: 'b' })
 // @ts-expect-error actual is required
 void e.updateWithFeedbackSync([1])
 // @ts-expect-error the batch path takes a Float64Array
@@ -23,6 +25,10 @@ void ft.fineTuneModel('m.json', [{ features: [1] }])
 void ft.fineTuneModel('m.json', [], { optimizer: 'lbfgs' })
 // @ts-expect-error the result may be a failure: narrow on success first
 void ((r: mlops.FineTuneResult) => r.metrics)
+// @ts-expect-error a successful run may have written nothing: narrow on saved for the path
+void ((r: mlops.FineTuneResult) => (r.success ? r.modelPath.length : 0))
+// @ts-expect-error unknown family
+void ft.fineTuneModel('m.json', [], { model: 'xgboost' })
 const p = new mlops.ExpandedPredictions()
 // @ts-expect-error cacheHit is a boolean
 void p.predictAllSync({ cacheHit: 'yes' })

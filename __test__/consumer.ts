@@ -45,6 +45,35 @@ async function fineTuning(): Promise<void> {
     console.log(why)
   }
   await ft.fineTuneModel(undefined, { X: new Float64Array(4), y: new Float64Array(2), features: 2 }, { save: false })
+  // What services send: numeric strings, named features, a family, the gate's options.
+  const t = await ft.fineTuneModel('q.json', [{ features: { promptTokens: '120', latencyMs: 900 }, quality: '7.5' }], {
+    epochs: '10',
+    learningRate: '0.001',
+    model: 'auto',
+    confidence: 0.99,
+    save: 'always',
+    strict: false,
+    featureNames: ['promptTokens', 'latencyMs'],
+  })
+  if (t.success) {
+    const skipped: number = t.skipped.count + (t.skipped.reasons.missingQuality ?? 0)
+    const p: number = t.pValue + t.test.metrics.mse + t.candidates[0].trainMs
+    const fam: mlops.ModelFamily = t.family
+    if (t.saved) {
+      const file: string = t.modelPath
+      const v: string = t.version
+      console.log(file, v)
+    } else {
+      const none: null = t.modelPath
+      console.log(none, t.reason)
+    }
+    console.log(skipped, p, fam)
+  }
+  const model: mlops.Model = await mlops.Model.load('q.json')
+  const fam: mlops.ModelFamily = model.family
+  const y1: number = model.predict([1, 2]) + model.predict(new Float64Array(2))
+  const ys: Float64Array = model.predictBatch(new Float64Array(4), 2)
+  console.log(fam, y1, ys, model.features.length, Object.keys(mlops.Model.fromJSON(model.toJSON())))
   const h: mlops.ModelVersionEntry[] = await ft.getFineTuningHistory('quality-predictor-v3-advanced.json')
   const created: string = h[0].created
   await ft.promoteVersion('quality-predictor-v3-advanced.json', 'v1')

@@ -130,7 +130,11 @@ function short(x) {
   try {
     t = fc.stringify(x)
   } catch {
-    t = String(x)
+    try {
+      t = String(x)
+    } catch {
+      t = '(an unprintable value: a hostile Proxy or getter)'
+    }
   }
   return t.length > 300 ? `${t.slice(0, 300)}… (${t.length} chars)` : t
 }
@@ -257,8 +261,19 @@ test('RealTimeModelUpdates and OnlineLinearModel: every entry point against host
   await check(property('fromModel', [junk, junk], (a, b) => mlops.OnlineLinearModel.fromModel(a, b), validM))
 })
 
+test('Model: load, fromJSON, predict, predictBatch', async () => {
+  const m = await mlops.Model.load(BASE)
+  const x = [100, 200, 1500, 2, 0.7, 0, 0, 12]
+  const expected = m.predict(x)
+  const valid = () => assert.equal(m.predict(x), expected)
+  await check(property('Model.load', [fileArg], (p) => mlops.Model.load(p), valid, { files: true }))
+  await check(property('Model.fromJSON', [fc.oneof(junk, fc.constant(null).map(() => ({ ...m.toJSON(), weights: [1, 'x'] })), fc.constant(null).map(() => ({ format: 'mlops-native/gbm@1', features: ['a'], model: { regressors: [{ left: {}, right: {} }] } })))], (j) => mlops.Model.fromJSON(j), valid))
+  await check(property('Model.predict', [fc.oneof(junk, fc.array(special, { minLength: 8, maxLength: 8 }))], (f) => m.predict(f), valid))
+  await check(property('Model.predictBatch', [fc.oneof(typed, junk), fc.oneof(special, junk)], (a, n) => m.predictBatch(a, n), valid))
+})
+
 test('report', () => {
-  const cwdJunk = fs.readdirSync(path.join(__dirname, '..')).filter((f) => !/^(\.|__test__|build\.rs|Cargo|README|data|index\.|js|lib|mlops|models|node_modules|npm|package|scripts|src|target|types)/.test(f))
+  const cwdJunk = fs.readdirSync(path.join(__dirname, '..')).filter((f) => !/^(\.|__test__|build\.rs|Cargo|README|crates|data|index\.|js|lib|mlops|models|node_modules|npm|package|scripts|src|target|types)/.test(f))
   assert.deepEqual(cwdJunk, [], 'the suite wrote nothing into the repository')
   const total = Object.values(counts).reduce((a, b) => a + b, 0)
   console.log(`# fuzz: ${total} generated calls over ${Object.keys(counts).length} entry points (FUZZ_RUNS=${RUNS})`)

@@ -90,23 +90,24 @@ test('promote, roll back and look up the production version', async () => {
   fs.rmSync(dir, { recursive: true })
 })
 
-test('bad data resolves {success: false, error} naming the first bad row and field, and writes nothing', async () => {
+test('strict: true fails on the first bad row, naming the row and field, and writes nothing', async () => {
+  // Issue 9 changed the default to lenient (skip and count); strict keeps the old refusal.
   const dir = sandbox()
   const ft = new ModelFineTuning({ modelsDir: dir })
   const rows = ROWS.slice(0, 300).map((r) => ({ features: [...r.features], quality: r.quality }))
   const cases = [
     [rows.slice(0, 50), /fewer than minSamples \(100\)/],
-    [rows.map((r, i) => (i === 7 ? { features: r.features.slice(1), quality: r.quality } : r)), /newData\[7\]\.features has 7 values/],
+    [rows.map((r, i) => (i === 7 ? { features: r.features.slice(1), quality: r.quality } : r)), /newData\[7\]\.features has 7 values, the model has 8/],
     [rows.map((r, i) => (i === 9 ? { features: r.features.map((x, j) => (j === 2 ? NaN : x)), quality: r.quality } : r)), /newData\[9\]\.features\[2\]/],
     [rows.map((r, i) => (i === 11 ? { features: r.features } : r)), /newData\[11\]\.quality is missing/],
-    [rows.map((r, i) => (i === 12 ? { features: r.features, quality: '7' } : r)), /newData\[12\]\.quality must be a number/],
-    [rows.map((r) => ({ features: r.features.slice(0, 5), quality: r.quality })), /5 features but the base model has 8/],
+    [rows.map((r, i) => (i === 12 ? { features: r.features, quality: 'seven' } : r)), /newData\[12\]\.quality must be a number/],
+    [rows.map((r) => ({ features: r.features.slice(0, 5), quality: r.quality })), /newData\[0\]\.features has 5 values, the model has 8/],
     ['nope', /newData must be/],
     [[], /newData must not be empty/],
     [{ X: new Float64Array(10), y: new Float64Array(2), features: 8 }, /newData\.X has 10 values/],
   ]
   for (const [data, msg] of cases) {
-    const r = await ft.fineTuneModel(BASE, data)
+    const r = await ft.fineTuneModel(BASE, data, { strict: true })
     assert.equal(r.success, false)
     assert.match(r.error, msg)
   }
@@ -124,6 +125,7 @@ test('bad data resolves {success: false, error} naming the first bad row and fie
   }
   const missing = await ft.fineTuneModel('does-not-exist.json', rows)
   assert.match(missing.error, /cannot read/)
+  assert.ok(missing.error.includes(`models folder ${dir}`), missing.error)
   assert.deepEqual(listAll(dir), [BASE], 'nothing was written')
   fs.rmSync(dir, { recursive: true })
 })

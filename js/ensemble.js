@@ -3,22 +3,42 @@
 //
 // Why a JS layer: reading three small prediction objects through `#[napi(object)]` costs
 // ~5-7 µs per call, reading them here and crossing once with numbers costs well under
-// 1 µs. So this file reads and validates the objects, interns model and context names to
-// integer ids (a new name crosses once, ever), writes `[modelId, value, confidence,
-// typeMatch]` per entry into a Float64Array that Rust registered once, and builds the
-// result object from the output array. All learning is in Rust (src/core/ensemble.rs).
+// 1 µs. So this file reads and validates the objects (numeric strings and numeric model ids
+// accepted, see js/validate.js), interns model and context names to integer ids through
+// bounded caches (a name crosses again only after it left them), writes
+// `[modelId, value, confidence, flags]` per entry into a Float64Array that Rust registered
+// once, and builds the result object from the output array. Rust's tables are bounded
+// too: when an id this layer cached was evicted there, the call reports it stale and is
+// retried once with fresh ids. Voting without calibration has nothing to learn and is
+// computed here. All learning is in Rust (src/core/ensemble.rs).
 
 const native = require('../index.js')
 const v = require('./validate.js')
+const { makeLog } = require('./log.js')
+const metrics = require('./metrics.js')
+
+/** Per-strategy |error| buckets; `out[4..8]` after a feedback holds the four strategies' errors. */
+const ERROR_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 100]
+const STRATEGY_NAMES = ['stacking', 'dynamicSelection', 'confidenceWeighted', 'average']
 
 const STRIDE = 4
 const HEAD = 8
 const STRATEGY = { stacking: 0, dynamic: 1, voting: 2, calibrated: 3 }
 const SOURCES = ['context', 'global', 'prior']
+/** Entry flags in the 4th slot (see src/js/ensemble.rs). */
+const TYPE_MATCH = 1
+const OLD_TYPE_MATCH = 2
+const HAS_CONFIDENCE = 4
+const HAS_MODEL = 8
 /** Values beyond this would overflow the meta-learners' statistics (see src/core/ensemble.rs). */
 const MAX_MAGNITUDE = 1e100
 /** Entries per call: an ensemble of more base predictions than this is a caller bug. */
 const MAX_ENTRIES = 10_000
+/**
+ * Names cached on the JS side per generation (see NameCache): the caches are only a
+ * shortcut to Rust's tables, so their bound is about JS memory, not correctness.
+ */
+const CACHE_GENERATION = 8192
 
 const OPTIONS = {
   historySize: { min: 0, max: 10_000_000, integer: true },
@@ -28,6 +48,60 @@ const OPTIONS = {
   competenceDecay: { min: 0, minExclusive: true, max: 1 },
   typeMatchBonus: { min: 0 },
   recentErrors: { min: 0, max: 10_000, integer: true },
+  maxContexts: { min: 1, max: 100_000_000, integer: true },
+  maxModels: { min: MAX_ENTRIES, max: 100_000_000, integer: true },
+}
+
+/**
+ * A bounded name → id cache with two generations: lookups hit the young map, then the old
+ * one (promoting the hit); when the young map fills, it becomes the old one and the
+ * previous old one is dropped. So the most recently used names always stay, memory is
+ * bounded by 2 × CACHE_GENERATION entries, and every operation is O(1) (an approximate
+ * LRU). Keys are one string, or a pair (service, type) through nested maps so no key
+ * string is built per call.
+ */
+class NameCache {
+  #young = new Map()
+  #old = new Map()
+  #size = 0
+
+  get(a, b) {
+    let m = this.#young.get(a)
+    let id = m === undefined ? undefined : b === undefined ? m : m.get(b)
+    if (id !== undefined) return id
+    m = this.#old.get(a)
+    id = m === undefined ? undefined : b === undefined ? m : m.get(b)
+    if (id !== undefined) this.set(a, b, id)
+    return id
+  }
+
+  set(a, b, id) {
+    if (b === undefined) {
+      this.#young.set(a, id)
+    } else {
+      let m = this.#young.get(a)
+      if (m === undefined) this.#young.set(a, (m = new Map()))
+      m.set(b, id)
+    }
+    if (++this.#size >= CACHE_GENERATION) {
+      this.#old = this.#young
+      this.#young = new Map()
+      this.#size = 0
+    }
+  }
+
+  delete(a, b) {
+    for (const g of [this.#young, this.#old]) {
+      if (b === undefined) g.delete(a)
+      else g.get(a)?.delete(b)
+    }
+  }
+
+  clear() {
+    this.#young = new Map()
+    this.#old = new Map()
+    this.#size = 0
+  }
 }
 
 function checkHybridModel(m, field) {
@@ -48,9 +122,24 @@ function hybridPrediction(model, features) {
   }
 }
 
+/**
+ * `context.features` for the hybrid models: an array (or typed array) of numbers or
+ * numeric strings (converted), or an object of named numbers (values converted, names
+ * kept: the registered model decides what the names mean).
+ */
+function readFeatures(f) {
+  if (Array.isArray(f) || ArrayBuffer.isView(f)) return v.finiteArray(f, 'context.features')
+  if (typeof f === 'object') {
+    const out = {}
+    for (const k of Object.keys(f)) out[k] = v.finite(v.prop(f, k, `context.features.${k}`), `context.features.${k}`)
+    return out
+  }
+  throw v.typeError('context.features', 'an array of numbers or an object of named numbers', f)
+}
+
 class AdvancedEnsemble extends native.AdvancedEnsemble {
-  #models = new Map()
-  #contexts = new Map()
+  #models = new NameCache()
+  #contexts = new NameCache()
   #generation = 0
   #capacity = 0
   #input = null
@@ -59,12 +148,18 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   #names = []
   #values = []
   #confidences = []
+  #flags = []
   #neural = null
   #transformer = null
   #initialized = false
 
+  #log
+  #errors = STRATEGY_NAMES.map(() => new metrics.Histogram(ERROR_BUCKETS))
+  #feedbackRefused = 0
+
   constructor(options) {
     super(v.numericOptions(options, OPTIONS))
+    this.#log = makeLog(options && typeof options === 'object' ? v.prop(options, 'logger', 'options.logger') : undefined, 'mlops-native/AdvancedEnsemble')
     this.#ensureCapacity(16)
   }
 
@@ -81,41 +176,43 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     let id = this.#models.get(name)
     if (id === undefined) {
       id = this._internModel(name)
-      this.#models.set(name, id)
+      this.#models.set(name, undefined, id)
     }
     return id
   }
 
   #contextId(service, type) {
-    let byType = this.#contexts.get(service)
-    if (byType === undefined) {
-      byType = new Map()
-      this.#contexts.set(service, byType)
-    }
-    let id = byType.get(type)
+    let id = this.#contexts.get(service, type)
     if (id === undefined) {
       id = this._internContext(service, type)
-      byType.set(type, id)
+      this.#contexts.set(service, type, id)
     }
     return id
   }
 
   /**
    * Reads `predictions` into the parsed-entry arrays; returns the entry count.
-   * A bare number is a prediction with confidence 0.5; `prediction` wins over `value`;
-   * 0 is a real value.
+   * A bare number (or numeric string) is a prediction with confidence 0.5; `prediction`
+   * wins over `value`; numeric strings are numbers; a numeric model id is its decimal
+   * string; 0 is a real value.
    */
   #parse(predictions, contextType, extra) {
-    let at = 0
     try {
-      return this.#parseEntries(predictions, contextType, extra, (i) => (at = i))
+      return this.#parseEntries(predictions, contextType, extra, this.#mark)
     } catch (e) {
       if (e instanceof TypeError || e instanceof RangeError) throw e
       // A caller's getter or Proxy threw while we read the entry.
-      throw new TypeError(`predictions[${at}] could not be read: ${e && e.message ? e.message : String(e)}`)
+      throw new TypeError(`predictions[${this.#at}] could not be read: ${e && e.message ? e.message : String(e)}`)
     }
   }
 
+  #at = 0
+  #mark = (i) => {
+    this.#at = i
+  }
+
+  // The hot path: field names for error messages are only built when an entry is bad
+  // (building `predictions[${i}].value` per entry cost more than the arithmetic).
   #parseEntries(predictions, contextType, extra, mark) {
     if (!Array.isArray(predictions)) throw v.typeError('predictions', 'an array', predictions)
     const n = predictions.length
@@ -125,76 +222,91 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const names = this.#names
     const values = this.#values
     const confs = this.#confidences
-    const input = this.#input
-    names.length = values.length = confs.length = 0
+    const flags = this.#flags
+    const absentType = contextType === '' ? OLD_TYPE_MATCH : 0
     for (let i = 0; i < n; i++) {
       mark(i)
       const p = predictions[i]
       let value
       let confidence = 0.5
-      let model
-      let typeMatch = 0
-      if (typeof p === 'number') {
-        value = p
-        if (!(Math.abs(p) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}]`, 'a finite number within ±1e100', p)
+      let model = ''
+      let flag = absentType
+      if (typeof p === 'number' || typeof p === 'string') {
+        value = typeof p === 'number' ? p : v.finite(p, `predictions[${i}]`)
+        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}]`, 'a finite number within ±1e100', p)
       } else if (p !== null && typeof p === 'object') {
         const pred = p.prediction
-        value = pred !== undefined && pred !== null ? pred : p.value
-        if (typeof value !== 'number') {
-          throw v.typeError(`predictions[${i}].${pred !== undefined && pred !== null ? 'prediction' : 'value'}`, 'a number', value)
-        }
-        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}].${pred !== undefined && pred !== null ? 'prediction' : 'value'}`, 'a finite number within ±1e100', value)
+        const usePred = pred !== undefined && pred !== null
+        const raw = usePred ? pred : p.value
+        value = typeof raw === 'number' ? raw : v.finite(raw, `predictions[${i}].${usePred ? 'prediction' : 'value'}`)
+        if (!(Math.abs(value) <= MAX_MAGNITUDE)) throw v.rangeError(`predictions[${i}].${usePred ? 'prediction' : 'value'}`, 'a finite number within ±1e100', raw)
         const c = p.confidence
         if (c !== undefined && c !== null) {
-          if (typeof c !== 'number') throw v.typeError(`predictions[${i}].confidence`, 'a number', c)
-          if (!(c >= 0 && c <= 1)) throw v.rangeError(`predictions[${i}].confidence`, 'a number in [0, 1]', c)
-          confidence = c
+          confidence = typeof c === 'number' ? c : v.finite(c, `predictions[${i}].confidence`)
+          if (!(confidence >= 0 && confidence <= 1)) throw v.rangeError(`predictions[${i}].confidence`, 'a number in [0, 1]', c)
+          flag |= HAS_CONFIDENCE
         }
         const m = p.model
-        if (m !== undefined && m !== null) {
-          if (typeof m !== 'string') throw v.typeError(`predictions[${i}].model`, 'a string', m)
-          if (m.length > v.MAX_NAME) throw new RangeError(`predictions[${i}].model must be at most ${v.MAX_NAME} characters, got ${m.length}`)
-          model = m
-        }
+        if (m !== undefined && m !== null) model = typeof m === 'string' && m.length <= v.MAX_NAME ? m : v.optionalName(m, `predictions[${i}].model`)
         const t = p.predictionType
         if (t !== undefined && t !== null) {
-          if (typeof t !== 'string') throw v.typeError(`predictions[${i}].predictionType`, 'a string', t)
-          typeMatch = contextType !== '' && t === contextType ? 1 : 0
+          const type = typeof t === 'string' && t.length <= v.MAX_NAME ? t : v.optionalName(t, `predictions[${i}].predictionType`)
+          // The old module compared with ===, so two absent types matched; the learned
+          // bonus needs a type on both sides.
+          flag = (flag & ~OLD_TYPE_MATCH) | (type === contextType ? OLD_TYPE_MATCH | (type !== '' ? TYPE_MATCH : 0) : 0)
         }
       } else {
         throw v.typeError(`predictions[${i}]`, 'a number or an object', p)
       }
-      if (model === undefined) model = `model_${i}`
-      names.push(model)
-      values.push(value)
-      confs.push(confidence)
-      const o = i * STRIDE
-      input[o] = this.#modelId(model)
-      input[o + 1] = value
-      input[o + 2] = confidence
-      input[o + 3] = typeMatch
+      if (model === '') model = `model_${i}`
+      else flag |= HAS_MODEL
+      // Written by index and trimmed once: `length = 0` then push would drop and
+      // re-allocate the four backing stores on every call.
+      names[i] = model
+      values[i] = value
+      confs[i] = confidence
+      flags[i] = flag
     }
+    if (names.length !== n) names.length = values.length = confs.length = flags.length = n
     return n
   }
 
   #push(model, value, confidence) {
-    const i = this.#names.length
     this.#names.push(model)
     this.#values.push(value)
     this.#confidences.push(confidence)
-    const o = i * STRIDE
-    this.#input[o] = this.#modelId(model)
-    this.#input[o + 1] = value
-    this.#input[o + 2] = confidence
-    this.#input[o + 3] = 0
+    this.#flags.push(HAS_CONFIDENCE | HAS_MODEL)
   }
 
-  /** Re-writes the model ids after the native state was replaced (loadState). */
-  #resync() {
-    this.#models.clear()
-    this.#contexts.clear()
-    this.#generation = this._generation
-    for (let i = 0; i < this.#names.length; i++) this.#input[i * STRIDE] = this.#modelId(this.#names[i])
+  /** Writes the parsed entries into the packed input, interning model names. */
+  #pack() {
+    const input = this.#input
+    const names = this.#names
+    for (let i = 0; i < names.length; i++) {
+      const o = i * STRIDE
+      input[o] = this.#modelId(names[i])
+      input[o + 1] = this.#values[i]
+      input[o + 2] = this.#confidences[i]
+      input[o + 3] = this.#flags[i]
+    }
+  }
+
+  /**
+   * Called when Rust reported a stale id. After a loadState every cached id is stale;
+   * otherwise only this call's names can be (evicted from Rust's bounded tables since
+   * they were cached), so only those are dropped and interned again.
+   */
+  #refresh(ctx, pack = true) {
+    if (this._generation !== this.#generation) {
+      this.#models.clear()
+      this.#contexts.clear()
+      this.#generation = this._generation
+      if (!pack) return
+    } else {
+      for (const name of this.#names) this.#models.delete(name)
+      this.#contexts.delete(ctx.service, ctx.type)
+    }
+    this.#pack()
   }
 
   #context(context) {
@@ -208,14 +320,17 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     }
   }
 
+  /** One native call with the packed entries; re-interns and retries once on a stale id. */
+  #native(ctx, call) {
+    this.#pack()
+    if (call(this.#contextId(ctx.service, ctx.type))) return
+    this.#refresh(ctx)
+    if (!call(this.#contextId(ctx.service, ctx.type))) throw new Error('AdvancedEnsemble: ids still stale after re-interning (internal error)')
+  }
+
   #combine(strategy, ctx) {
     const n = this.#names.length
-    let id = this.#contextId(ctx.service, ctx.type)
-    if (!this._combine(strategy, this.#generation, id, n)) {
-      this.#resync()
-      id = this.#contextId(ctx.service, ctx.type)
-      this._combine(strategy, this.#generation, id, n)
-    }
+    this.#native(ctx, (id) => this._combine(strategy, this.#generation, id, n))
     return n
   }
 
@@ -251,7 +366,9 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   updateWithFeedback(predictions, actual, context) {
     try {
       return Promise.resolve(this.updateWithFeedbackSync(predictions, actual, context))
-    } catch {
+    } catch (e) {
+      this.#feedbackRefused++
+      this.#log.warn('feedback refused', { error: e && e.message })
       return Promise.resolve(false)
     }
   }
@@ -261,19 +378,20 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   stackingEnsembleSync(predictions, context) {
     const ctx = this.#context(context)
     let hybrid = 0
+    let features
     if (ctx.features !== undefined && ctx.features !== null && (this.#neural || this.#transformer)) {
-      v.finiteArray(ctx.features, 'context.features')
+      features = readFeatures(ctx.features)
       hybrid = 2
     }
     this.#parse(predictions, ctx.type, hybrid)
     let hybridModels = false
     if (hybrid) {
-      const nn = hybridPrediction(this.#neural, ctx.features)
+      const nn = hybridPrediction(this.#neural, features)
       if (nn !== undefined) {
         this.#push('neural_network', nn, 0.85)
         hybridModels = true
       }
-      const tf = hybridPrediction(this.#transformer, ctx.features)
+      const tf = hybridPrediction(this.#transformer, features)
       if (tf !== undefined) {
         this.#push('transformer', tf, 0.85)
         hybridModels = true
@@ -285,8 +403,10 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const basePredictions = new Array(n)
     const metaWeights = new Array(n)
     const rawWeights = new Array(n)
+    const values = new Array(n)
     for (let i = 0; i < n; i++) {
-      basePredictions[i] = { value: this.#values[i], confidence: this.#confidences[i], model: this.#names[i] }
+      values[i] = this.#values[i]
+      basePredictions[i] = { value: values[i], confidence: this.#confidences[i], model: this.#names[i] }
       metaWeights[i] = out[HEAD + i]
       rawWeights[i] = out[HEAD + n + i]
     }
@@ -297,8 +417,9 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
       basePredictions,
       metaWeights,
       hybridModels,
-      rawWeights,
       intercept: out[2],
+      rawWeights,
+      values,
       samples: out[3],
       source: SOURCES[out[4]],
     }
@@ -332,12 +453,38 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
 
   confidenceWeightedVotingSync(predictions, context) {
     const ctx = this.#context(context)
-    this.#parse(predictions, ctx.type, 0)
-    const n = this.#combine(ctx.calibrate ? STRATEGY.calibrated : STRATEGY.voting, ctx)
-    const out = this.#output
+    const n = this.#parse(predictions, ctx.type, 0)
     const weights = new Array(n)
+    if (!ctx.calibrate) {
+      // Nothing to learn: the old rule computed here, without crossing into Rust.
+      const values = this.#values
+      const confs = this.#confidences
+      let total = 0
+      let num = 0
+      let sumC = 0
+      for (let i = 0; i < n; i++) {
+        const c = confs[i]
+        total += c * c
+        num += c * c * values[i]
+        sumC += c
+      }
+      const ok = total > 0 && Number.isFinite(total)
+      let prediction = num / total
+      if (!ok) {
+        prediction = 0
+        for (let i = 0; i < n; i++) prediction += values[i]
+        prediction /= n
+      }
+      for (let i = 0; i < n; i++) {
+        const w = confs[i] * confs[i]
+        weights[i] = { model: this.#names[i], confidence: confs[i], weight: w, normalizedWeight: ok ? w / total : 1 / n }
+      }
+      return { prediction, confidence: sumC / n, strategy: 'confidence-weighted', weights }
+    }
+    this.#combine(STRATEGY.calibrated, ctx)
+    const out = this.#output
     for (let i = 0; i < n; i++) {
-      weights[i] = { model: this.#names[i], confidence: out[HEAD + n + i], weight: out[HEAD + i] }
+      weights[i] = { model: this.#names[i], confidence: out[HEAD + 2 * n + i], weight: out[HEAD + n + i], normalizedWeight: out[HEAD + i] }
     }
     return { prediction: out[0], confidence: out[1], strategy: 'confidence-weighted', weights }
   }
@@ -345,17 +492,45 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   updateWithFeedbackSync(predictions, actual, context) {
     const ctx = this.#context(context)
     if (actual === undefined || actual === null) throw new TypeError('actual is required (a finite number)')
-    v.finite(actual, 'actual')
-    if (Math.abs(actual) > MAX_MAGNITUDE) throw v.rangeError('actual', 'within ±1e100', actual)
-    this.#parse(predictions, ctx.type, 0)
-    const n = this.#names.length
-    let id = this.#contextId(ctx.service, ctx.type)
-    if (!this._feedback(this.#generation, id, n, actual)) {
-      this.#resync()
-      id = this.#contextId(ctx.service, ctx.type)
-      this._feedback(this.#generation, id, n, actual)
-    }
+    const y = v.finite(actual, 'actual')
+    if (Math.abs(y) > MAX_MAGNITUDE) throw v.rangeError('actual', 'within ±1e100', actual)
+    const n = this.#parse(predictions, ctx.type, 0)
+    this.#native(ctx, (id) => this._feedback(this.#generation, id, n, y))
+    const out = this.#output
+    for (let i = 0; i < 4; i++) this.#errors[i].observe(out[4 + i])
     return true
+  }
+
+  /** Prometheus text exposition of this ensemble (see README, Monitoring). O(1) in contexts. */
+  metrics() {
+    return metrics.render(this.#collect())
+  }
+
+  /** Adds this ensemble's metrics to a prom-client registry: `e.registerMetrics(promClient.register)`. */
+  registerMetrics(register) {
+    metrics.registerMetrics(register, () => this.#collect())
+  }
+
+  #collect() {
+    const s = this.getStatistics()
+    const f = new metrics.Families()
+    f.counter('mlops_ensemble_feedback_total', 'Feedback events learned from.', s.feedbackCount)
+    f.counter('mlops_ensemble_feedback_refused_total', 'updateWithFeedback calls resolved false (bad input).', this.#feedbackRefused)
+    STRATEGY_NAMES.forEach((name, i) => {
+      f.histogram('mlops_ensemble_error_absolute', 'Prequential |error| per strategy (predicted before the label was learned).', this.#errors[i], { strategy: name })
+    })
+    for (const name of STRATEGY_NAMES) {
+      const st = s.strategies && s.strategies[name]
+      if (st) f.gauge('mlops_ensemble_strategy_mae', 'Decayed mean absolute error per strategy.', st.mae, { strategy: name })
+    }
+    const t = s.totals || {}
+    f.gauge('mlops_ensemble_contexts', 'Contexts (serviceName × predictionType) held now.', t.contexts)
+    f.gauge('mlops_ensemble_models', 'Model names held now.', t.models)
+    for (const [kind, n] of Object.entries(s.evictions || {})) f.counter('mlops_ensemble_evictions_total', 'Least-recently-used entries evicted by the bounds.', n, { kind })
+    for (const c of s.topContexts || []) {
+      f.gauge('mlops_ensemble_context_samples', 'Feedback samples of the busiest contexts (top 10).', c.samples, { service: c.serviceName ?? '', prediction_type: c.predictionType ?? '' })
+    }
+    return f
   }
 
   /**
@@ -366,11 +541,21 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     v.float64Array(predictions, 'predictions')
     if (!Array.isArray(models)) throw v.typeError('models', 'an array of strings', models)
     if (models.length === 0) throw new RangeError('models must not be empty')
-    for (let i = 0; i < models.length; i++) v.optionalName(v.prop(models, i, `models[${i}]`) ?? 0, `models[${i}]`)
+    const names = new Array(models.length)
+    for (let i = 0; i < models.length; i++) names[i] = v.optionalName(v.prop(models, i, `models[${i}]`) ?? 0, `models[${i}]`)
     if (confidences !== undefined && confidences !== null) v.float64Array(confidences, 'confidences')
     const ctx = this.#context(context)
-    const id = this.#contextId(ctx.service, ctx.type)
-    return this._stackingBatch(id, models.slice(), predictions, confidences ?? undefined)
+    // Ids are only meaningful within one generation: after a loadState, re-intern.
+    if (this._generation !== this.#generation) this.#refresh(ctx, false)
+    const out = this._stackingBatch(this.#contextId(ctx.service, ctx.type), names, predictions, confidences ?? undefined)
+    if (out !== null) return out
+    this.#contexts.delete(ctx.service, ctx.type)
+    return this._stackingBatch(this.#contextId(ctx.service, ctx.type), names, predictions, confidences ?? undefined)
+  }
+
+  /** O(1) in the number of contexts; parsed from JSON text (see `_statisticsJson`). */
+  getStatistics() {
+    return JSON.parse(this._statisticsJson())
   }
 
   registerNeuralNetwork(model) {

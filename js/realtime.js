@@ -10,11 +10,16 @@
 const path = require('node:path')
 const native = require('../index.js')
 const v = require('./validate.js')
+const { makeLog } = require('./log.js')
+const metrics = require('./metrics.js')
 const { defaultModelsDir } = require('./paths.js')
 const { redact } = require('./redact.js')
 
 const MAX_FEATURES = 4096
 const EVENTS = ['update', 'rejected', 'drift', 'error', 'leader', 'forwarded']
+/** Buckets of |actual − prediction| and of an update's relative MSE improvement. */
+const ERROR_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 100]
+const IMPROVEMENT_BUCKETS = [-0.5, -0.1, -0.05, 0, 0.01, 0.05, 0.1, 0.25, 0.5, 1]
 const REQ = { update: 0, force: 1, hotSwap: 2, rollback: 3, timerOn: 4, timerOff: 5, flush: 6, shutdown: 7 }
 const DEFAULT_MODEL = 'quality-predictor-v3-advanced.json'
 
@@ -57,12 +62,16 @@ class RealTimeModelUpdates {
   #lastError = null
   #startFailed = false
   #featureNames = null
+  #log
+  #servedError = new metrics.Histogram(ERROR_BUCKETS)
+  #improvement = new metrics.Histogram(IMPROVEMENT_BUCKETS)
   // The serving model's feature names, cached per served version.
   #namesVersion = -1
   #names = null
 
   constructor(options) {
     const raw = v.optionalObject(options, 'options') ?? {}
+    this.#log = makeLog(v.prop(raw, 'logger', 'options.logger'), 'mlops-native/RealTimeModelUpdates')
     // One read of every option, so a throwing getter is a TypeError naming it.
     const o = {}
     for (const k of [...Object.keys(OPTIONS), 'modelsDir', 'modelPath', 'feedbackLogDir', 'enableHotSwap', 'followRegistry', 'featureNames', 'store', 'schema', 'train']) o[k] = v.prop(raw, k, `options.${k}`)
@@ -259,6 +268,7 @@ class RealTimeModelUpdates {
   }
 
   #emit(kind, data) {
+    this.#note(kind, data)
     for (const cb of this.#listeners[kind] ?? []) {
       try {
         cb(data)
@@ -266,6 +276,54 @@ class RealTimeModelUpdates {
         // A listener's bug must not become an uncaught exception in the host.
       }
     }
+  }
+
+  /** What the old modules logged (swaps, rejected updates, failures), and the histograms. */
+  #note(kind, d) {
+    const o = d && typeof d === 'object' ? d : {}
+    if (kind === 'update' || kind === 'rejected') this.#improvement.observe(o.improvement)
+    if (!this.#log.enabled) return
+    const fields = { modelPath: o.modelPath, version: o.modelVersion ?? o.version, family: o.family, improvement: o.improvement, currentMse: o.currentMse, candidateMse: o.candidateMse, samples: o.samples, reason: o.reason }
+    for (const k of Object.keys(fields)) if (fields[k] === undefined) delete fields[k]
+    if (kind === 'update') this.#log.info('model updated and hot-swapped', fields)
+    else if (kind === 'rejected') this.#log.info('update rejected; the current model keeps serving', fields)
+    else if (kind === 'drift') this.#log.warn('drift detected; running an update cycle', { seq: o.seq, ...fields })
+    else if (kind === 'error') this.#log.error(o.message || 'error', { error: o.message })
+  }
+
+  /** Prometheus text exposition of this stream (see README, Monitoring). */
+  metrics() {
+    return metrics.render(this.#collect())
+  }
+
+  /** Adds this stream's metrics to a prom-client registry: `rt.registerMetrics(promClient.register)`. */
+  registerMetrics(register) {
+    metrics.registerMetrics(register, () => this.#collect())
+  }
+
+  #collect() {
+    const s = this.getStatistics()
+    const f = new metrics.Families({ model: path.basename(s.currentModelPath || this.modelPath) })
+    f.counter('mlops_feedback_received_total', 'Feedback events offered to addFeedback/addFeedbackSync/addFeedbackBatch.', s.received)
+    f.counter('mlops_feedback_accepted_total', 'Feedback events accepted into the stream.', s.accepted)
+    for (const reason of ['missing', 'invalid', 'closed']) f.counter('mlops_feedback_rejected_total', 'Feedback events refused, by reason.', s.rejected[reason] ?? 0, { reason })
+    f.counter('mlops_feedback_dropped_total', 'Feedback events refused because the queue was full.', s.dropped)
+    f.counter('mlops_feedback_processed_total', 'Feedback events consumed by update cycles.', s.processed)
+    f.counter('mlops_feedback_replayed_total', 'Logged feedback replayed into the buffer at start.', s.replayed)
+    f.gauge('mlops_feedback_queue_depth', 'Events queued for the worker.', s.queueDepth)
+    f.gauge('mlops_feedback_buffer_size', 'Events buffered for the next update cycle.', s.bufferSize)
+    f.gauge('mlops_feedback_buffer_capacity', 'Buffer size that triggers an update cycle.', s.bufferCapacity)
+    f.gauge('mlops_feedback_log_healthy', '1 while the feedback log can be written.', s.logHealthy === false ? 0 : 1)
+    f.counter('mlops_feedback_log_corrupt_records_total', 'Damaged log records skipped on replay.', s.corruptLogRecords ?? 0)
+    f.counter('mlops_update_cycles_total', 'Update cycles, by outcome.', s.updatesAccepted ?? s.updateCount, { result: 'accepted' })
+    f.counter('mlops_update_cycles_total', 'Update cycles, by outcome.', s.updatesRejected ?? 0, { result: 'rejected' })
+    f.counter('mlops_model_swaps_total', 'Models hot-swapped in (updates and hotSwapModel).', s.swaps)
+    f.counter('mlops_model_rollbacks_total', 'Rollbacks to the previous model.', s.rollbacks)
+    f.counter('mlops_drift_alarms_total', 'Drift alarms raised by the detector.', s.drifts)
+    f.gauge('mlops_model_version', 'Version number of the model serving now.', s.modelVersion)
+    f.histogram('mlops_served_error_absolute', 'Absolute error of served predictions, |actual − prediction|, as fed back.', this.#servedError)
+    f.histogram('mlops_update_improvement_ratio', 'Relative MSE improvement of update candidates on held-out feedback.', this.#improvement)
+    return f
   }
 
   #request(kind, arg) {
@@ -372,6 +430,9 @@ class RealTimeModelUpdates {
     }
     const seq = this.#core._push(n, this.#packed[0], this.#packed[1])
     if (seq === -1) this.#rejected.queueFull++
+    // The served prediction's error as the caller reports it: the distribution a dashboard
+    // watches for "is the model getting worse".
+    else if (seq >= 0) this.#servedError.observe(Math.abs(this.#packed[1] - this.#packed[0]))
     return seq
   }
 

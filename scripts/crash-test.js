@@ -80,7 +80,7 @@ async function fineTuneCrashes(dir) {
     ;(async () => {
       for (let i = 0; ; i++) {
         const r = await ft.fineTuneModel(${JSON.stringify(BASE)}, rows, { seed: i, promote: i % 2 === 0 })
-        if (r.success) console.log('done', r.version, r.modelPath)
+        if (r.success && r.saved) console.log('done', r.version, r.modelPath)
         if (i % 3 === 2) { try { await ft.rollback(${JSON.stringify(BASE)}) } catch {} }
       }
     })()`

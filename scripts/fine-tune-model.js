@@ -2,11 +2,15 @@
 'use strict'
 // npm run fine-tune -- [model-path] [--data FILE] [--epochs N] [--lr X] [--seed N]
 //                      [--optimizer adam|sgd|ridge] [--promote] [--min-improvement X] [--json]
+//                      [--model linear|gbm|random_forest|extra_trees|auto] [--trees N]
+//                      [--max-depth N] [--confidence X] [--strict]
 //
 // Fine-tunes a base model (default models/quality-predictor-v3-advanced.json) on
 // production rows (default data/production-sample.jsonl), shows a progress bar per epoch,
 // base vs fine-tuned metrics on the same held-out rows, the version written and whether
 // it was accepted. Exit code 0 on success, 1 with a one-line reason on failure.
+// --model picks the family (default: the base file's); `auto` fits every family, prints
+// each candidate's held-out metrics and fit time, then the winner.
 // --data reads JSONL (one {features, quality} per line) or CSV (feature columns, then
 // quality last; a header line is skipped).
 
@@ -33,6 +37,11 @@ function parseCli() {
         seed: { type: 'string' },
         optimizer: { type: 'string' },
         'min-improvement': { type: 'string' },
+        model: { type: 'string' },
+        trees: { type: 'string' },
+        'max-depth': { type: 'string' },
+        confidence: { type: 'string' },
+        strict: { type: 'boolean', default: false },
         promote: { type: 'boolean', default: false },
         json: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
@@ -94,7 +103,7 @@ function bar(done, total, width = 24) {
 async function main() {
   const { values: a, positionals } = parseCli()
   if (a.help) {
-    console.log('usage: npm run fine-tune -- [model-path] [--data FILE] [--epochs N] [--lr X] [--seed N] [--optimizer adam|sgd|ridge] [--promote] [--min-improvement X] [--json]')
+    console.log('usage: npm run fine-tune -- [model-path] [--data FILE] [--epochs N] [--lr X] [--seed N] [--optimizer adam|sgd|ridge] [--model linear|gbm|random_forest|extra_trees|auto] [--trees N] [--max-depth N] [--confidence X] [--strict] [--promote] [--min-improvement X] [--json]')
     return
   }
   const modelPath = path.resolve(positionals[0] ?? path.join(root, 'models', 'quality-predictor-v3-advanced.json'))
@@ -108,6 +117,11 @@ async function main() {
     seed: num(a.seed, 'seed', true),
     optimizer: a.optimizer,
     minImprovement: num(a['min-improvement'], 'min-improvement', false),
+    model: a.model,
+    trees: num(a.trees, 'trees', true),
+    maxDepth: num(a['max-depth'], 'max-depth', true),
+    confidence: num(a.confidence, 'confidence', false),
+    strict: a.strict || undefined,
     promote: a.promote,
     onProgress: a.json
       ? undefined
@@ -127,11 +141,26 @@ async function main() {
     return
   }
   const f = (x) => x.toFixed(4)
-  console.log(`\n            ${'MSE'.padStart(8)} ${'MAE'.padStart(8)} ${'R²'.padStart(8)}   (${r.samples.validation} held-out rows)`)
-  console.log(`base        ${f(r.baseMetrics.mse).padStart(8)} ${f(r.baseMetrics.mae).padStart(8)} ${f(r.baseMetrics.r2).padStart(8)}`)
-  console.log(`fine-tuned  ${f(r.metrics.mse).padStart(8)} ${f(r.metrics.mae).padStart(8)} ${f(r.metrics.r2).padStart(8)}`)
-  console.log(`\nimprovement ${(100 * r.improvement).toFixed(1)}% (relative MSE), best epoch ${r.bestEpoch} of ${r.epochs.length} run, ${r.durationMs.toFixed(0)} ms`)
-  console.log(`${r.accepted ? 'accepted' : 'NOT accepted'}: version ${r.version} written to ${path.relative(process.cwd(), r.modelPath)} (status ${r.status})`)
+  if (r.skipped.count > 0) {
+    console.log(`\nskipped ${r.skipped.count} unusable rows: ${Object.entries(r.skipped.reasons).map(([k, n]) => `${n} ${k}`).join(', ')}`)
+  }
+  if (r.candidates.length > 1) {
+    console.log(`\ncandidates (chosen on ${r.samples.validation} validation rows; scored on ${r.samples.test} held-out test rows):`)
+    console.log(`  ${'family'.padEnd(14)} ${'MSE'.padStart(8)} ${'MAE'.padStart(8)} ${'R²'.padStart(8)} ${'fit ms'.padStart(9)}`)
+    for (const c of r.candidates) {
+      const t = c.testMetrics
+      console.log(`  ${c.family.padEnd(14)} ${f(t.mse).padStart(8)} ${f(t.mae).padStart(8)} ${f(t.r2).padStart(8)} ${c.trainMs.toFixed(0).padStart(9)}`)
+    }
+    console.log(`winner: ${r.family}${r.reason === 'no change' ? ' (none beat the base on validation: base kept)' : ''}`)
+  }
+  console.log(`\n            ${'MSE'.padStart(8)} ${'MAE'.padStart(8)} ${'R²'.padStart(8)}   (${r.samples.test} held-out test rows)`)
+  console.log(`base        ${f(r.baseMetrics.mse).padStart(8)} ${f(r.baseMetrics.mae).padStart(8)} ${f(r.baseMetrics.r2).padStart(8)}   (${r.baseFamily})`)
+  console.log(`fine-tuned  ${f(r.metrics.mse).padStart(8)} ${f(r.metrics.mae).padStart(8)} ${f(r.metrics.r2).padStart(8)}   (${r.family})`)
+  const epochs = r.family === 'linear' ? `, best epoch ${r.bestEpoch} of ${r.epochs.length} run` : ''
+  console.log(`\nimprovement ${(100 * r.improvement).toFixed(1)}% (relative MSE), paired t ${r.statistic.toPrecision(4)}, p ${r.pValue.toPrecision(3)} (accept below ${(1 - r.confidence).toFixed(2)})${epochs}, ${r.durationMs.toFixed(0)} ms`)
+  const verdict = r.accepted ? 'accepted' : `NOT accepted (${r.reason})`
+  if (r.saved) console.log(`${verdict}: version ${r.version} written to ${path.relative(process.cwd(), r.modelPath)} (status ${r.status})`)
+  else console.log(`${verdict}: no version written`)
 }
 
 main().catch((e) => fail(e.message))

@@ -8,27 +8,36 @@
 /**
  * One base-model prediction: a bare number (confidence 0.5), or an object where
  * `prediction` wins over `value`. 0 is a real value. Missing confidence means 0.5.
+ * Numeric strings (`'7.5'`, as databases return NUMERIC columns) are numbers, and a numeric
+ * model id is its decimal string (`101` → `'101'`).
  */
 export type PredictionEntry =
   | number
+  | string
   | {
-      value?: number
-      prediction?: number
+      value?: number | string
+      prediction?: number | string
       /** In [0, 1]; default 0.5. */
-      confidence?: number
-      /** Model name; default `model_<index>`. */
-      model?: string
+      confidence?: number | string
+      /** Model name (a number becomes its decimal string); default `model_<index>`. */
+      model?: string | number
       predictionType?: string
     }
 
+/**
+ * The context of an ensemble call. Known optional fields only (no index signature), so a
+ * caller's own `interface Ctx {serviceName: string; predictionType: string}` is accepted.
+ */
 export interface EnsembleContext {
   serviceName?: string
   predictionType?: string
-  /** Input features for registered hybrid models (neural network, transformer). */
-  features?: number[] | Float64Array
+  /**
+   * Input features for registered hybrid models (neural network, transformer): numbers or
+   * numeric strings, or an object of named numbers (passed to the model with values converted).
+   */
+  features?: ReadonlyArray<number | string> | Float64Array | Readonly<Record<string, number | string>>
   /** confidenceWeightedVoting: calibrate stated confidences against observed errors. */
   calibrate?: boolean
-  [key: string]: unknown
 }
 
 // ---------------------------------------------------------------- AdvancedEnsemble
@@ -44,12 +53,19 @@ export interface StackingResult {
   confidence: number
   strategy: 'stacking'
   basePredictions: BasePrediction[]
-  /** Normalised weights actually used, aligned with basePredictions; they sum to 1. */
+  /**
+   * Display weights: `rawWeights` normalised to sum to 1 (by their sum, or by their
+   * absolute sum when they cancel out). They rank the models; they do not reproduce
+   * `prediction` — `intercept`, `rawWeights` and `values` do.
+   */
   metaWeights: number[]
   hybridModels: boolean
-  /** Raw meta-learner coefficients: prediction = intercept + Σ rawWeights[i]·value[i]. */
-  rawWeights: number[]
+  /** `prediction = intercept + Σ rawWeights[i] · values[i]`, exactly (to rounding). */
   intercept: number
+  /** The coefficients applied to `values`, aligned with basePredictions. */
+  rawWeights: number[]
+  /** The values used, aligned with basePredictions (the base predictions' values). */
+  values: number[]
   /** Feedback samples behind the meta-learner that answered. */
   samples: number
   /** Which learner answered: the context's, the global one, or the old prior rule. */
@@ -78,7 +94,12 @@ export interface VotingResult {
   prediction: number
   confidence: number
   strategy: 'confidence-weighted'
-  weights: { model: string; confidence: number; weight: number }[]
+  /**
+   * `weight` is `confidence²`, not normalised (the old module's field); `normalizedWeight`
+   * is its share of the vote (they sum to 1). With `calibrate`, `confidence` is the
+   * calibrated one.
+   */
+  weights: { model: string; confidence: number; weight: number; normalizedWeight: number }[]
 }
 
 export interface StrategyErrors {
@@ -89,8 +110,37 @@ export interface StrategyErrors {
 
 export type StrategyName = 'stacking' | 'dynamicSelection' | 'confidenceWeighted' | 'average'
 
+export interface EnsembleContextSummary {
+  serviceName: string
+  predictionType: string
+  samples: number
+  metaSamples: number
+  bestStrategy: StrategyName | null
+  strategies: Record<StrategyName, StrategyErrors>
+}
+
+/** `getContextStatistics()`: one context in full. */
+export interface EnsembleContextStatistics extends EnsembleContextSummary {
+  /** Decayed error of each model in this context (at most 32, most recently updated). */
+  models: Record<string, StrategyErrors>
+  /** The stacking learners: one per set of models seen together (at most 4). */
+  modelSets: { models: string[]; samples: number; confidence: number }[]
+}
+
+export interface EnsembleContextPage {
+  /** Live contexts in all. */
+  total: number
+  offset: number
+  /** Most recently used first. */
+  contexts: EnsembleContextStatistics[]
+}
+
+/** `getStatistics()`: O(1) whatever the number of contexts. */
 export interface EnsembleStatistics {
-  /** Old EMA per `${serviceName}_${model}` (or `model`): 0.9·old + 0.1/(1+|error|). */
+  /**
+   * Old EMA per `${serviceName}_${model}` (or `model`): 0.9·old + 0.1/(1+|error|). Only the
+   * 20 most recently updated keys (`limits.performanceWeightsShown`).
+   */
   performanceWeights: Record<string, number>
   historySize: number
   /** Latest prequential stacking errors, oldest first. */
@@ -100,17 +150,21 @@ export interface EnsembleStatistics {
   feedbackCount: number
   bestStrategy: StrategyName | null
   strategies: Record<StrategyName, StrategyErrors>
-  contexts: Record<
-    string,
-    {
-      serviceName: string
-      predictionType: string
-      samples: number
-      metaSamples: number
-      bestStrategy: StrategyName | null
-      strategies: Record<StrategyName, StrategyErrors>
-    }
-  >
+  /** The (at most 3) contexts with the most feedback, in detail, keyed `service/type`. */
+  contexts: Record<string, EnsembleContextSummary>
+  /** The (at most 10) contexts with the most feedback, most first. */
+  topContexts: { serviceName: string; predictionType: string; samples: number }[]
+  /** Live table sizes; `xCreated = x + evictions.x`. */
+  totals: {
+    contexts: number
+    models: number
+    performanceKeys: number
+    contextsCreated: number
+    modelsCreated: number
+    performanceKeysCreated: number
+  }
+  evictions: { contexts: number; models: number; performanceKeys: number }
+  limits: { maxContexts: number; maxModels: number; maxPerformanceKeys: number; performanceWeightsShown: number }
 }
 
 /** A JS model that joins stacking when `context.features` is given. */
@@ -129,12 +183,12 @@ export interface AdvancedEnsemble {
   confidenceWeightedVoting(predictions: PredictionEntry[], context?: EnsembleContext): Promise<VotingResult>
   confidenceWeightedVotingSync(predictions: PredictionEntry[], context?: EnsembleContext): VotingResult
   /** Resolves false on bad input (the old contract); the Sync twin throws. */
-  updateWithFeedback(predictions: PredictionEntry[], actual: number, context?: EnsembleContext): Promise<boolean>
-  updateWithFeedbackSync(predictions: PredictionEntry[], actual: number, context?: EnsembleContext): boolean
+  updateWithFeedback(predictions: PredictionEntry[], actual: number | string, context?: EnsembleContext): Promise<boolean>
+  updateWithFeedbackSync(predictions: PredictionEntry[], actual: number | string, context?: EnsembleContext): boolean
   /** Row-major `predictions` (rows × models.length) → one stacked prediction per row. */
   stackingBatch(
     predictions: Float64Array,
-    models: string[],
+    models: (string | number)[],
     context?: EnsembleContext,
     confidences?: Float64Array,
   ): Float64Array
@@ -170,7 +224,7 @@ export interface PostgresOptions {
 }
 
 export interface ModelFineTuningOptions extends Partial<FineTuneConfig>, PostgresOptions {
-  /** Default `models` under the working directory. */
+  /** Default: `MLOPS_MODELS_DIR`, else `<project root>/models` (nearest package.json). */
   modelsDir?: string
   /** Default `<modelsDir>/fine-tuned` (with a PostgreSQL registry: the model cache). */
   fineTunedDir?: string
@@ -178,9 +232,16 @@ export interface ModelFineTuningOptions extends Partial<FineTuneConfig>, Postgre
   registry?: string | false
 }
 
+/** A number, or a numeric string as databases hand numbers over (`'7.5'`, `' 1e3 '`). */
+export type NumberLike = number | string
+
 export interface TrainingRow {
-  features: number[]
-  quality: number
+  /**
+   * Values in the model's feature order, or named values mapped through the model file's
+   * `featureNames` (or `options.featureNames`).
+   */
+  features: NumberLike[] | Record<string, NumberLike>
+  quality: NumberLike
 }
 
 /** Typed-array input: `X` row-major (`y.length × features`). */
@@ -197,24 +258,49 @@ export interface FineTuneProgressInfo {
   valLoss: number
 }
 
-export interface FineTuneRunOptions extends Partial<FineTuneConfig> {
-  /** Default 'adam' (adaptive, standardised features); 'sgd' is the old algorithm exactly. */
+export type ModelFamily = 'linear' | 'gbm' | 'random_forest' | 'extra_trees'
+
+/** Per-run options; numeric ones also accept numeric strings (`epochs: '10'`). */
+export interface FineTuneRunOptions extends Partial<{ [K in keyof FineTuneConfig]: NumberLike }> {
+  /** Default 'adam' (adaptive, standardised features and target); 'sgd' is the old algorithm exactly. */
   optimizer?: 'adam' | 'sgd' | 'ridge'
   /** `'ridge'` is the same as `optimizer: 'ridge'`: a closed-form refit. */
   method?: 'ridge' | 'gradient'
-  /** Seed of the shuffle that splits train/validation (default 42). */
-  seed?: number
+  /** Family to fit (default: the base file's). `'auto'` fits all and picks on validation. */
+  model?: ModelFamily | 'auto'
+  /** Seed of the shuffle that splits train/validation/test (default 42). */
+  seed?: NumberLike
   /** L2 penalty (default 0). */
-  l2?: number
+  l2?: NumberLike
   /** Epochs without a better validation loss before stopping (default 3 for adam, off for sgd). */
-  patience?: number
+  patience?: NumberLike
   earlyStopping?: boolean
-  /** `accepted` when improvement ≥ this (default 0). */
-  minImprovement?: number
-  /** false: train and evaluate without writing anything. */
-  save?: boolean
+  /** Share of rows held out for the acceptance test only (default 0.2). */
+  testSplit?: NumberLike
+  /** Confidence of the paired test that accepts a run (default 0.95). */
+  confidence?: NumberLike
+  /** Accepted only when the test MSE is below (1 − minImprovement) × the base's, significantly (default 0). */
+  minImprovement?: NumberLike
+  /** false: write nothing. true (default): write a version unless the run is 'no change'. 'always': write even then. */
+  save?: boolean | 'always'
   /** Promote the new version to production when accepted. */
   promote?: boolean
+  /** true: fail on the first unusable row (the old behaviour). Default: skip and count it. */
+  strict?: boolean
+  /** Names for rows whose `features` are objects, when the model file has none. */
+  featureNames?: string[]
+  /** Tree families: trees to fit (gbm 200, forests 100). */
+  trees?: NumberLike
+  /** Tree depth (gbm 4; forests unlimited). */
+  maxDepth?: NumberLike
+  /** Forests: minimum rows per leaf (default 5); gbm: minimum child weight (default 1). */
+  minSamplesLeaf?: NumberLike
+  /** Forests: features tried per split (random forest ⌈d/2⌉, extra trees d). */
+  mtry?: NumberLike
+  /** gbm: rows sampled per tree, (0, 1] (default 1). */
+  subsample?: NumberLike
+  /** gbm: stop after this many trees without a better validation loss (default 20; 0: off). */
+  earlyStoppingRounds?: NumberLike
   /** Called per epoch on the JS thread; never keeps the process alive. */
   onProgress?: (info: FineTuneProgressInfo) => void
 }
@@ -225,30 +311,95 @@ export interface RegressionMetrics {
   r2: number
 }
 
-export type FineTuneResult =
-  | {
-      success: true
-      /** null when `save: false`. */
-      modelPath: string | null
-      version: string | null
-      versionNumber: number | null
-      status: 'candidate' | 'production' | null
-      parent?: number | null
-      promoted: boolean
-      baseModel: string
-      metrics: RegressionMetrics
-      baseMetrics: RegressionMetrics
-      /** Relative MSE improvement over the base model on the same held-out rows. */
-      improvement: number
-      accepted: boolean
-      epochs: FineTuneProgressInfo[]
-      bestEpoch: number
-      samples: { total: number; used: number; train: number; validation: number }
-      data: { rows: number; hash: string }
-      model: { weights: number[]; bias: number }
-      durationMs: number
-    }
-  | { success: false; error: string }
+export type SkipReason =
+  | 'notAnObject'
+  | 'missingFeatures'
+  | 'emptyFeatures'
+  | 'wrongLength'
+  | 'unknownFeature'
+  | 'missingFeature'
+  | 'badFeature'
+  | 'missingQuality'
+  | 'badQuality'
+
+export interface SkippedRows {
+  count: number
+  reasons: Partial<Record<SkipReason, number>>
+  /** The first 10 skipped rows (index into newData). */
+  first: Array<{ row: number; reason: SkipReason; message: string }>
+}
+
+export interface FineTuneCandidate {
+  family: ModelFamily
+  /** Validation metrics: what the choice was made on. */
+  metrics: RegressionMetrics
+  /** Metrics on the test rows (reported, never used to choose). */
+  testMetrics: RegressionMetrics
+  trainMs: number
+  hyperparameters: Record<string, unknown> | null
+}
+
+interface FineTuneSuccessBase {
+  success: true
+  baseModel: string
+  family: ModelFamily
+  baseFamily: ModelFamily
+  /** Metrics on the test rows, which no choice saw. */
+  metrics: RegressionMetrics
+  baseMetrics: RegressionMetrics
+  /** Relative test MSE improvement over the base. */
+  improvement: number
+  /** The paired test passed at `confidence` (and the run changed the model). */
+  accepted: boolean
+  /** Why not accepted; null when accepted. */
+  reason: 'no change' | 'not significant' | 'too few test rows' | null
+  /** t statistic of the paired per-row squared-error differences on the test rows. */
+  statistic: number
+  /** One-sided p-value; accepted when below 1 − confidence. */
+  pValue: number
+  confidence: number
+  test: { metrics: RegressionMetrics; baseMetrics: RegressionMetrics; rows: number; statistic: number; pValue: number }
+  validation: { metrics: RegressionMetrics; baseMetrics: RegressionMetrics }
+  /** One per family fitted (several with `model: 'auto'`). */
+  candidates: FineTuneCandidate[]
+  epochs: FineTuneProgressInfo[]
+  /** 0: the base itself was best on validation. */
+  bestEpoch: number
+  samples: { total: number; used: number; train: number; validation: number; test: number }
+  skipped: SkippedRows
+  data: { rows: number; hash: string }
+  /** Linear: the coefficients; tree families: a summary (the file holds the trees). */
+  model: { weights: number[]; bias: number } | { family: ModelFamily; trees: number; hyperparameters: Record<string, unknown> }
+  promoted: boolean
+  durationMs: number
+}
+
+/** A run that wrote a version: `modelPath` is the file. */
+export interface FineTuneSaved extends FineTuneSuccessBase {
+  saved: true
+  modelPath: string
+  version: string
+  versionNumber: number
+  status: 'candidate' | 'production'
+  parent?: number | null
+}
+
+/** A run that wrote nothing (`save: false`, or 'no change' without `save: 'always'`). */
+export interface FineTuneNotSaved extends FineTuneSuccessBase {
+  saved: false
+  modelPath: null
+  version: null
+  versionNumber: null
+  status: null
+}
+
+export interface FineTuneFailure {
+  success: false
+  error: string
+}
+
+/** Narrow on `success`, then on `saved` for the file: `if (r.success && r.saved) r.modelPath // string`. */
+export type FineTuneResult = FineTuneSaved | FineTuneNotSaved | FineTuneFailure
 
 export interface ModelVersionEntry {
   /** `v<N>` */
@@ -268,6 +419,9 @@ export interface ModelVersionEntry {
   accepted: boolean | null
   options: Record<string, unknown>
   data: { rows: number; hash: string }
+  /** 'linear' for versions registered before families existed. */
+  family: ModelFamily
+  hyperparameters: Record<string, unknown> | null
 }
 
 export interface LinearModelFile {
@@ -288,8 +442,13 @@ export declare class ModelFineTuning {
   initialize(): Promise<boolean>
   resolveModelPath(path?: string): string
   fineTuneModel(baseModelPath: string | undefined, newData: TrainingRow[] | TypedTrainingData, options?: FineTuneRunOptions): Promise<FineTuneResult>
+  /**
+   * The file's object (linear files in their own shape, extra keys kept), or null. For a
+   * tree family this is its envelope (`{format, features, metrics, model}`); use
+   * `Model.load` to predict with any family.
+   */
   loadModel(path: string): Promise<LinearModelFile | null>
-  saveModel(model: LinearModelFile, baseModelPath: string, version: string): Promise<string>
+  saveModel(model: LinearModelFile | Record<string, unknown>, baseModelPath: string, version: string): Promise<string>
   getNextVersion(baseModelPath?: string): string
   getFineTuningHistory(baseModelPath?: string): Promise<ModelVersionEntry[]>
   promoteVersion(baseModelPath: string, version: number | string): Promise<ModelVersionEntry>

@@ -6,6 +6,7 @@
 
 const suites = {
   ensemble: () => require('./ensemble.js').run(),
+  'cardinality-ensemble': () => require('./cardinality-ensemble.js').run(),
   finetune: () => require('./finetune.js').run(),
   predictions: () => require('./predictions.js').run(),
   postgres: () => require('./postgres.js').run(),

@@ -9,11 +9,24 @@
 //!   validation loss keeps the best epoch;
 //! - `ridge`: closed-form refit, for when the data is the full history.
 //!
-//! Whatever the optimiser, the result is folded back to raw-feature weights.
+//! Whatever the optimiser, the result is folded back to raw-feature weights. Adam and ridge
+//! also standardise the target, so the same defaults fit y in seconds or in milliseconds.
+//!
+//! Other families (`gbm`, `random_forest`, `extra_trees`, see `models.rs`) are refitted on
+//! the training rows; `auto` fits every family and picks one on the validation rows.
+//!
+//! The promotion gate. Rows are split three ways: train (fit), validation (choose the
+//! epoch, the tree count, the family; the base model competes as "epoch 0") and test
+//! (the acceptance decision only, never seen by any choice). A run whose choice is the base
+//! itself is `no change`. Otherwise it is accepted on a one-sided paired t-test of the
+//! per-row differences `dᵢ = (1 − minImprovement)·e_base,ᵢ² − e_new,ᵢ²` on the test rows:
+//! accepted when p < 1 − confidence, so when the new model is in truth no better than the
+//! base, it is promoted in at most 1 − confidence of runs (5 % at the default).
 
 use super::kernels;
 use super::linalg::cholesky_solve;
 use super::linear::LinearModel;
+use super::models::{fit_trees, Family, Model, ModelKind, TreeParams, TREE_FAMILIES};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +51,15 @@ pub struct FineTuneOptions {
     /// Stop after this many epochs without a better validation loss (None = never).
     pub patience: Option<usize>,
     pub min_improvement: f64,
+    /// Share of rows held out for the acceptance test (never used by any choice).
+    pub test_split: f64,
+    /// Confidence of the paired test that accepts a run (default 0.95).
+    pub confidence: f64,
+    /// Family to fit; `None`: the base model's own.
+    pub family: Option<Family>,
+    /// Fit every family and choose on validation.
+    pub auto: bool,
+    pub tree: TreeParams,
 }
 
 impl Default for FineTuneOptions {
@@ -54,6 +76,11 @@ impl Default for FineTuneOptions {
             l2: 0.0,
             patience: Some(3),
             min_improvement: 0.0,
+            test_split: 0.2,
+            confidence: 0.95,
+            family: None,
+            auto: false,
+            tree: TreeParams::default(),
         }
     }
 }
@@ -74,14 +101,47 @@ pub struct EpochInfo {
     pub val_loss: f64,
 }
 
+/// One family tried by a run: its validation metrics (what chose it) and fit time.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Candidate {
+    pub family: &'static str,
+    pub metrics: Metrics,
+    pub test_metrics: Metrics,
+    pub train_ms: f64,
+    pub hyperparameters: serde_json::Value,
+}
+
+/// The acceptance test on the test rows.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Gate {
+    /// t statistic of the mean paired difference.
+    pub statistic: f64,
+    /// One-sided p-value of "the new model is not better by minImprovement".
+    pub p_value: f64,
+    pub rows: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct FineTuneOutcome {
-    pub model: LinearModel,
+    pub model: Model,
+    /// Metrics on the test rows (no choice saw them).
     pub metrics: Metrics,
     pub base_metrics: Metrics,
-    /// Relative MSE improvement over the base model on the same held-out rows.
+    /// Metrics on the validation rows (what chose the epoch / family).
+    pub validation_metrics: Metrics,
+    pub base_validation_metrics: Metrics,
+    /// Relative MSE improvement over the base model on the test rows.
     pub improvement: f64,
     pub accepted: bool,
+    /// Why a run was not accepted: `no change`, `not significant`, `too few test rows`.
+    pub reason: Option<&'static str>,
+    /// The chosen model is the base itself.
+    pub no_change: bool,
+    pub gate: Gate,
+    pub candidates: Vec<Candidate>,
+    pub test_rows: usize,
     pub epochs: Vec<EpochInfo>,
     pub best_epoch: usize,
     pub train_rows: usize,
@@ -107,7 +167,145 @@ pub fn metrics(pred: &[f64], actual: &[f64]) -> Metrics {
     Metrics {
         mse: se / n as f64,
         mae: ae / n as f64,
-        r2: if tot > 0.0 { 1.0 - se / tot } else { 0.0 },
+        r2: r2_of(
+            se,
+            tot,
+            actual[..n].iter().fold(0.0f64, |m, a| m.max(a.abs())),
+            n,
+        ),
+    }
+}
+
+/// R² = 1 − SSE/SST. For a constant target (SST = 0) it is 1 when the predictions are
+/// exact (up to rounding relative to the target's size) and 0 otherwise, as scikit-learn
+/// defines it: there is no variance to explain, so only a perfect fit earns credit.
+pub fn r2_of(se: f64, tot: f64, max_abs: f64, n: usize) -> f64 {
+    let tiny = n as f64 * (1e-12 * max_abs.max(1e-300)).powi(2);
+    if tot > tiny {
+        1.0 - se / tot
+    } else if se <= tiny.max(f64::MIN_POSITIVE) {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// ln Γ(x), Lanczos (g = 7, n = 9); |error| < 1e-13 for x > 0.
+fn ln_gamma(x: f64) -> f64 {
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + 7.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// Regularised incomplete beta I_x(a, b) by its continued fraction (Lentz).
+fn inc_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front =
+        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+    if x > (a + 1.0) / (a + b + 2.0) {
+        return 1.0 - inc_beta(b, a, 1.0 - x);
+    }
+    let tiny = 1e-300;
+    let (mut c, mut d) = (1.0, 1.0 - (a + b) * x / (a + 1.0));
+    if d.abs() < tiny {
+        d = tiny;
+    }
+    d = 1.0 / d;
+    let mut f = d;
+    for m in 1..300 {
+        let m = m as f64;
+        for k in 0..2 {
+            let num = if k == 0 {
+                m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m))
+            } else {
+                -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0))
+            };
+            d = 1.0 + num * d;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = 1.0 + num / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            f *= c * d;
+        }
+        if (c * d - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    front * f / a
+}
+
+/// P(T > t) for Student's t with `nu` degrees of freedom.
+pub fn t_sf(t: f64, nu: f64) -> f64 {
+    if t.is_nan() {
+        return 1.0;
+    }
+    if t.is_infinite() {
+        return if t > 0.0 { 0.0 } else { 1.0 };
+    }
+    let tail = 0.5 * inc_beta(nu / 2.0, 0.5, nu / (nu + t * t));
+    if t > 0.0 {
+        tail
+    } else {
+        1.0 - tail
+    }
+}
+
+/// The paired one-sided test of the module doc on per-row errors.
+pub fn paired_gate(base_err: &[f64], new_err: &[f64], min_improvement: f64) -> Gate {
+    let n = base_err.len().min(new_err.len());
+    let d: Vec<f64> = (0..n)
+        .map(|i| (1.0 - min_improvement) * base_err[i].powi(2) - new_err[i].powi(2))
+        .collect();
+    if n < 2 {
+        return Gate {
+            statistic: 0.0,
+            p_value: 1.0,
+            rows: n,
+        };
+    }
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let se = (var / n as f64).sqrt();
+    let statistic = if se > 0.0 {
+        mean / se
+    } else if mean > 0.0 {
+        f64::INFINITY
+    } else if mean < 0.0 {
+        f64::NEG_INFINITY
+    } else {
+        0.0
+    };
+    Gate {
+        statistic,
+        p_value: t_sf(statistic, (n - 1) as f64),
+        rows: n,
     }
 }
 
@@ -160,7 +358,7 @@ pub fn check_data(
     x: &[f64],
     y: &[f64],
     d: usize,
-    base: &LinearModel,
+    base: &Model,
     opts: &FineTuneOptions,
 ) -> Result<(), String> {
     if d == 0 {
@@ -173,10 +371,15 @@ pub fn check_data(
             y.len()
         ));
     }
-    if d != base.weights.len() {
+    if d != base.n_features() {
         return Err(format!(
-            "newData rows have {d} features but the base model has {} weights",
-            base.weights.len()
+            "newData rows have {d} features but the base model has {} {}",
+            base.n_features(),
+            if base.family() == Family::Linear {
+                "weights"
+            } else {
+                "features"
+            }
         ));
     }
     if y.len() < opts.min_samples {
@@ -224,8 +427,20 @@ pub fn check_options(o: &FineTuneOptions) -> Result<(), String> {
     if !(o.l2.is_finite() && o.l2 >= 0.0) {
         return Err(format!("l2 must be ≥ 0, got {}", o.l2));
     }
-    if !o.min_improvement.is_finite() {
-        return Err("minImprovement must be a finite number".into());
+    if !(o.min_improvement.is_finite() && o.min_improvement < 1.0) {
+        return Err("minImprovement must be a finite number below 1".into());
+    }
+    if !(o.test_split > 0.0 && o.validation_split + o.test_split < 1.0) {
+        return Err(format!(
+            "testSplit must be in (0, 1 − validationSplit), got {}",
+            o.test_split
+        ));
+    }
+    if !(o.confidence >= 0.5 && o.confidence < 1.0) {
+        return Err(format!(
+            "confidence must be in [0.5, 1), got {}",
+            o.confidence
+        ));
     }
     Ok(())
 }
@@ -233,8 +448,11 @@ pub fn check_options(o: &FineTuneOptions) -> Result<(), String> {
 struct Split {
     train: Vec<usize>,
     val: Vec<usize>,
+    test: Vec<usize>,
 }
 
+/// Seeded shuffle, then `[train | validation | test]`; validation and test get at least
+/// one row each while rows remain for training.
 fn split(rows: usize, start: usize, opts: &FineTuneOptions) -> Split {
     let mut idx: Vec<usize> = (start..start + rows).collect();
     let mut rng = SplitMix(opts.seed);
@@ -242,10 +460,17 @@ fn split(rows: usize, start: usize, opts: &FineTuneOptions) -> Split {
         let j = rng.below(i + 1);
         idx.swap(i, j);
     }
-    let n_val = ((rows as f64 * opts.validation_split).floor() as usize)
-        .clamp(1, rows.saturating_sub(1).max(1));
-    let val = idx.split_off(rows - n_val);
-    Split { train: idx, val }
+    let n_val = ((rows as f64 * opts.validation_split).floor() as usize).max(1);
+    let n_test = ((rows as f64 * opts.test_split).floor() as usize).max(1);
+    let n_val = n_val.min(rows.saturating_sub(1));
+    let n_test = n_test.min(rows.saturating_sub(1 + n_val));
+    let test = idx.split_off(rows - n_test);
+    let val = idx.split_off(idx.len() - n_val);
+    Split {
+        train: idx,
+        val,
+        test,
+    }
 }
 
 /// Linear predictor in whatever space training happens in.
@@ -258,6 +483,10 @@ struct Params {
 struct Scaler {
     mean: Vec<f64>,
     std: Vec<f64>,
+    /// Target mean and spread: training happens on `(y − ym) / ys`, so step sizes and the
+    /// Adam defaults do not depend on the target's units.
+    ym: f64,
+    ys: f64,
 }
 
 impl Scaler {
@@ -265,9 +494,11 @@ impl Scaler {
         Self {
             mean: vec![0.0; d],
             std: vec![1.0; d],
+            ym: 0.0,
+            ys: 1.0,
         }
     }
-    fn fit(x: &[f64], rows: &[usize], d: usize) -> Self {
+    fn fit(x: &[f64], y: &[f64], rows: &[usize], d: usize) -> Self {
         let n = rows.len().max(1) as f64;
         let mut mean = vec![0.0; d];
         for &r in rows {
@@ -291,9 +522,17 @@ impl Scaler {
                 1.0
             }
         });
+        let ym = rows.iter().map(|&r| y[r]).sum::<f64>() / n;
+        let ys = (rows.iter().map(|&r| (y[r] - ym).powi(2)).sum::<f64>() / n).sqrt();
         Self {
             mean,
             std: std.collect(),
+            ym,
+            ys: if ys > 1e-12 * ym.abs().max(1e-300) && ys > 0.0 {
+                ys
+            } else {
+                1.0
+            },
         }
     }
     /// Raw-space model → standardised-space parameters.
@@ -302,20 +541,27 @@ impl Scaler {
             .weights
             .iter()
             .zip(&self.std)
-            .map(|(w, s)| w * s)
+            .map(|(w, s)| w * s / self.ys)
             .collect();
-        let b = m.bias
+        let b = (m.bias
             + m.weights
                 .iter()
                 .zip(&self.mean)
                 .map(|(w, mu)| w * mu)
-                .sum::<f64>();
+                .sum::<f64>()
+            - self.ym)
+            / self.ys;
         Params { w, b }
     }
     /// Standardised-space parameters → raw-space weights and bias.
     fn to_raw(&self, p: &Params) -> (Vec<f64>, f64) {
-        let w: Vec<f64> = p.w.iter().zip(&self.std).map(|(w, s)| w / s).collect();
-        let b = p.b - w.iter().zip(&self.mean).map(|(w, mu)| w * mu).sum::<f64>();
+        let w: Vec<f64> =
+            p.w.iter()
+                .zip(&self.std)
+                .map(|(w, s)| w * self.ys / s)
+                .collect();
+        let b =
+            self.ym + self.ys * p.b - w.iter().zip(&self.mean).map(|(w, mu)| w * mu).sum::<f64>();
         (w, b)
     }
 }
@@ -325,8 +571,7 @@ fn loss(p: &Params, sc: &Scaler, x: &[f64], y: &[f64], rows: &[usize], d: usize)
         return 0.0;
     }
     // Evaluate in raw space: fold the scaler into the weights once, then one dot per row.
-    let w: Vec<f64> = p.w.iter().zip(&sc.std).map(|(w, s)| w / s).collect();
-    let b = p.b - w.iter().zip(&sc.mean).map(|(w, m)| w * m).sum::<f64>();
+    let (w, b) = sc.to_raw(p);
     let mut s = 0.0;
     for &r in rows {
         let e = b + dot(&w, &x[r * d..(r + 1) * d]) - y[r];
@@ -365,42 +610,25 @@ fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
     }
 }
 
-/// Fine-tunes `base` on row-major `x` (`rows × d`) and `y`. `progress` is called after
-/// every epoch (the napi layer forwards it to JS without blocking).
-pub fn fine_tune(
+/// A linear fit from `base` on the train rows; the epoch is chosen on the val rows, with
+/// the base as epoch 0. Returns the model, the epoch history and the chosen epoch.
+fn fit_linear(
     base: &LinearModel,
     x: &[f64],
     y: &[f64],
     d: usize,
+    mut train: Vec<usize>,
+    val: &[usize],
     opts: &FineTuneOptions,
     progress: &mut dyn FnMut(EpochInfo),
-) -> Result<FineTuneOutcome, String> {
-    check_options(opts)?;
-    check_data(x, y, d, base, opts)?;
-    // maxSamples keeps the most recent rows (the end of the input).
-    let rows = y.len().min(opts.max_samples);
-    let start = y.len() - rows;
-    let Split { mut train, val } = split(rows, start, opts);
-    if train.is_empty() {
-        return Err("not enough rows left for training after the validation split".into());
-    }
-    let yv: Vec<f64> = val.iter().map(|&r| y[r]).collect();
-    let score = |m: &LinearModel| {
-        let p: Vec<f64> = val
-            .iter()
-            .map(|&r| m.predict(&x[r * d..(r + 1) * d]))
-            .collect();
-        metrics(&p, &yv)
-    };
-    let base_metrics = score(base);
-
+) -> Result<(LinearModel, Vec<EpochInfo>, usize), String> {
     let sc = match opts.optimizer {
         Optimizer::Sgd => Scaler::identity(d),
-        _ => Scaler::fit(x, &train, d),
+        _ => Scaler::fit(x, y, &train, d),
     };
     let mut p = sc.to_scaled(base);
     let mut history = Vec::new();
-    let mut best = (loss(&p, &sc, x, y, &val, d), p.w.clone(), p.b, 0usize);
+    let mut best = (loss(&p, &sc, x, y, val, d), p.w.clone(), p.b, 0usize);
 
     match opts.optimizer {
         Optimizer::Ridge => {
@@ -418,7 +646,7 @@ pub fn fine_tune(
                     for k in 0..n {
                         a[i * n + k] += z[i] * z[k];
                     }
-                    b[i] += z[i] * y[r];
+                    b[i] += z[i] * (y[r] - sc.ym) / sc.ys;
                 }
             }
             let lambda = opts.l2.max(1e-8) * train.len() as f64;
@@ -436,11 +664,14 @@ pub fn fine_tune(
                 epoch: 1,
                 epochs: 1,
                 train_loss: loss(&p, &sc, x, y, &train, d),
-                val_loss: loss(&p, &sc, x, y, &val, d),
+                val_loss: loss(&p, &sc, x, y, val, d),
             };
             progress(info);
             history.push(info);
-            best = (info.val_loss, p.w.clone(), p.b, 1);
+            // The base stays "epoch 0": a refit no better on validation is no change.
+            if info.val_loss < best.0 {
+                best = (info.val_loss, p.w.clone(), p.b, 1);
+            }
         }
         Optimizer::Sgd | Optimizer::Adam => {
             let adam = opts.optimizer == Optimizer::Adam;
@@ -471,13 +702,15 @@ pub fn fine_tune(
                             for j in 0..d {
                                 z[j] = (raw[j] - sc.mean[j]) * inv_std[j];
                             }
-                            let err = p.b + dot(&p.w, &z) - y[r];
+                            let err = p.b + dot(&p.w, &z) - (y[r] - sc.ym) / sc.ys;
                             train_se += err * err;
                             axpy(&mut gw, err, &z);
                             gb += err;
                         }
                     } else {
-                        // Raw rows: the runtime-dispatched SIMD kernel (src/core/kernels.rs).
+                        // Raw rows and an unscaled target (sgd is the old algorithm exactly):
+                        // the runtime-dispatched SIMD kernel (src/core/kernels.rs).
+                        debug_assert!(sc.ym == 0.0 && sc.ys == 1.0);
                         let (g, se) = kernels::batch_gradient(&p.w, p.b, x, y, batch, &mut gw);
                         gb = g;
                         train_se += se;
@@ -514,8 +747,8 @@ pub fn fine_tune(
                 let info = EpochInfo {
                     epoch,
                     epochs: opts.epochs,
-                    train_loss: train_se / train.len() as f64,
-                    val_loss: loss(&p, &sc, x, y, &val, d),
+                    train_loss: train_se * sc.ys * sc.ys / train.len() as f64,
+                    val_loss: loss(&p, &sc, x, y, val, d),
                 };
                 progress(info);
                 history.push(info);
@@ -537,6 +770,9 @@ pub fn fine_tune(
             }
         }
     }
+    if best.3 == 0 {
+        return Ok((base.clone(), history, 0));
+    }
     let (w, b) = sc.to_raw(&Params {
         w: best.1,
         b: best.2,
@@ -546,20 +782,169 @@ pub fn fine_tune(
         bias: b,
         extra: base.extra.clone(),
     };
-    let m = score(&model);
+    Ok((model, history, best.3))
+}
+
+fn predict_rows(m: &Model, x: &[f64], d: usize, rows: &[usize]) -> Vec<f64> {
+    rows.iter()
+        .map(|&r| m.predict(&x[r * d..(r + 1) * d]))
+        .collect()
+}
+
+/// Fine-tunes `base` on row-major `x` (`rows × d`) and `y`. `progress` is called after
+/// every epoch (the napi layer forwards it to JS without blocking).
+pub fn fine_tune(
+    base: &Model,
+    x: &[f64],
+    y: &[f64],
+    d: usize,
+    opts: &FineTuneOptions,
+    progress: &mut dyn FnMut(EpochInfo),
+) -> Result<FineTuneOutcome, String> {
+    check_options(opts)?;
+    check_data(x, y, d, base, opts)?;
+    // maxSamples keeps the most recent rows (the end of the input).
+    let rows = y.len().min(opts.max_samples);
+    let start = y.len() - rows;
+    let Split { train, val, test } = split(rows, start, opts);
+    if train.is_empty() {
+        return Err(
+            "not enough rows left for training after the validation and test splits".into(),
+        );
+    }
+    let actual = |idx: &[usize]| idx.iter().map(|&r| y[r]).collect::<Vec<f64>>();
+    let (yv, yt) = (actual(&val), actual(&test));
+    let base_val = metrics(&predict_rows(base, x, d, &val), &yv);
+
+    let families: Vec<Family> = if opts.auto {
+        std::iter::once(Family::Linear)
+            .chain(TREE_FAMILIES)
+            .collect()
+    } else {
+        vec![opts.family.unwrap_or(base.family())]
+    };
+    let names = base.features.clone();
+    let mut candidates = Vec::new();
+    // (model, validation metrics, judged against the base on validation here)
+    let mut fitted: Vec<(Model, Metrics, bool)> = Vec::new();
+    let (mut history, mut best_epoch) = (Vec::new(), 0usize);
+    for family in families {
+        let t0 = std::time::Instant::now();
+        let mut judged = false;
+        let model = if family == Family::Linear {
+            let (start_from, o) = match &base.kind {
+                ModelKind::Linear(m) => (m.clone(), opts.clone()),
+                // From a tree base, a line starts from nothing: the closed-form fit.
+                _ => {
+                    let mut m = LinearModel::zeros(d);
+                    if let Some(n) = &names {
+                        m.extra.insert("featureNames".into(), n.clone().into());
+                    }
+                    (
+                        m,
+                        FineTuneOptions {
+                            optimizer: Optimizer::Ridge,
+                            ..opts.clone()
+                        },
+                    )
+                }
+            };
+            let (m, h, e) = fit_linear(&start_from, x, y, d, train.clone(), &val, &o, progress)?;
+            history = h;
+            best_epoch = e;
+            // A linear base competed as epoch 0 inside the fit already (or, for plain SGD
+            // without early stopping, the old algorithm keeps its last epoch whatever it is).
+            judged = matches!(base.kind, ModelKind::Linear(_));
+            if e == 0 && judged {
+                base.clone()
+            } else {
+                Model {
+                    kind: ModelKind::Linear(m),
+                    features: names.clone(),
+                    metrics: serde_json::Value::Null,
+                }
+            }
+        } else {
+            let t = fit_trees(
+                family,
+                x,
+                y,
+                d,
+                &train,
+                &val,
+                &TreeParams {
+                    seed: opts.seed,
+                    ..opts.tree.clone()
+                },
+            )?;
+            Model {
+                kind: ModelKind::Trees(t),
+                features: names.clone(),
+                metrics: serde_json::Value::Null,
+            }
+        };
+        let train_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let vm = metrics(&predict_rows(&model, x, d, &val), &yv);
+        candidates.push(Candidate {
+            family: family.name(),
+            metrics: vm,
+            test_metrics: metrics(&predict_rows(&model, x, d, &test), &yt),
+            train_ms,
+            hyperparameters: model.hyperparameters(),
+        });
+        fitted.push((model, vm, judged));
+    }
+    // The choice is made on validation only, and the base competes: if nothing beats it
+    // there, the run returns the base unchanged.
+    let (chosen, chosen_val, judged) = fitted
+        .into_iter()
+        .min_by(|a, b| a.1.mse.total_cmp(&b.1.mse))
+        .expect("at least one family");
+    let no_change = if judged {
+        best_epoch == 0
+    } else {
+        chosen_val.mse >= base_val.mse
+    };
+    let mut model = if no_change { base.clone() } else { chosen };
+
+    let base_pred = predict_rows(base, x, d, &test);
+    let new_pred = predict_rows(&model, x, d, &test);
+    let err = |p: &[f64]| p.iter().zip(&yt).map(|(p, y)| p - y).collect::<Vec<f64>>();
+    let base_metrics = metrics(&base_pred, &yt);
+    let m = metrics(&new_pred, &yt);
+    let gate = paired_gate(&err(&base_pred), &err(&new_pred), opts.min_improvement);
     let improvement = if base_metrics.mse > 0.0 {
         (base_metrics.mse - m.mse) / base_metrics.mse
     } else {
         0.0
     };
+    let (accepted, reason) = if no_change {
+        (false, Some("no change"))
+    } else if test.len() < 2 {
+        (false, Some("too few test rows"))
+    } else if gate.p_value < 1.0 - opts.confidence {
+        (true, None)
+    } else {
+        (false, Some("not significant"))
+    };
+    if !no_change {
+        model.metrics = serde_json::to_value(m).unwrap_or_default();
+    }
     Ok(FineTuneOutcome {
         model,
         metrics: m,
         base_metrics,
+        validation_metrics: if no_change { base_val } else { chosen_val },
+        base_validation_metrics: base_val,
         improvement,
-        accepted: improvement >= opts.min_improvement,
+        accepted,
+        reason,
+        no_change,
+        gate,
+        candidates,
+        test_rows: test.len(),
         epochs: history,
-        best_epoch: best.3,
+        best_epoch,
         train_rows: train.len(),
         validation_rows: val.len(),
         data_hash: fingerprint(&x[start * d..], &y[start..]),
@@ -570,6 +955,13 @@ pub fn fine_tune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lin(m: &Model) -> &LinearModel {
+        match &m.kind {
+            ModelKind::Linear(l) => l,
+            _ => panic!("not linear"),
+        }
+    }
 
     /// y = 3 + 0.002·a − 4·b + noise, with `a` in the thousands and `b` in [0, 1].
     fn data(n: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
@@ -596,12 +988,12 @@ mod tests {
             patience: Some(5),
             ..Default::default()
         };
-        let out = fine_tune(&base, &x, &y, 2, &opts, &mut |_| {}).unwrap();
+        let out = fine_tune(&Model::linear(base.clone()), &x, &y, 2, &opts, &mut |_| {}).unwrap();
         assert!(out.metrics.r2 > 0.99, "{:?}", out.metrics);
+        let w = lin(&out.model).weights.clone();
         assert!(
-            (out.model.weights[0] - 0.002).abs() < 2e-4 && (out.model.weights[1] + 4.0).abs() < 0.2,
-            "{:?}",
-            out.model
+            (w[0] - 0.002).abs() < 2e-4 && (w[1] + 4.0).abs() < 0.2,
+            "{w:?}"
         );
         assert!(out.accepted && out.improvement > 0.9);
     }
@@ -621,13 +1013,14 @@ mod tests {
             learning_rate: 0.01,
             ..Default::default()
         };
-        let out = fine_tune(&base, &x, &y, 1, &opts, &mut |_| {}).unwrap();
+        let out = fine_tune(&Model::linear(base.clone()), &x, &y, 1, &opts, &mut |_| {}).unwrap();
         let s = split(5, 0, &opts);
         let n = s.train.len() as f64;
         let gw: f64 = s.train.iter().map(|&r| -y[r] * x[r]).sum::<f64>() / n;
         let gb: f64 = s.train.iter().map(|&r| -y[r]).sum::<f64>() / n;
-        assert!((out.model.weights[0] + 0.01 * gw).abs() < 1e-12);
-        assert!((out.model.bias + 0.01 * gb).abs() < 1e-12);
+        let m = lin(&out.model);
+        assert!((m.weights[0] + 0.01 * gw).abs() < 1e-12);
+        assert!((m.bias + 0.01 * gb).abs() < 1e-12);
     }
 
     #[test]
@@ -637,8 +1030,17 @@ mod tests {
             optimizer: Optimizer::Ridge,
             ..Default::default()
         };
-        let out = fine_tune(&LinearModel::zeros(2), &x, &y, 2, &opts, &mut |_| {}).unwrap();
-        assert!((out.model.bias - 3.0).abs() < 0.05 && (out.model.weights[1] + 4.0).abs() < 0.05);
+        let out = fine_tune(
+            &Model::linear(LinearModel::zeros(2)),
+            &x,
+            &y,
+            2,
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap();
+        let m = lin(&out.model);
+        assert!((m.bias - 3.0).abs() < 0.05 && (m.weights[1] + 4.0).abs() < 0.05);
     }
 
     #[test]
@@ -646,25 +1048,41 @@ mod tests {
         let (mut x, y) = data(200, 3);
         let base = LinearModel::zeros(2);
         let o = FineTuneOptions::default();
-        assert!(
-            fine_tune(&LinearModel::zeros(3), &x, &y, 2, &o, &mut |_| {})
-                .unwrap_err()
-                .contains("base model has 3")
-        );
-        assert!(fine_tune(&base, &x[..100], &y[..50], 2, &o, &mut |_| {})
-            .unwrap_err()
-            .contains("minSamples"));
+        assert!(fine_tune(
+            &Model::linear(LinearModel::zeros(3)),
+            &x,
+            &y,
+            2,
+            &o,
+            &mut |_| {}
+        )
+        .unwrap_err()
+        .contains("base model has 3"));
+        assert!(fine_tune(
+            &Model::linear(base.clone()),
+            &x[..100],
+            &y[..50],
+            2,
+            &o,
+            &mut |_| {}
+        )
+        .unwrap_err()
+        .contains("minSamples"));
         x[7] = f64::NAN;
-        assert!(fine_tune(&base, &x, &y, 2, &o, &mut |_| {})
-            .unwrap_err()
-            .contains("newData[3].features[1]"));
+        assert!(
+            fine_tune(&Model::linear(base.clone()), &x, &y, 2, &o, &mut |_| {})
+                .unwrap_err()
+                .contains("newData[3].features[1]")
+        );
         let bad = FineTuneOptions {
             validation_split: 1.5,
             ..Default::default()
         };
-        assert!(fine_tune(&base, &x, &y, 2, &bad, &mut |_| {})
-            .unwrap_err()
-            .contains("validationSplit"));
+        assert!(
+            fine_tune(&Model::linear(base.clone()), &x, &y, 2, &bad, &mut |_| {})
+                .unwrap_err()
+                .contains("validationSplit")
+        );
     }
 
     #[test]
@@ -674,9 +1092,17 @@ mod tests {
             max_samples: 200,
             ..Default::default()
         };
-        let a = fine_tune(&LinearModel::zeros(2), &x, &y, 2, &o, &mut |_| {}).unwrap();
+        let a = fine_tune(
+            &Model::linear(LinearModel::zeros(2)),
+            &x,
+            &y,
+            2,
+            &o,
+            &mut |_| {},
+        )
+        .unwrap();
         let b = fine_tune(
-            &LinearModel::zeros(2),
+            &Model::linear(LinearModel::zeros(2)),
             &x[600..],
             &y[300..],
             2,
@@ -686,6 +1112,105 @@ mod tests {
         .unwrap();
         assert_eq!(a.rows_used, 200);
         assert_eq!(a.data_hash, b.data_hash);
-        assert_eq!(a.model, b.model, "same rows + same seed = same model");
+        assert_eq!(
+            lin(&a.model),
+            lin(&b.model),
+            "same rows + same seed = same model"
+        );
+    }
+
+    fn gauss(r: &mut SplitMix) -> f64 {
+        let u = ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let v = ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    #[test]
+    fn t_tail_matches_known_values() {
+        // t(10): P(T > 1.812) = 0.05; t(1) is Cauchy: P(T > 1) = 0.25; symmetric.
+        assert!((t_sf(1.812461, 10.0) - 0.05).abs() < 1e-5);
+        assert!((t_sf(1.0, 1.0) - 0.25).abs() < 1e-9);
+        assert!((t_sf(-1.0, 1.0) - 0.75).abs() < 1e-9);
+        assert!((t_sf(0.0, 5.0) - 0.5).abs() < 1e-12);
+        assert!((t_sf(1.644854, 1e6) - 0.05).abs() < 1e-5);
+    }
+
+    #[test]
+    fn r2_is_defined_for_a_constant_target() {
+        assert_eq!(metrics(&[7.0, 7.0, 7.0], &[7.0, 7.0, 7.0]).r2, 1.0);
+        assert_eq!(metrics(&[1e9 + 3.0; 3], &[1e9 + 3.0; 3]).r2, 1.0);
+        assert_eq!(metrics(&[7.5, 7.0, 7.0], &[7.0, 7.0, 7.0]).r2, 0.0);
+        assert_eq!(metrics(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]).r2, 1.0);
+    }
+
+    /// Issue 11, case 4: with the base equal to the true model and 150 new rows, the old
+    /// gate (validation both chose and judged) accepted 290 of 300 runs. Now acceptance is
+    /// a 95 % paired test on rows no choice saw: at most 5 % of runs may be promoted.
+    #[test]
+    fn the_gate_promotes_noise_in_at_most_five_percent_of_runs() {
+        let truth = LinearModel {
+            weights: vec![1.5, -2.0, 0.5],
+            bias: 1.0,
+            extra: Default::default(),
+        };
+        let base = Model::linear(truth.clone());
+        let (mut promoted, mut no_change) = (0, 0);
+        let runs = 300;
+        for run in 0..runs {
+            let mut r = SplitMix(1000 + run);
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            for _ in 0..150 {
+                let row = [gauss(&mut r), gauss(&mut r), gauss(&mut r)];
+                y.push(truth.predict(&row) + gauss(&mut r));
+                x.extend(row);
+            }
+            let o = FineTuneOptions {
+                seed: run,
+                min_samples: 1,
+                ..Default::default()
+            };
+            let out = fine_tune(&base, &x, &y, 3, &o, &mut |_| {}).unwrap();
+            promoted += out.accepted as usize;
+            if out.no_change {
+                no_change += 1;
+                assert_eq!(out.reason, Some("no change"));
+                assert!(!out.accepted);
+            }
+        }
+        eprintln!("false promotions: {promoted} of {runs} runs ({no_change} no change)");
+        assert!(
+            promoted * 100 <= 5 * runs as usize,
+            "{promoted} of {runs} runs promoted noise ({no_change} no change)"
+        );
+    }
+
+    /// Issue 11, case 5: Adam standardises the target, so y in milliseconds (×1000) fits
+    /// as well as y at unit scale, at the defaults.
+    #[test]
+    fn adam_is_scale_free_in_the_target() {
+        for scale in [1.0, 1000.0] {
+            let mut r = SplitMix(7);
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            for _ in 0..1000 {
+                let (a, b) = (gauss(&mut r), gauss(&mut r));
+                x.extend([a, b]);
+                y.push(scale * (3.0 * a - 1.0 * b + 0.1 * gauss(&mut r)));
+            }
+            let o = FineTuneOptions {
+                learning_rate: 0.01,
+                ..Default::default()
+            };
+            let out = fine_tune(
+                &Model::linear(LinearModel::zeros(2)),
+                &x,
+                &y,
+                2,
+                &o,
+                &mut |_| {},
+            )
+            .unwrap();
+            assert!(out.metrics.r2 >= 0.97, "y×{scale}: R² {}", out.metrics.r2);
+            assert!(out.accepted);
+        }
     }
 }

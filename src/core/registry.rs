@@ -45,6 +45,12 @@ pub struct VersionEntry {
     pub options: Value,
     #[serde(default)]
     pub data: Value,
+    /// Model family (`linear`, `gbm`, `random_forest`, `extra_trees`); absent in manifests
+    /// written before families existed, which were all linear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub hyperparameters: Value,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -81,6 +87,8 @@ pub struct NewVersion {
     pub accepted: Option<bool>,
     pub options: Value,
     pub data: Value,
+    pub family: Option<String>,
+    pub hyperparameters: Value,
 }
 
 fn now_ms() -> f64 {
@@ -214,7 +222,8 @@ impl Registry {
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            match LinearModel::load(&path) {
+            // Any family: a rebuilt manifest must not lose tree versions.
+            match super::models::Model::load(&path) {
                 Ok(model) => {
                     let created = fs::metadata(&path)
                         .and_then(|m| m.modified())
@@ -229,12 +238,19 @@ impl Registry {
                         parent: None,
                         created,
                         status: "candidate".into(),
-                        metrics: model.extra.get("metrics").cloned().unwrap_or(Value::Null),
+                        metrics: match &model.kind {
+                            super::models::ModelKind::Linear(l) if model.metrics.is_null() => {
+                                l.extra.get("metrics").cloned().unwrap_or(Value::Null)
+                            }
+                            _ => model.metrics.clone(),
+                        },
                         base_metrics: Value::Null,
                         improvement: None,
                         accepted: None,
                         options: Value::Null,
                         data: Value::Null,
+                        family: Some(model.family().name().to_string()),
+                        hyperparameters: Value::Null,
                     });
                 }
                 Err(e) => unreadable.push(serde_json::json!({ "file": filename, "error": e })),
@@ -332,6 +348,11 @@ impl Registry {
     /// Allocates the next version, writes its model file, then records it: the model file
     /// is durable before the manifest names it, so a crash never leaves a dangling entry.
     pub fn register(&self, model: &LinearModel, info: NewVersion) -> Result<VersionEntry, String> {
+        self.register_text(&model.to_json_pretty(), info)
+    }
+
+    /// `register` for a model of any family, given as its file body.
+    pub fn register_text(&self, body: &str, info: NewVersion) -> Result<VersionEntry, String> {
         self.update(|m| {
             // Files count too: one written by a run killed before its manifest write, or
             // left when the manifest was lost, keeps its number.
@@ -345,7 +366,7 @@ impl Registry {
                 + 1;
             let filename = format!("{}-v{version}.json", self.stem);
             let path = self.dir.join(&filename);
-            write_atomic(&path, model.to_json_pretty().as_bytes())
+            write_atomic(&path, body.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             let entry = VersionEntry {
                 version,
@@ -361,6 +382,8 @@ impl Registry {
                 accepted: info.accepted,
                 options: info.options,
                 data: info.data,
+                family: info.family,
+                hyperparameters: info.hyperparameters,
             };
             m.versions.push(entry.clone());
             Ok(entry)
@@ -386,7 +409,7 @@ impl Registry {
                 .find(|v| v.version == version)
                 .cloned()
                 .ok_or_else(|| format!("{} has no version {version}", self.stem))?;
-            LinearModel::load(Path::new(&entry.model_path))
+            super::models::Model::load(Path::new(&entry.model_path))
                 .map_err(|e| format!("refusing to promote v{version}: {e}"))?;
             Self::set_production(m, Some(version));
             if m.production_history.last() != Some(&version) {

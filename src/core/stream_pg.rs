@@ -339,6 +339,7 @@ impl Worker {
                             "consumed": pg.trainer.uncommitted(),
                             "fingerprint": pg.trainer.cursor().map(|w| format!("watermark:{}:{}:{}", w.txid, w.instance_id, w.seq)),
                         }),
+                        hyperparameters: Value::Null,
                         model,
                         created_by: Some(pg.instance_id.clone()),
                     },

@@ -5,7 +5,7 @@
 use super::plain;
 use crate::core::finetune::{fine_tune, EpochInfo, FineTuneOptions, Optimizer};
 use crate::core::fsutil::write_atomic;
-use crate::core::linear::LinearModel;
+use crate::core::models::{Family, Model, ModelKind, TreeParams};
 use crate::core::registry::{stem_of, version_of, NewVersion, Registry, VersionEntry};
 use crate::core::store::pg_registry::PgRegistry;
 use crate::core::store::postgres::PgOptions;
@@ -62,7 +62,21 @@ pub struct NativeFineTuneOptions {
     pub patience: i32,
     pub min_improvement: f64,
     pub save: bool,
+    /// Write a version even when the run returns the base unchanged.
+    pub save_always: bool,
     pub promote: bool,
+    pub test_split: f64,
+    pub confidence: f64,
+    /// `linear`, `gbm`, `random_forest`, `extra_trees`, `auto`; absent: the base's family.
+    pub model: Option<String>,
+    pub trees: Option<u32>,
+    pub max_depth: Option<u32>,
+    /// gbm shrinkage (only when the caller gave `learningRate` for this run).
+    pub tree_learning_rate: Option<f64>,
+    pub min_samples_leaf: Option<u32>,
+    pub mtry: Option<u32>,
+    pub subsample: Option<f64>,
+    pub early_stopping_rounds: Option<u32>,
 }
 
 type ProgressFn = ThreadsafeFunction<FineTuneProgress, (), FineTuneProgress, Status, false, true>;
@@ -125,14 +139,14 @@ impl Reg {
         }
     }
 
-    fn register(
+    fn register_text(
         &self,
-        m: &LinearModel,
+        body: &str,
         info: NewVersion,
     ) -> std::result::Result<VersionEntry, String> {
         match self {
-            Reg::Files(r) => r.register(m, info),
-            Reg::Pg(r) => r.register(m, info),
+            Reg::Files(r) => r.register_text(body, info),
+            Reg::Pg(r) => r.register_text(body, info),
         }
     }
 
@@ -236,6 +250,25 @@ impl ModelFineTuningCore {
             "ridge" => Optimizer::Ridge,
             o => return Err(plain(format!("unknown optimizer {o}"))),
         };
+        let (family, auto) = match options.model.as_deref() {
+            None => (None, false),
+            Some("auto") => (None, true),
+            Some(f) => match Family::parse(f) {
+                Some(f) => (Some(f), false),
+                None => return Err(plain(format!("unknown model family {f}"))),
+            },
+        };
+        let tree = TreeParams {
+            trees: options.trees.map(|v| v as usize),
+            max_depth: options.max_depth.map(|v| v.min(64) as u16),
+            learning_rate: options.tree_learning_rate,
+            min_samples_leaf: options.min_samples_leaf.map(|v| v as usize),
+            mtry: options.mtry.map(|v| v as usize),
+            lambda: None,
+            subsample: options.subsample,
+            early_stopping_rounds: options.early_stopping_rounds.map(|v| v as usize),
+            seed: options.seed as u64,
+        };
         let opts = FineTuneOptions {
             learning_rate: options.learning_rate,
             batch_size: options.batch_size as usize,
@@ -248,6 +281,11 @@ impl ModelFineTuningCore {
             l2: options.l2,
             patience: (options.patience >= 0).then_some(options.patience as usize),
             min_improvement: options.min_improvement,
+            test_split: options.test_split,
+            confidence: options.confidence,
+            family,
+            auto,
+            tree,
         };
         Ok(AsyncTask::new(FineTuneTask {
             target: self.target.clone(),
@@ -257,6 +295,7 @@ impl ModelFineTuningCore {
             d: features as usize,
             opts,
             save: options.save,
+            save_always: options.save_always,
             promote: options.promote,
             progress: on_progress,
             result: Value::Null,
@@ -302,6 +341,52 @@ impl ModelFineTuningCore {
         self.task(path, RegistryOp::Load)
     }
 
+    /// Bench protocol: fits `family` on all rows with no early stopping; resolves
+    /// `{ms, model}` (the envelope). Left out of the typings.
+    #[napi(js_name = "_fitFamily", skip_typescript, catch_unwind)]
+    pub fn fit_family(
+        &self,
+        family: String,
+        x: Float64Array,
+        y: Float64Array,
+        features: u32,
+        trees: u32,
+        max_depth: Option<u32>,
+        learning_rate: Option<f64>,
+        seed: u32,
+    ) -> Result<AsyncTask<FitTask>> {
+        let family = Family::parse(&family)
+            .filter(|f| *f != Family::Linear)
+            .ok_or_else(|| plain(format!("unknown tree family {family}")))?;
+        if features == 0 || x.len() != y.len() * features as usize {
+            return Err(plain("x must hold y.length × features values"));
+        }
+        Ok(AsyncTask::new(FitTask {
+            family,
+            x,
+            y,
+            d: features as usize,
+            params: TreeParams {
+                trees: Some(trees as usize),
+                max_depth: max_depth.map(|v| v.min(64) as u16),
+                learning_rate,
+                early_stopping_rounds: Some(0),
+                seed: seed as u64,
+                ..Default::default()
+            },
+            out: Value::Null,
+        }))
+    }
+
+    /// `{family, features, featureNames}` of a model file of any family.
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<{ family: string; features: number; featureNames: string[] | null }>"
+    )]
+    pub fn model_info(&self, path: String) -> AsyncTask<RegistryTask> {
+        self.task(path, RegistryOp::Info)
+    }
+
     /// Writes `model` as `<fineTunedDir>/<stem>/<stem>-<version>.json`, atomically.
     #[napi(catch_unwind, ts_return_type = "Promise<string>")]
     pub fn save_model(
@@ -331,6 +416,7 @@ pub struct FineTuneTask {
     d: usize,
     opts: FineTuneOptions,
     save: bool,
+    save_always: bool,
     promote: bool,
     progress: Option<ProgressFn>,
     result: Value,
@@ -342,6 +428,8 @@ fn options_json(o: &FineTuneOptions) -> Value {
         "validationSplit": o.validation_split, "minSamples": o.min_samples, "maxSamples": o.max_samples,
         "seed": o.seed, "optimizer": format!("{:?}", o.optimizer).to_lowercase(), "l2": o.l2,
         "patience": o.patience, "minImprovement": o.min_improvement,
+        "testSplit": o.test_split, "confidence": o.confidence,
+        "model": if o.auto { "auto" } else { o.family.map_or("base", Family::name) },
     })
 }
 
@@ -351,7 +439,7 @@ impl Task for FineTuneTask {
 
     fn compute(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
-        let base = LinearModel::load(&self.base).map_err(|e| plain(format!("base model: {e}")))?;
+        let base = Model::load(&self.base).map_err(|e| plain(format!("base model: {e}")))?;
         let progress = self.progress.take();
         let mut report = |e: EpochInfo| {
             if let Some(p) = &progress {
@@ -368,29 +456,52 @@ impl Task for FineTuneTask {
         };
         let out =
             fine_tune(&base, &self.x, &self.y, self.d, &self.opts, &mut report).map_err(plain)?;
-        let metrics = serde_json::to_value(out.metrics).unwrap_or(Value::Null);
-        let base_metrics = serde_json::to_value(out.base_metrics).unwrap_or(Value::Null);
-        let epochs = serde_json::to_value(&out.epochs).unwrap_or(Value::Null);
+        fn v<T: serde::Serialize>(x: T) -> Value {
+            serde_json::to_value(x).unwrap_or(Value::Null)
+        }
+        // JSON has no infinity: a test set where every row improved reports f64::MAX.
+        let statistic = out.gate.statistic.clamp(-f64::MAX, f64::MAX);
         let data = json!({"rows": out.rows_used, "hash": out.data_hash});
+        let family = out.model.family();
+        let model_json = match &out.model.kind {
+            ModelKind::Linear(m) => json!({"weights": m.weights, "bias": m.bias}),
+            ModelKind::Trees(t) => {
+                json!({"family": family.name(), "trees": t.trees.len(), "hyperparameters": t.hyperparameters})
+            }
+        };
+        let test = json!({
+            "metrics": v(out.metrics), "baseMetrics": v(out.base_metrics), "rows": out.test_rows,
+            "statistic": statistic, "pValue": out.gate.p_value,
+        });
         let mut result = json!({
             "success": true,
             "baseModel": self.base.display().to_string(),
-            "metrics": metrics,
-            "baseMetrics": base_metrics,
+            "family": family.name(),
+            "baseFamily": base.family().name(),
+            "metrics": v(out.metrics),
+            "baseMetrics": v(out.base_metrics),
             "improvement": out.improvement,
             "accepted": out.accepted,
-            "epochs": epochs,
+            "reason": out.reason,
+            "statistic": statistic,
+            "pValue": out.gate.p_value,
+            "confidence": self.opts.confidence,
+            "test": test,
+            "validation": {"metrics": v(out.validation_metrics), "baseMetrics": v(out.base_validation_metrics)},
+            "candidates": v(&out.candidates),
+            "epochs": v(&out.epochs),
             "bestEpoch": out.best_epoch,
-            "samples": {"total": self.y.len(), "used": out.rows_used, "train": out.train_rows, "validation": out.validation_rows},
+            "samples": {"total": self.y.len(), "used": out.rows_used, "train": out.train_rows, "validation": out.validation_rows, "test": out.test_rows},
             "data": data,
-            "model": {"weights": out.model.weights, "bias": out.model.bias},
+            "model": model_json,
+            "saved": false,
             "modelPath": null, "version": null, "versionNumber": null, "status": null, "promoted": false,
         });
-        if self.save {
+        if self.save && (!out.no_change || self.save_always) {
             let reg = registry_for(&self.target, &self.base)?;
             let entry = reg
-                .register(
-                    &out.model,
+                .register_text(
+                    &out.model.to_json_pretty(),
                     NewVersion {
                         parent: version_of(&self.base).filter(|_| self.base.starts_with(reg.dir())),
                         metrics: result["metrics"].clone(),
@@ -399,6 +510,8 @@ impl Task for FineTuneTask {
                         accepted: Some(out.accepted),
                         options: options_json(&self.opts),
                         data,
+                        family: Some(family.name().into()),
+                        hyperparameters: out.model.hyperparameters(),
                     },
                 )
                 .map_err(plain)?;
@@ -407,6 +520,7 @@ impl Task for FineTuneTask {
                 status = reg.promote(entry.version).map_err(plain)?.status;
                 result["promoted"] = true.into();
             }
+            result["saved"] = true.into();
             result["modelPath"] = entry.model_path.into();
             result["version"] = entry.name.into();
             result["versionNumber"] = entry.version.into();
@@ -423,6 +537,47 @@ impl Task for FineTuneTask {
     }
 }
 
+pub struct FitTask {
+    family: Family,
+    x: Float64Array,
+    y: Float64Array,
+    d: usize,
+    params: TreeParams,
+    out: Value,
+}
+
+impl Task for FitTask {
+    type Output = ();
+    type JsValue = Json;
+
+    fn compute(&mut self) -> Result<()> {
+        let rows: Vec<usize> = (0..self.y.len()).collect();
+        let t0 = std::time::Instant::now();
+        let t = crate::core::models::fit_trees(
+            self.family,
+            &self.x,
+            &self.y,
+            self.d,
+            &rows,
+            &[],
+            &self.params,
+        )
+        .map_err(plain)?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let m = Model {
+            kind: ModelKind::Trees(t),
+            features: None,
+            metrics: Value::Null,
+        };
+        self.out = json!({"ms": ms, "model": m.to_value()});
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<Json> {
+        Ok(Json(std::mem::take(&mut self.out)))
+    }
+}
+
 pub enum RegistryOp {
     Connect,
     History,
@@ -430,6 +585,7 @@ pub enum RegistryOp {
     Rollback,
     Production,
     Load,
+    Info,
     Save(Value, String),
 }
 
@@ -453,16 +609,29 @@ impl Task for RegistryTask {
             };
             return Ok(());
         }
-        if let Some(RegistryOp::Load) = self.op {
-            self.op = None;
-            self.out = LinearModel::load(&self.base).map_err(plain)?.to_value();
-            return Ok(());
-        }
-        if let Some(RegistryOp::Save(model, version)) =
-            self.op.take_if(|o| matches!(o, RegistryOp::Save(..)))
-        {
-            self.out = {
-                let m = LinearModel::from_value(model).map_err(|e| plain(format!("model: {e}")))?;
+        // Only the registry's own operations open it (on PostgreSQL: connect).
+        let reg = match self.op {
+            Some(
+                RegistryOp::History
+                | RegistryOp::Promote(_)
+                | RegistryOp::Rollback
+                | RegistryOp::Production,
+            ) => Some(registry_for(&self.target, &self.base)?),
+            _ => None,
+        };
+        let reg = || reg.as_ref().ok_or_else(|| plain("registry not open"));
+        self.out = match self.op.take() {
+            Some(RegistryOp::History) => to_json(reg()?.history().map_err(plain)?)?,
+            Some(RegistryOp::Promote(v)) => to_json(reg()?.promote(v).map_err(plain)?)?,
+            Some(RegistryOp::Rollback) => to_json(reg()?.rollback().map_err(plain)?)?,
+            Some(RegistryOp::Production) => to_json(reg()?.production().map_err(plain)?)?,
+            Some(RegistryOp::Load) => Model::load(&self.base).map_err(plain)?.to_value(),
+            Some(RegistryOp::Info) => {
+                let m = Model::load(&self.base).map_err(plain)?;
+                json!({"family": m.family().name(), "features": m.n_features(), "featureNames": m.features})
+            }
+            Some(RegistryOp::Save(model, version)) => {
+                let m = Model::from_value(model).map_err(|e| plain(format!("model: {e}")))?;
                 if version.is_empty() || version.contains(['/', '\\']) || version.contains("..") {
                     return Err(plain(format!("version {version:?} is not a plain name")));
                 }
@@ -475,21 +644,151 @@ impl Task for RegistryTask {
                 write_atomic(&path, m.to_json_pretty().as_bytes())
                     .map_err(|e| plain(format!("cannot write {}: {e}", path.display())))?;
                 path.display().to_string().into()
-            };
-            return Ok(());
-        }
-        let reg = registry_for(&self.target, &self.base)?;
-        self.out = match self.op.take() {
-            Some(RegistryOp::History) => to_json(reg.history().map_err(plain)?)?,
-            Some(RegistryOp::Promote(v)) => to_json(reg.promote(v).map_err(plain)?)?,
-            Some(RegistryOp::Rollback) => to_json(reg.rollback().map_err(plain)?)?,
-            Some(RegistryOp::Production) => to_json(reg.production().map_err(plain)?)?,
-            _ => Value::Null,
+            }
+            Some(RegistryOp::Connect) | None => Value::Null,
         };
         Ok(())
     }
 
     fn resolve(&mut self, _env: Env, _: ()) -> Result<Json> {
         Ok(Json(std::mem::take(&mut self.out)))
+    }
+}
+
+/// A loaded model of any family: `await Model.load(path)`, then `predict(features)` or
+/// `predictBatch(Float64Array, rows)`. Prediction walks flat arrays (see `core::models`),
+/// so one call costs a crossing plus the tree walk, not a JSON parse or an allocation.
+#[napi(js_name = "Model")]
+pub struct NativeModel {
+    inner: Model,
+}
+
+pub struct LoadModelTask {
+    path: PathBuf,
+    out: Option<Model>,
+}
+
+impl Task for LoadModelTask {
+    type Output = ();
+    type JsValue = NativeModel;
+
+    fn compute(&mut self) -> Result<()> {
+        self.out = Some(Model::load(&self.path).map_err(plain)?);
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<NativeModel> {
+        let inner = self
+            .out
+            .take()
+            .ok_or_else(|| plain("model was not loaded"))?;
+        Ok(NativeModel { inner })
+    }
+}
+
+#[napi]
+impl NativeModel {
+    /// Reads a model file of any family off the JS thread: old `{weights, bias}` files, the
+    /// services' nested linear shapes and `mlops-native/<family>@1` envelopes. Rejects with
+    /// the file's name and what is wrong for anything else.
+    #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
+    pub fn load(path: String) -> AsyncTask<LoadModelTask> {
+        AsyncTask::new(LoadModelTask {
+            path: PathBuf::from(path),
+            out: None,
+        })
+    }
+
+    /// Builds a model from the parsed content of a model file.
+    #[napi(
+        factory,
+        js_name = "fromJSON",
+        catch_unwind,
+        ts_args_type = "json: Record<string, unknown>"
+    )]
+    pub fn from_json(env: Env, json: Value) -> Result<Self> {
+        match Model::from_value(json) {
+            Ok(inner) => Ok(Self { inner }),
+            Err(e) => Err(super::range(&env, format!("json: {e}"))),
+        }
+    }
+
+    /// `linear`, `gbm`, `random_forest` or `extra_trees`.
+    #[napi(getter, ts_return_type = "ModelFamily")]
+    pub fn family(&self) -> &'static str {
+        self.inner.family().name()
+    }
+
+    /// Feature names (`x0…` when the file has none); the length is the feature count.
+    #[napi(getter)]
+    pub fn features(&self) -> Vec<String> {
+        self.inner.feature_list()
+    }
+
+    /// One prediction; `features` (an array or a Float64Array) must have exactly
+    /// `model.features.length` finite values.
+    #[napi(catch_unwind)]
+    pub fn predict(&self, env: Env, features: Either<Float64Array, Vec<f64>>) -> Result<f64> {
+        let features: &[f64] = match &features {
+            Either::A(t) => t,
+            Either::B(v) => v,
+        };
+        let d = self.inner.n_features();
+        if features.len() != d {
+            return Err(super::range(
+                &env,
+                format!("features has {} values, the model has {d}", features.len()),
+            ));
+        }
+        if let Some(j) = features.iter().position(|v| !v.is_finite()) {
+            return Err(super::range(
+                &env,
+                format!("features[{j}] must be a finite number"),
+            ));
+        }
+        Ok(self.inner.predict(features))
+    }
+
+    /// Predictions for `rows` rows of row-major `x` (`rows × features` values).
+    #[napi(catch_unwind)]
+    pub fn predict_batch(&self, env: Env, x: Float64Array, rows: u32) -> Result<Float64Array> {
+        let d = self.inner.n_features();
+        let n = rows as usize;
+        if x.len() != n * d {
+            return Err(super::range(
+                &env,
+                format!(
+                    "x has {} values, expected rows × features = {n} × {d}",
+                    x.len()
+                ),
+            ));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(super::range(
+                &env,
+                format!(
+                    "x[{i}] (row {}, feature {}) must be a finite number",
+                    i / d,
+                    i % d
+                ),
+            ));
+        }
+        let out: Vec<f64> = x
+            .chunks_exact(d.max(1))
+            .take(n)
+            .map(|r| self.inner.predict(r))
+            .collect();
+        Ok(Float64Array::new(out))
+    }
+
+    /// The file body: `{weights, bias, …}` for linear models (in the file's own shape), the
+    /// versioned envelope for tree families.
+    #[napi(
+        js_name = "toJSON",
+        catch_unwind,
+        ts_return_type = "Record<string, unknown>"
+    )]
+    pub fn to_json(&self) -> Json {
+        Json(self.inner.to_value())
     }
 }

@@ -8,7 +8,7 @@
 //! change once written, so a cache file is rewritten only when its bytes differ (another
 //! database behind the same folder).
 
-use super::super::linear::LinearModel;
+use super::super::models::Model;
 use super::super::registry::{stem_of, NewVersion, VersionEntry};
 use super::super::runtime;
 use super::postgres::{self as pg, PgStore, StoreError, VersionRow};
@@ -87,6 +87,8 @@ impl PgRegistry {
             accepted: row.accepted,
             options: row.options,
             data: row.data,
+            family: Some(row.family),
+            hyperparameters: row.hyperparameters,
         })
     }
 
@@ -97,11 +99,15 @@ impl PgRegistry {
         runtime::block_on(f)?.map_err(err)
     }
 
-    pub fn register(&self, model: &LinearModel, info: NewVersion) -> Result<VersionEntry, String> {
+    /// Records a model of any family, given as its file body (as `Registry::register_text`).
+    pub fn register_text(&self, body: &str, info: NewVersion) -> Result<VersionEntry, String> {
+        let model: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| format!("model: not valid JSON ({e})"))?;
         let store = self.store.clone();
         let key = self.model_key.clone();
         let nv = pg::NewVersion {
-            family: "linear".into(),
+            family: info.family.unwrap_or_else(|| "linear".into()),
+            hyperparameters: info.hyperparameters,
             parent: info.parent,
             metrics: info.metrics,
             base_metrics: info.base_metrics,
@@ -109,7 +115,7 @@ impl PgRegistry {
             accepted: info.accepted,
             options: info.options,
             data: info.data,
-            model: model.to_value(),
+            model,
             created_by: Some(format!(
                 "{}:{}",
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
@@ -128,7 +134,7 @@ impl PgRegistry {
         match row {
             None => return Err(format!("{} has no version {version}", self.stem)),
             Some(r) => {
-                LinearModel::from_value(r.model.unwrap_or_default())
+                Model::from_value(r.model.unwrap_or_default())
                     .map_err(|e| format!("refusing to promote v{version}: {e}"))?;
             }
         }

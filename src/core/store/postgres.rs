@@ -208,6 +208,8 @@ pub struct NewVersion {
     /// What it was trained on; `data.fingerprint` (else `data.hash`), a string, is also kept
     /// in its own column.
     pub data: Value,
+    /// The family's settings (trees: depth, count…; null for linear).
+    pub hyperparameters: Value,
     pub model: Value,
     pub created_by: Option<String>,
 }
@@ -226,6 +228,7 @@ pub struct VersionRow {
     pub options: Value,
     pub data: Value,
     pub fingerprint: Option<String>,
+    pub hyperparameters: Value,
     /// Left out by listings that ask for metadata only.
     pub model: Option<Value>,
     pub created_ms: f64,
@@ -283,7 +286,8 @@ struct Sql {
 }
 
 const VERSION_COLS: &str = "v.model_key, v.version, v.family, v.parent, v.status, v.metrics, \
-     v.base_metrics, v.improvement, v.accepted, v.options, v.data, v.fingerprint, v.created_ms, v.created_by";
+     v.base_metrics, v.improvement, v.accepted, v.options, v.data, v.fingerprint, v.created_ms, v.created_by, \
+     v.hyperparameters";
 
 impl Sql {
     fn new(schema: &str) -> Self {
@@ -350,8 +354,8 @@ impl Sql {
             ),
             insert_version: format!(
                 "INSERT INTO {s}.versions (model_key, version, family, parent, status, metrics, base_metrics, \
-                 improvement, accepted, options, data, fingerprint, model, created_ms, created_by) \
-                 VALUES ($1, $2, $3, $4, 'candidate', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 improvement, accepted, options, data, fingerprint, model, created_ms, created_by, hyperparameters) \
+                 VALUES ($1, $2, $3, $4, 'candidate', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  RETURNING created_ms"
             ),
             lock_model: format!(
@@ -436,6 +440,7 @@ impl Sql {
                 options jsonb,
                 data jsonb,
                 fingerprint text,
+                hyperparameters jsonb,
                 model jsonb NOT NULL,
                 created_ms double precision NOT NULL,
                 created_by text,
@@ -1331,11 +1336,12 @@ async fn insert_version(
     let parent = v.parent.map(|p| p as i32);
     let created = now_ms();
     let nullable = |x: &Value| if x.is_null() { None } else { Some(x.clone()) };
-    let (metrics, base_metrics, options, data) = (
+    let (metrics, base_metrics, options, data, hyper) = (
         nullable(&v.metrics),
         nullable(&v.base_metrics),
         nullable(&v.options),
         nullable(&v.data),
+        nullable(&v.hyperparameters),
     );
     tx.query_one(
         sql.insert_version.as_str(),
@@ -1354,6 +1360,7 @@ async fn insert_version(
             &v.model,
             &created,
             &v.created_by,
+            &hyper,
         ],
     )
     .await?;
@@ -1370,6 +1377,7 @@ async fn insert_version(
         options: v.options,
         data: v.data,
         fingerprint,
+        hyperparameters: v.hyperparameters,
         model: Some(v.model),
         created_ms: created,
         created_by: v.created_by,
@@ -1429,7 +1437,8 @@ fn version_row(r: &tokio_postgres::Row) -> VersionRow {
         fingerprint: r.get(11),
         created_ms: r.get(12),
         created_by: r.get(13),
-        model: r.get::<_, Option<Value>>(14),
+        hyperparameters: json(14),
+        model: r.get::<_, Option<Value>>(15),
     }
 }
 

@@ -1,0 +1,123 @@
+'use strict'
+// `node scripts/bench/run.js cardinality-ensemble`: AdvancedEnsemble under high-cardinality
+// traffic (issue 13). Each scenario runs in a fresh child process so RSS figures are its
+// own: N distinct contexts (a `serviceName` per tenant), each getting one stacking call and
+// one feedback, through an ensemble with the default bound (`maxContexts` 10000) — and, for
+// the state-file target, one whose bound holds all 100k keys.
+// Reported: calls/s, RSS, getStatistics() cost, save/load times with the longest event-loop
+// stall during them, file size, and bytes per live key.
+
+const { spawnSync } = require('node:child_process')
+const { table } = require('./harness.js')
+
+async function child(keys, maxContexts) {
+  const fs = require('node:fs')
+  const os = require('node:os')
+  const path = require('node:path')
+  const { monitorEventLoopDelay } = require('node:perf_hooks')
+  const { AdvancedEnsemble } = require('../..')
+  const e = new AdvancedEnsemble(maxContexts ? { maxContexts } : undefined)
+  const models = ['quality-v3', 'quality-lite', 'llm-judge']
+  const p = (y) => models.map((m, j) => ({ value: y + 0.1 * j, confidence: 0.6 + 0.1 * j, model: m }))
+  // Warm up the shared state so the baseline RSS includes the addon and JIT.
+  for (let i = 0; i < 1000; i++) e.updateWithFeedbackSync(p(i % 7), i % 7, { serviceName: 'warm' })
+  global.gc?.()
+  const rss0 = process.memoryUsage().rss
+  const t0 = process.hrtime.bigint()
+  for (let i = 0; i < keys; i++) {
+    const ctx = { serviceName: `tenant-${i}`, predictionType: 'quality' }
+    const preds = p(i % 7)
+    e.stackingEnsembleSync(preds, ctx)
+    e.updateWithFeedbackSync(preds, (i % 7) + 0.05, ctx)
+  }
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9
+  global.gc?.()
+  const rss = process.memoryUsage().rss
+  const st = e.getStatistics()
+  // getStatistics: median of 200 calls, in µs.
+  const times = []
+  for (let i = 0; i < 200; i++) {
+    const a = process.hrtime.bigint()
+    e.getStatistics()
+    times.push(Number(process.hrtime.bigint() - a) / 1e3)
+  }
+  times.sort((a, b) => a - b)
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlops-card-'))
+  const file = path.join(dir, 'state.json')
+  const h = monitorEventLoopDelay({ resolution: 1 })
+  h.enable()
+  let a = process.hrtime.bigint()
+  await e.saveState(file)
+  const saveMs = Number(process.hrtime.bigint() - a) / 1e6
+  const saveStall = h.max / 1e6
+  h.reset()
+  const size = fs.statSync(file).size
+  const f = new AdvancedEnsemble(maxContexts ? { maxContexts } : undefined)
+  a = process.hrtime.bigint()
+  await f.loadState(file)
+  const loadMs = Number(process.hrtime.bigint() - a) / 1e6
+  const loadStall = h.max / 1e6
+  h.disable()
+  fs.rmSync(dir, { recursive: true })
+  return {
+    keys,
+    live: st.totals.contexts,
+    evicted: st.evictions.contexts,
+    callsPerSec: (2 * keys) / secs,
+    rssMB: rss / 2 ** 20,
+    bytesPerLiveKey: (rss - rss0) / st.totals.contexts,
+    statsUs: times[100],
+    statsP99Us: times[198],
+    saveMs,
+    loadMs,
+    saveStall,
+    loadStall,
+    fileMB: size / 2 ** 20,
+  }
+}
+
+async function run() {
+  console.log('\n## AdvancedEnsemble cardinality: distinct contexts, each one stacking call + one feedback\n')
+  const scenarios = [
+    [10_000, 0],
+    [100_000, 0],
+    [1_000_000, 0],
+    [100_000, 100_000],
+  ]
+  const rows = []
+  const results = []
+  for (const [keys, max] of scenarios) {
+    const r = spawnSync(process.execPath, ['--expose-gc', __filename, '--child', String(keys), String(max)], { encoding: 'utf8', maxBuffer: 1 << 20 })
+    if (r.status !== 0) {
+      console.error(r.stderr)
+      throw new Error(`cardinality child ${keys} failed`)
+    }
+    const x = JSON.parse(r.stdout.trim().split('\n').pop())
+    results.push(x)
+    rows.push([
+      keys.toLocaleString('en'),
+      (max || 10_000).toLocaleString('en'),
+      x.live,
+      x.evicted,
+      Math.round(x.callsPerSec).toLocaleString('en'),
+      x.rssMB.toFixed(0),
+      x.bytesPerLiveKey.toFixed(0),
+      x.statsUs.toFixed(1),
+      x.statsP99Us.toFixed(1),
+      x.saveMs.toFixed(0),
+      x.loadMs.toFixed(0),
+      `${x.saveStall.toFixed(1)}/${x.loadStall.toFixed(1)}`,
+      x.fileMB.toFixed(1),
+    ])
+  }
+  table(rows, ['keys', 'maxContexts', 'live', 'evicted', 'calls/s', 'RSS MB', 'B/live key', 'stats µs', 'p99 µs', 'save ms', 'load ms', 'stall ms s/l', 'file MB'])
+  console.log('Targets: getStatistics ≤ 50 µs at any count; save and load of 100k keys ≤ 1 s each; RSS plateaus under the bound.')
+  return results
+}
+
+module.exports = { run }
+if (require.main === module) {
+  if (process.argv[2] === '--child') {
+    child(Number(process.argv[3]), Number(process.argv[4])).then((r) => console.log(JSON.stringify(r)))
+  } else run()
+}
