@@ -149,6 +149,9 @@ impl Worker {
                         }
                     ));
                 }
+                // Before the acknowledgement: a caller that reads statistics after its
+                // await sees its event counted.
+                self.pg_stats();
                 Ok(())
             }
             Err(e) => Err(e),
