@@ -467,52 +467,72 @@ export declare function getModelFineTuning(): ModelFineTuning
 
 // ---------------------------------------------------------------- ExpandedPredictions
 
+/**
+ * A number, or a numeric string as databases return them ('100', ' 2.5e3 '). Other strings
+ * are refused by the Sync forms and fall back to the field's default (with a warning) in
+ * the compat Promise forms.
+ */
+export type NumberLike = number | string
+// Every context field also takes `null` (a NULL column): the same as absent.
+
+/**
+ * The request a prediction is about. Every field is optional, and there is no index
+ * signature, so a caller's own `interface` is accepted as it is.
+ */
 export interface PredictionContext {
-  serviceName?: string
-  predictionType?: string
-  modelType?: string
+  /** A number (a database id) becomes its decimal string. */
+  serviceName?: string | number | null
+  predictionType?: string | null
+  modelType?: string | null
   /** Provider (`openai`, `anthropic`, …); with `model`, selects the price-table entry. */
-  provider?: string
+  provider?: string | number | null
   /** Model name as in the price table (`gpt-4o`, or `gemini-2.0-flash` with provider `gemini`). */
-  model?: string
-  inputSize?: number
-  inputTokens?: number
-  outputTokens?: number
+  model?: string | number | null
+  inputSize?: NumberLike | null
+  inputTokens?: NumberLike | null
+  outputTokens?: NumberLike | null
   /** Input tokens served from the prompt cache (default: all of them on a cache hit). */
-  cachedInputTokens?: number
-  maxTokens?: number
-  cacheHit?: boolean
+  cachedInputTokens?: NumberLike | null
+  maxTokens?: NumberLike | null
+  cacheHit?: boolean | 0 | 1 | null
   /** 0-10 */
-  quality?: number
+  quality?: NumberLike | null
   /** ms */
-  latency?: number
+  latency?: NumberLike | null
   /** 0-1 */
-  relevance?: number
+  relevance?: NumberLike | null
   /** 0-1 */
-  coherence?: number
-  historicalSatisfaction?: number
-  batchSize?: number
-  concurrentRequests?: number
+  coherence?: NumberLike | null
+  historicalSatisfaction?: NumberLike | null
+  /** The old rule's `batchSize || 1`: absent or 0 counts as 1. */
+  batchSize?: NumberLike | null
+  concurrentRequests?: NumberLike | null
   /** 0-23; default the current UTC hour. */
-  hour?: number
-  [key: string]: unknown
+  hour?: NumberLike | null
 }
 
 export interface RequestOutcome {
-  latencyMs?: number
-  inputTokens?: number
-  outputTokens?: number
-  cost?: number
+  latencyMs?: NumberLike | null
+  inputTokens?: NumberLike | null
+  outputTokens?: NumberLike | null
+  cost?: NumberLike | null
   /** 1-5 */
-  satisfaction?: number
-  cpu?: number
-  memory?: number
-  network?: number
+  satisfaction?: NumberLike | null
+  cpu?: NumberLike | null
+  memory?: NumberLike | null
+  network?: NumberLike | null
 }
 
-/** Present on the compat Promise forms' fallback result when the context was invalid. */
+/** What the compat Promise forms report about a context they could only partly use. */
 interface Fallible {
+  /** Set when the context as a whole was unusable (not an object): the empty context was used. */
   error?: string
+  /**
+   * One message per context field that fell back to its default, on each prediction the
+   * field affects (`'context.inputSize must be a number, got the string "x"; its default was used'`).
+   * Absent when every field was used. The Sync forms throw instead.
+   */
+  warnings?: string[]
 }
 
 export interface LatencyPrediction extends Fallible {
@@ -861,9 +881,13 @@ export declare class AdvancedEnsemble {
 export declare class ExpandedPredictions {
   /** `options.priceTable` (an object or a file path) is taken by the JS layer. */
   constructor(options?: ExpandedPredictionsConstructorOptions)
-  /** Counts of what has been learned. */
-  getStatistics(): { outcomes: number; keys: number; services: number; pricedModels: number }
-  /** Writes the learned state to `path` as JSON, atomically, off the JS thread. */
+  /** Counts of what has been learned and what the bounds evicted; O(1). */
+  getStatistics(): { outcomes: number; keys: number; services: number; names: { services: number; providers: number; models: number }; pricedModels: number; maxKeys: number; maxMemoryMb: number; memoryBytes: number; evictions: { keys: number; services: number; names: number } }
+  /**
+   * Writes the learned state to `path` as JSON, atomically, off the JS thread. The JS
+   * thread only copies pointers to the live keys (their values are shared copy-on-
+   * write); serialising and writing run on a worker. Evicted keys are not written.
+   */
   saveState(path: string): Promise<boolean>
   /**
    * Replaces the learned state with the one saved at `path`; a missing, corrupt or
@@ -995,6 +1019,22 @@ export interface ExpandedPredictionsOptions {
   minKeyResiduals?: number
   /** Weight of the past in the learned output-token mean, in (0, 1) (default 0.98). */
   outputDecay?: number
+  /**
+   * Forgetting factor of the learned corrections, in (0, 1]: an outcome `a` outcomes
+   * old weighs λ^a, so a level change is followed within ~1/(1−λ) outcomes (default
+   * 0.997; 1 never forgets).
+   */
+  forgetting?: number
+  /**
+   * Keys (service × provider × model) kept at most, least recently used evicted first;
+   * services and names per kind are bounded by the same number (default 20000).
+   */
+  maxKeys?: number
+  /**
+   * Estimated memory the learned keys and services may hold, in MB; least recently
+   * used keys are evicted beyond it (default 50).
+   */
+  maxMemoryMb?: number
 }
 
 export interface FineTuneProgress {

@@ -98,6 +98,12 @@ async function predictions(): Promise<void> {
   const n: number = p.setPriceTable('prices.json')
   await p.saveState('/tmp/p.json')
   console.log(lat, unit, all.timestamp, many.length, ok, n, p.getStatistics().outcomes, mlops.getExpandedPredictions().predictResourcesSync().cpu)
+  // A service's own interface, with its own extra fields and database-typed values.
+  interface RequestRow { serviceName: string; predictionType: string; inputSize: string; batchSize: number | null; tenantId: number }
+  const row: RequestRow = { serviceName: 'ai-gm', predictionType: 'latency', inputSize: '100', batchSize: null, tenantId: 7 }
+  const fromRow = await p.predictAll(row)
+  const warnings: string[] | undefined = fromRow.latency.warnings
+  console.log(fromRow.resources.memory, warnings?.length)
 }
 void predictions()
 

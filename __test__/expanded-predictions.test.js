@@ -23,7 +23,7 @@ function oldSatisfaction(c) {
 }
 function oldResources(c) {
   const size = c.inputSize || 0
-  return { cpu: Math.min(100, Math.round(20 + 0.1 * size)), memory: Math.min(100, Math.round(30 + 5 * (c.batchSize || 0))), network: Math.min(100, Math.round(5 + 0.01 * size)) }
+  return { cpu: Math.min(100, Math.round(20 + 0.1 * size)), memory: Math.min(100, Math.round(30 + 5 * (c.batchSize || 1))), network: Math.min(100, Math.round(5 + 0.01 * size)) }
 }
 
 const CONTEXTS = [
@@ -33,6 +33,12 @@ const CONTEXTS = [
   { serviceName: 'code-roach', provider: 'openai', inputSize: 5000, batchSize: 30 },
   { serviceName: 'first-mate', cacheHit: false, quality: 10, relevance: 1, coherence: 1 },
   { serviceName: 'unknown-service', inputSize: 99 },
+  // issue 9: memory is 30 + 5 × (batchSize || 1), so 35 here, not 30.
+  { serviceName: 'test', inputSize: 100 },
+  { inputSize: 100 },
+  { serviceName: 'game-app', provider: 'anthropic', batchSize: 0, cacheHit: true, inputSize: 10 },
+  { provider: 'openai', batchSize: 3, cacheHit: true, inputTokens: 10, outputTokens: 20 },
+  { serviceName: 'daisy-chain', batchSize: 20, inputSize: 2000, quality: 0 },
 ]
 
 test('shim, root and singleton export the same pair', () => {
@@ -142,7 +148,7 @@ test('bad input: TypeError/RangeError naming the field from Sync forms and recor
     [() => p.predictLatencySync('x'), TypeError, /context must be an object/],
     [() => p.predictCostSync({ inputTokens: -5 }), RangeError, /context\.inputTokens must be ≥ 0/],
     [() => p.predictCostSync({ inputTokens: NaN }), RangeError, /context\.inputTokens/],
-    [() => p.predictAllSync({ latency: '100' }), TypeError, /context\.latency must be a number/],
+    [() => p.predictAllSync({ latency: '100ms' }), TypeError, /context\.latency must be a number/],
     [() => p.predictAllSync({ serviceName: [7] }), TypeError, /context\.serviceName/],
     [() => p.predictAllSync({ model: 'x'.repeat(1000) }), RangeError, /context\.model must be at most 256 characters/],
     [() => p.predictAllSync({ cacheHit: 'yes' }), TypeError, /context\.cacheHit/],
@@ -157,9 +163,16 @@ test('bad input: TypeError/RangeError naming the field from Sync forms and recor
   ]
   for (const [fn, type, msg] of cases) assert.throws(fn, (e) => e instanceof type && msg.test(e.message), String(fn))
   await assert.rejects(p.recordOutcome({}, { cost: -1 }), RangeError)
+  // issue 9 changed this: one bad field falls back alone, with a warning on the
+  // predictions it affects (it used to drop the whole context and set `error`).
   const fb = await p.predictAll({ outputTokens: -1 })
-  assert.match(fb.error, /context\.outputTokens/)
-  assert.equal(fb.latency.latency, 50, 'fallback is the cold start of an empty context')
+  assert.match(fb.warnings[0], /context\.outputTokens must be ≥ 0/)
+  assert.match(fb.latency.warnings[0], /context\.outputTokens/)
+  assert.equal(fb.error, undefined)
+  assert.equal(fb.latency.latency, 50, 'outputTokens falls back to its default')
+  const whole = await p.predictAll('not a context')
+  assert.match(whole.error, /context must be an object/)
+  assert.match(whole.resources.warnings[0], /the empty context was used/)
   const c = await p.predictCost(null)
   assert.equal(c.error, undefined, 'null context is the empty context, not an error')
   assert.equal(p.getStatistics().outcomes, 0, 'nothing bad was learned')

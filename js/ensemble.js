@@ -507,8 +507,8 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
   }
 
   /** Adds this ensemble's metrics to a prom-client registry: `e.registerMetrics(promClient.register)`. */
-  registerMetrics(register) {
-    metrics.registerMetrics(register, () => this.#collect())
+  registerMetrics(register, labels) {
+    metrics.registerMetrics(register, this, () => this.#collect(), labels)
   }
 
   #collect() {

@@ -13,6 +13,7 @@ const { defaultModelsDir } = require('./paths.js')
 const { redact } = require('./redact.js')
 const { makeLog } = require('./log.js')
 const { mlflowFrom, warning: mlflowWarning } = require('./mlflow.js')
+const { redact } = require('./redact.js')
 const metrics = require('./metrics.js')
 
 const DEFAULT_CONFIG = Object.freeze({
@@ -400,7 +401,7 @@ class ModelFineTuning {
       await this.#report(base, result, run.native)
       return result
     } catch (e) {
-      const error = e && e.message ? e.message : String(e)
+      const error = redact(e && e.message ? e.message : String(e))
       this.#runs.failed++
       this.#log.warn('fine-tune failed', { baseModel: typeof baseModelPath === 'string' ? baseModelPath : DEFAULT_BASE_MODEL, error })
       return { success: false, error }
@@ -462,8 +463,8 @@ class ModelFineTuning {
   }
 
   /** Adds this instance's metrics to a prom-client registry: `ft.registerMetrics(promClient.register)`. */
-  registerMetrics(register) {
-    metrics.registerMetrics(register, () => this.#collect())
+  registerMetrics(register, labels) {
+    metrics.registerMetrics(register, this, () => this.#collect(), labels)
   }
 
   #collect() {

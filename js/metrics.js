@@ -137,23 +137,43 @@ function render(families) {
 // distinguished by their labels, as prom-client requires).
 const bridges = new WeakMap()
 
-function registerMetrics(register, collect) {
+/**
+ * Registers `owner`'s families (from `collect()`) on a prom-client registry. Several owners
+ * may share a registry: their samples are merged under each name, and `labels` (for
+ * example `{instance: 'eu-1'}`) tell them apart. Registering the same owner twice is a no-op.
+ */
+function registerMetrics(register, owner, collect, labels) {
   if (register === null || typeof register !== 'object' || typeof register.registerMetric !== 'function') {
     throw new TypeError('register must be a prom-client Registry (an object with registerMetric), e.g. promClient.register')
   }
+  if (labels !== undefined && labels !== null) {
+    if (typeof labels !== 'object' || Array.isArray(labels)) throw new TypeError('labels must be an object of label names to values')
+    for (const [k, val] of Object.entries(labels)) {
+      if (!/^[a-zA-Z_][a-zA-Z0-9_]*$/.test(k)) throw new RangeError(`labels: ${JSON.stringify(k)} is not a valid Prometheus label name`)
+      if (typeof val !== 'string' && typeof val !== 'number') throw new TypeError(`labels.${k} must be a string or a number`)
+    }
+    const inner = collect
+    const extra = { ...labels }
+    collect = () => {
+      const f = inner()
+      for (const fam of f.list) for (const smp of fam.samples) smp.labels = { ...smp.labels, ...extra }
+      return f
+    }
+  }
   let state = bridges.get(register)
   if (!state) {
-    state = { collectors: new Set(), names: new Map(), cache: null, cacheAt: 0 }
+    state = { owners: new Map(), names: new Map(), cache: null, cacheAt: 0 }
     bridges.set(register, state)
   }
-  if (state.collectors.has(collect)) return
-  state.collectors.add(collect)
+  if (state.owners.has(owner)) return
+  state.owners.set(owner, collect)
+  state.cache = null
   const gather = () => {
     // A scrape asks every family in turn; one collection serves the whole scrape.
     const now = Date.now()
     if (state.cache && now - state.cacheAt < 50) return state.cache
     const byName = new Map()
-    for (const c of state.collectors) {
+    for (const c of state.owners.values()) {
       for (const f of c().list) {
         const into = byName.get(f.name)
         if (into) into.samples.push(...f.samples)

@@ -37,12 +37,33 @@ const NUMERIC = [
 ].map(([name, slot, min, max]) => [name, slot, min, max, `context.${name}`])
 const OUTCOME_RANGES = { latencyMs: [0], inputTokens: [0], outputTokens: [0], cost: [0], satisfaction: [1, 5], cpu: [0, 100], memory: [0, 100], network: [0, 100] }
 
+// Numbers, or numeric strings as databases return them ('100' → 100; see validate.js).
 function checkNumber(x, field, min, max) {
-  if (typeof x !== 'number') throw v.typeError(field, 'a number', x)
-  if (!Number.isFinite(x)) throw v.rangeError(field, 'a finite number', x)
+  if (typeof x !== 'number') x = v.finite(x, field)
+  else if (!Number.isFinite(x)) throw v.rangeError(field, 'a finite number', x)
   if (min !== undefined && x < min) throw v.rangeError(field, `≥ ${min}`, x)
   if (max !== undefined && x > max) throw v.rangeError(field, `≤ ${max}`, x)
   return x
+}
+
+// Which predictions read which context field (bits: latency, cost, satisfaction,
+// resources), so the compat forms' per-field warnings land on the predictions a bad field
+// could have changed. Fields no learner reads (maxTokens, historicalSatisfaction) warn on
+// every prediction, so a wrong input is never silent.
+const L = 1
+const C = 2
+const SAT = 4
+const R = 8
+const ALL = L | C | SAT | R
+const AFFECTS = {
+  context: ALL, serviceName: ALL, provider: L | C, model: L | C, cacheHit: L | C, inputSize: L | R,
+  inputTokens: L | C, outputTokens: L | C, cachedInputTokens: C, maxTokens: ALL, quality: SAT, latency: SAT,
+  relevance: SAT, coherence: SAT, historicalSatisfaction: ALL, batchSize: R, concurrentRequests: L | R, hour: L,
+}
+
+/** A packed slot's value, or `d` when absent (NaN). */
+function or(x, d) {
+  return x === x ? x : d
 }
 
 function readPriceTable(table, field) {
@@ -78,30 +99,49 @@ class ExpandedPredictions extends native.ExpandedPredictions {
       quantileWindow: { min: 1, max: 100_000, integer: true },
       minKeyResiduals: { min: 0, max: 4_294_967_295, integer: true },
       outputDecay: { min: 0, minExclusive: true, max: 1 },
+      forgetting: { min: 0, minExclusive: true, max: 1 },
+      maxKeys: { min: 1, max: 16_777_214, integer: true },
+      maxMemoryMb: { min: 0, minExclusive: true, max: 1e9 },
     }))
     const [ns, no, nout] = this._layout()
     if (ns !== NSLOT || no !== OUTCOME.length || nout !== NOUT) throw new Error('mlops-native: JS and native layouts differ; rebuild the addon')
     this._setBuffers(this.#input, this.#output)
+    this.#maxNames = this._maxNames()
     if (priceTable !== undefined && priceTable !== null) this.setPriceTable(priceTable, 'options.priceTable')
   }
+
+  // Name → id caches, bounded like Rust's name tables (maxKeys per kind): a full cache is
+  // cleared and refills from the names in use. An id Rust has since evicted is caught
+  // there (ids carry a generation) and answered with a resync, never misread.
+  #maxNames = 0
 
   #id(kind, name) {
     const map = this.#names[kind]
     let id = map.get(name)
     if (id === undefined) {
+      if (map.size >= this.#maxNames) map.clear()
       id = this._intern(kind, name)
       map.set(name, id)
     }
     return id
   }
 
-  /** Validates `context` and writes it into the packed input. */
   // The field being read, so that a caller's throwing getter is reported by name without
   // wrapping every single read (this path runs millions of times).
   #at = 'context'
+  // Lenient packing (the compat Promise forms): null = strict (throw), otherwise the
+  // warnings of this call as [message, affected-predictions mask] pairs.
+  #warn = null
 
-  #pack(context) {
+  /**
+   * Validates `context` and writes it into the packed input. Strict (the Sync forms): the
+   * first bad field throws a TypeError/RangeError naming it. Lenient (`lenient` true, the
+   * compat Promise forms): a bad field is packed as absent, so that field alone takes its
+   * default, and a warning naming it is kept for the predictions it affects.
+   */
+  #pack(context, lenient = false) {
     this.#at = 'context'
+    this.#warn = lenient ? [] : null
     try {
       return this.#packFields(context)
     } catch (e) {
@@ -110,34 +150,79 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     }
   }
 
+  /** Lenient mode: records why `name` fell back to its default; strict mode: rethrows. */
+  #bad(name, e) {
+    if (this.#warn === null) throw e
+    const field = name === 'context' ? 'context' : `context.${name}`
+    const msg = e instanceof TypeError || e instanceof RangeError ? e.message : `${field} could not be read: ${e && e.message ? e.message : String(e)}`
+    this.#warn.push([`${msg}; ${name === 'context' ? 'the empty context' : 'its default'} was used`, AFFECTS[name] ?? ALL, name])
+  }
+
+  #name(c, key, kind) {
+    const field = `context.${key}`
+    this.#at = field
+    let name
+    try {
+      name = v.optionalName(v.prop(c, key, field), field)
+    } catch (e) {
+      this.#bad(key, e)
+      name = ''
+    }
+    this.#packed[kind] = name
+    return name === '' ? 0 : this.#id(kind, name)
+  }
+
   #packFields(context) {
-    const c = v.optionalObject(context, 'context') ?? {}
+    let c
+    try {
+      c = v.optionalObject(context, 'context') ?? {}
+    } catch (e) {
+      this.#bad('context', e)
+      c = {}
+    }
     const input = this.#input
-    this.#at = 'context.serviceName'
-    const service = v.optionalName(c.serviceName, 'context.serviceName')
-    this.#at = 'context.provider'
-    const provider = v.optionalName(c.provider, 'context.provider')
-    this.#at = 'context.model'
-    const model = v.optionalName(c.model, 'context.model')
-    this.#packed[0] = service
-    this.#packed[1] = provider
-    this.#packed[2] = model
-    input[S.service] = service === '' ? 0 : this.#id(0, service)
-    input[S.provider] = provider === '' ? 0 : this.#id(1, provider)
-    input[S.model] = model === '' ? 0 : this.#id(2, model)
+    input[S.service] = this.#name(c, 'serviceName', 0)
+    input[S.provider] = this.#name(c, 'provider', 1)
+    input[S.model] = this.#name(c, 'model', 2)
     this.#at = 'context.cacheHit'
-    const cache = c.cacheHit
-    if (cache === undefined || cache === null) input[S.cacheHit] = NaN
-    else if (typeof cache === 'boolean') input[S.cacheHit] = cache ? 1 : 0
-    else if (typeof cache === 'number' && (cache === 0 || cache === 1)) input[S.cacheHit] = cache
-    else throw v.typeError('context.cacheHit', 'a boolean', cache)
+    try {
+      const cache = v.prop(c, 'cacheHit', 'context.cacheHit')
+      if (cache === undefined || cache === null) input[S.cacheHit] = NaN
+      else if (typeof cache === 'boolean') input[S.cacheHit] = cache ? 1 : 0
+      else if (typeof cache === 'number' && (cache === 0 || cache === 1)) input[S.cacheHit] = cache
+      else throw v.typeError('context.cacheHit', 'a boolean', cache)
+    } catch (e) {
+      this.#bad('cacheHit', e)
+      input[S.cacheHit] = NaN
+    }
     for (let i = 0; i < NUMERIC.length; i++) {
       const [name, slot, min, max, field] = NUMERIC[i]
       this.#at = field
-      const x = c[name]
-      input[slot] = x === undefined || x === null ? NaN : checkNumber(x, field, min, max)
+      try {
+        const x = c[name]
+        input[slot] = x === undefined || x === null ? NaN : checkNumber(x, field, min, max)
+      } catch (e) {
+        this.#bad(name, e)
+        input[slot] = NaN
+      }
     }
     return c
+  }
+
+  /** The warnings of the last lenient pack that concern `mask`, or undefined. */
+  #warnings(mask) {
+    const w = this.#warn
+    if (w === null || w.length === 0) return undefined
+    const out = []
+    for (const [msg, m] of w) if (m & mask) out.push(msg)
+    return out.length ? out : undefined
+  }
+
+  /** Adds `warnings` (and `error` when the context as a whole was unusable) to `r`. */
+  #annotate(r, mask) {
+    const w = this.#warnings(mask)
+    if (w !== undefined) r.warnings = w
+    return r
   }
 
   #resync() {
@@ -146,134 +231,172 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     for (let k = 0; k < 3; k++) this.#input[k] = this.#packed[k] === '' ? 0 : this.#id(k, this.#packed[k])
   }
 
-  #run(context) {
-    const c = this.#pack(context)
+  /** Packs and predicts one context; the results are in #input/#output/#packed. */
+  #run(context, lenient = false) {
+    this.#pack(context, lenient)
     if (!this._predictAll(this.#generation)) {
+      // State replaced by loadState, or one of these names evicted since it was cached.
       this.#resync()
-      this._predictAll(this.#generation)
+      if (!this._predictAll(this.#generation)) throw new Error('mlops-native: name ids stale after a resync')
     }
-    return c
   }
 
-  #latency(c, o) {
-    return {
+  // Result builders: `names` are the [service, provider, model] used, `p` the packed
+  // context (so factors show the values really used: numbers, not the strings given, and
+  // a field's default when it fell back), `o` the output.
+  #latency(names, p, o) {
+    return this.#annotate({
       latency: o[O.latency],
       confidence: o[O.latencyConf],
       unit: 'ms',
       factors: {
-        serviceName: c.serviceName ?? null,
+        serviceName: names[0] || null,
         baseLatency: o[O.baseLatency],
-        cacheHit: Boolean(c.cacheHit),
-        inputSize: c.inputSize ?? 0,
-        provider: c.provider ?? null,
-        model: c.model ?? null,
+        cacheHit: p[S.cacheHit] === 1,
+        inputSize: or(p[S.inputSize], 0),
+        provider: names[1] || null,
+        model: names[2] || null,
         learned: o[O.latencySamples] > 0,
         samples: o[O.latencySamples],
       },
       p50: o[O.p50],
       p95: o[O.p95],
       p99: o[O.p99],
-    }
+    }, L)
   }
 
-  #cost(c, o) {
+  #cost(names, p, o) {
     const usd = o[O.costUsd] === 1
-    return {
+    return this.#annotate({
       cost: o[O.cost],
       confidence: o[O.costConf],
       unit: usd ? 'usd' : 'credits',
       breakdown: { base: o[O.costBase], inputTokens: o[O.costInput], outputTokens: o[O.costOutput], cacheDiscount: o[O.cacheDiscount] },
-      model: c.model ?? null,
-      provider: c.provider ?? null,
+      model: names[2] || null,
+      provider: names[1] || null,
       priced: usd,
       outputTokens: o[O.outputTokens],
       outputTokensPredicted: o[O.outputPredicted] === 1,
       samples: o[O.costSamples],
-    }
+    }, C)
   }
 
-  #satisfaction(c, o) {
-    return {
+  #satisfaction(p, o) {
+    return this.#annotate({
       satisfaction: o[O.satisfaction],
       confidence: o[O.satisfactionConf],
       scale: '1-5',
       factors: {
-        quality: c.quality ?? 0,
-        latency: c.latency ?? 0,
-        relevance: c.relevance ?? 0.5,
-        coherence: c.coherence ?? 0.5,
+        quality: or(p[S.quality], 0),
+        latency: or(p[S.latency], 0),
+        relevance: or(p[S.relevance], 0.5),
+        coherence: or(p[S.coherence], 0.5),
         learned: o[O.satisfactionSamples] > 0,
         samples: o[O.satisfactionSamples],
       },
-    }
+    }, SAT)
   }
 
   #resources(o) {
-    return {
+    return this.#annotate({
       cpu: o[O.cpu],
       memory: o[O.memory],
       network: o[O.network],
       confidence: o[O.resourcesConf],
       unit: 'percentage',
       samples: o[O.resourcesSamples],
-    }
+    }, R)
+  }
+
+  #all(names, p, o, now) {
+    const r = { latency: this.#latency(names, p, o), cost: this.#cost(names, p, o), satisfaction: this.#satisfaction(p, o), resources: this.#resources(o), timestamp: now }
+    return this.#annotate(r, ALL)
+  }
+
+  #latencyOf(context, lenient) {
+    this.#run(context, lenient)
+    return this.#latency(this.#packed, this.#input, this.#output)
+  }
+
+  #costOf(context, lenient) {
+    this.#run(context, lenient)
+    return this.#cost(this.#packed, this.#input, this.#output)
+  }
+
+  #satisfactionOf(context, lenient) {
+    this.#run(context, lenient)
+    return this.#satisfaction(this.#input, this.#output)
+  }
+
+  #resourcesOf(context, lenient) {
+    this.#run(context, lenient)
+    return this.#resources(this.#output)
+  }
+
+  #allOf(context, lenient) {
+    this.#run(context, lenient)
+    return this.#all(this.#packed, this.#input, this.#output, Date.now())
   }
 
   // ---- Sync forms: throw TypeError/RangeError naming the field ----
 
   predictLatencySync(context) {
-    return this.#latency(this.#run(context), this.#output)
+    return this.#latencyOf(context, false)
   }
 
   predictCostSync(context) {
-    return this.#cost(this.#run(context), this.#output)
+    return this.#costOf(context, false)
   }
 
   predictSatisfactionSync(context) {
-    return this.#satisfaction(this.#run(context), this.#output)
+    return this.#satisfactionOf(context, false)
   }
 
   predictResourcesSync(context) {
-    this.#run(context)
-    return this.#resources(this.#output)
+    return this.#resourcesOf(context, false)
   }
 
   predictAllSync(context) {
-    const c = this.#run(context)
-    const o = this.#output
-    return { latency: this.#latency(c, o), cost: this.#cost(c, o), satisfaction: this.#satisfaction(c, o), resources: this.#resources(o), timestamp: Date.now() }
+    return this.#allOf(context, false)
   }
 
-  /** predictAll for many contexts in one crossing. */
+  /** predictAll for many contexts in one crossing (strict, like the Sync forms). */
   predictAllBatch(contexts) {
     if (!Array.isArray(contexts)) throw v.typeError('contexts', 'an array of contexts', contexts)
     const n = contexts.length
     const packed = new Float64Array(n * NSLOT)
-    const cs = new Array(n)
-    for (let i = 0; i < n; i++) {
-      try {
-        cs[i] = this.#pack(contexts[i])
-      } catch (e) {
-        e.message = e.message.replace(/^context/, `contexts[${i}]`)
-        throw e
-      }
-      packed.set(this.#input.subarray(0, NSLOT), i * NSLOT)
-    }
-    let res = this._predictBatch(this.#generation, packed)
-    if (res === null) {
-      // State replaced by loadState: re-intern every name and retry once.
-      this.#resync()
+    const names = new Array(n)
+    const packAll = () => {
       for (let i = 0; i < n; i++) {
-        this.#pack(contexts[i])
+        try {
+          this.#pack(contexts[i])
+        } catch (e) {
+          e.message = e.message.replace(/^context/, `contexts[${i}]`)
+          throw e
+        }
+        names[i] = [this.#packed[0], this.#packed[1], this.#packed[2]]
         packed.set(this.#input.subarray(0, NSLOT), i * NSLOT)
       }
+    }
+    packAll()
+    let res = this._predictBatch(this.#generation, packed)
+    if (res === null) {
+      // State replaced by loadState (or a name evicted): re-intern every name, retry once.
+      this.#resync()
+      packAll()
       res = this._predictBatch(this.#generation, packed)
+    }
+    if (res === null) {
+      // More distinct names in this batch than the name tables hold: interning the later
+      // ones evicted earlier ones. One context at a time then (each interns its own).
+      const now = Date.now()
+      return contexts.map((c) => ({ ...this.predictAllSync(c), timestamp: now }))
     }
     const now = Date.now()
     const out = new Array(n)
     for (let i = 0; i < n; i++) {
       const o = res.subarray(i * NOUT, (i + 1) * NOUT)
-      out[i] = { latency: this.#latency(cs[i], o), cost: this.#cost(cs[i], o), satisfaction: this.#satisfaction(cs[i], o), resources: this.#resources(o), timestamp: now }
+      out[i] = this.#all(names[i], packed.subarray(i * NSLOT, (i + 1) * NSLOT), o, now)
     }
     return out
   }
@@ -302,7 +425,7 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     if (!any) throw new TypeError(`outcome must hold at least one of ${OUTCOME.join(', ')}`)
     if (!this._record(this.#generation)) {
       this.#resync()
-      this._record(this.#generation)
+      if (!this._record(this.#generation)) throw new Error('mlops-native: name ids stale after a resync')
     }
     return true
   }
@@ -329,46 +452,56 @@ class ExpandedPredictions extends native.ExpandedPredictions {
     return this._setPriceTable(plain)
   }
 
-  // ---- compat Promise forms: never reject; a bad context resolves the cold-start
-  //      values of an empty context with `error` set, as the old module did ----
+  // ---- compat Promise forms: never reject. Lenient: a bad field falls back to that
+  //      field's default alone, and each prediction it could have changed carries
+  //      `warnings: ['context.inputSize must be …; its default was used']` (predictAll also
+  //      lists them all at the top). A context that is not an object is the empty context,
+  //      with the warning on every prediction. ----
 
   initialize() {
     return Promise.resolve(true)
   }
 
-  #fallback(sync, e) {
-    const r = sync.call(this, {})
-    r.error = e && e.message ? e.message : String(e)
-    return r
-  }
-
-  /** The compat form of a Sync method: never rejects (see #fallback). */
-  #compat(sync, context) {
+  /** The compat form of a prediction: lenient packing, never rejects. */
+  #compat(of, context) {
     try {
-      return Promise.resolve(sync.call(this, context))
+      const r = of.call(this, context, true)
+      // A context that is not an object also sets `error`, as the old fallback did.
+      const whole = this.#warn.find((w) => w[2] === 'context')
+      if (whole !== undefined) r.error = whole[0]
+      return Promise.resolve(r)
     } catch (e) {
-      return Promise.resolve(this.#fallback(sync, e))
+      // Only an internal fault gets here (lenient packing takes every input): answer the
+      // empty context's cold start with the error, as the old module never rejected.
+      let r
+      try {
+        r = of.call(this, {}, true)
+      } catch {
+        return Promise.reject(e)
+      }
+      r.error = e && e.message ? e.message : String(e)
+      return Promise.resolve(r)
     }
   }
 
   predictLatency(context) {
-    return this.#compat(this.predictLatencySync, context)
+    return this.#compat(this.#latencyOf, context)
   }
 
   predictCost(context) {
-    return this.#compat(this.predictCostSync, context)
+    return this.#compat(this.#costOf, context)
   }
 
   predictSatisfaction(context) {
-    return this.#compat(this.predictSatisfactionSync, context)
+    return this.#compat(this.#satisfactionOf, context)
   }
 
   predictResources(context) {
-    return this.#compat(this.predictResourcesSync, context)
+    return this.#compat(this.#resourcesOf, context)
   }
 
   predictAll(context) {
-    return this.#compat(this.predictAllSync, context)
+    return this.#compat(this.#allOf, context)
   }
 
   loadState(path) {

@@ -297,8 +297,8 @@ class RealTimeModelUpdates {
   }
 
   /** Adds this stream's metrics to a prom-client registry: `rt.registerMetrics(promClient.register)`. */
-  registerMetrics(register) {
-    metrics.registerMetrics(register, () => this.#collect())
+  registerMetrics(register, labels) {
+    metrics.registerMetrics(register, this, () => this.#collect(), labels)
   }
 
   #collect() {

@@ -3,7 +3,7 @@
 // their password (`postgres://user:secret@host` → `postgres://user:***@host`), and
 // `password=…` / `token=…` style key-value pairs lose their value.
 
-const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/[^\s:/@]*:)([^\s@/]*)@/gi
+const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/?[^\s:/@]*:)([^\s@/]*)@/gi
 const KEY_VALUE = /\b(password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key)(\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&;,]+)/gi
 
 function redact(text) {

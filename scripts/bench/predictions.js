@@ -22,7 +22,7 @@ function oldPredictAll(c = {}) {
     latency: { latency, confidence: 0.7, unit: 'ms', factors: { baseLatency: BASES[c.serviceName] || 50, cacheHit: !!c.cacheHit, inputSize: c.inputSize || 0 } },
     cost: { cost, confidence: 0.8, unit: 'credits', breakdown: { base, inputTokens, outputTokens, cacheDiscount } },
     satisfaction: { satisfaction: Math.min(5, Math.max(1, 1 + 4 * s)), confidence: 0.75, scale: '1-5', factors: { quality: c.quality || 0, latency: c.latency || 0, relevance: c.relevance ?? 0.5, coherence: c.coherence ?? 0.5 } },
-    resources: { cpu: Math.min(100, Math.round(20 + (c.inputSize || 0) * 0.1)), memory: Math.min(100, Math.round(30 + (c.batchSize || 0) * 5)), network: Math.min(100, Math.round(5 + (c.inputSize || 0) * 0.01)), confidence: 0.7, unit: 'percentage' },
+    resources: { cpu: Math.min(100, Math.round(20 + (c.inputSize || 0) * 0.1)), memory: Math.min(100, Math.round(30 + (c.batchSize || 1) * 5)), network: Math.min(100, Math.round(5 + (c.inputSize || 0) * 0.01)), confidence: 0.7, unit: 'percentage' },
     timestamp: Date.now(),
   }
 }
@@ -69,7 +69,56 @@ async function run() {
   }
   const n = held.length
   console.log(`\nlatency MAE on ${n} held-out requests after 10k outcomes: ${(known / n).toFixed(0)} ms with output tokens known (${(cold / known).toFixed(1)}× below the cold-start rule's ${(cold / n).toFixed(0)} ms), ${(blind / n).toFixed(0)} ms with them unknown (${(cold / blind).toFixed(1)}×); p95 coverage ${((100 * cover) / n).toFixed(1)} %`)
-  return { all, allP, rec, old, batch, ratio: cold / known, coverage: cover / n }
+  const hard = hardData()
+  return { all, allP, rec, old, batch, ratio: cold / known, coverage: cover / n, hard }
+}
+
+/**
+ * Issue 11's cases (scripts/lib/prediction-experiments.js documents the streams), after
+ * and, with PREDICTIONS_BEFORE=<path of an older checkout, built>, before. Without it the
+ * point-estimate rows still compare against `forgetting: 1`, the old never-forgetting
+ * corrections.
+ */
+function hardData() {
+  const ex = require('../lib/prediction-experiments.js')
+  const Before = process.env.PREDICTIONS_BEFORE ? require(process.env.PREDICTIONS_BEFORE).ExpandedPredictions : null
+  const pct = (x) => `${(100 * x).toFixed(1)} %`
+  const trip = (r) => `${pct(r.p50)} / ${pct(r.p95)} / ${pct(r.p99)}`
+  console.log('\n## ExpandedPredictions on hard data (issue 11): p50 / p95 / p99 coverage, target 50 / 93-97 / ≥ 98 %\n')
+  const rows = []
+  const add = (name, run, pick) => {
+    const now = run(ExpandedPredictions)
+    const before = Before ? run(Before) : null
+    rows.push([name, pick(now), before ? pick(before) : 'set PREDICTIONS_BEFORE'])
+    return now
+  }
+  for (const [name, run] of [['synthetic day', ex.syntheticDay], ['one key, i.i.d.', ex.iid]]) {
+    add(`${name}, outputTokens known`, run, (r) => trip(r.known))
+    add(`${name}, outputTokens unknown`, run, (r) => trip(r.unknown))
+  }
+  const shift = (E) => ex.levelShift(E)
+  add('level shift: first 100 after, known', shift, (r) => trip(r.first100.known))
+  add('level shift: first 100 after, unknown', shift, (r) => trip(r.first100.unknown))
+  const small = (E) => ex.smallWindows(E)
+  add('below 20 residuals, known', small, (r) => trip(r.below20.known))
+  add('below 20 residuals, unknown', small, (r) => trip(r.below20.unknown))
+  add('20-98 residuals, known', small, (r) => trip(r.from20to98.known))
+  add('20-98 residuals, unknown', small, (r) => trip(r.from20to98.unknown))
+  table(rows, ['case', 'after', 'before'])
+
+  console.log('\nPoint estimate after latency doubles (bias = Σ(predicted − actual) / Σ actual; target |bias| ≤ 10 % within 1,000) and stationary MAE (target within 5 %):\n')
+  const now = ex.levelShift(ExpandedPredictions)
+  const never = ex.levelShift(ExpandedPredictions, { forgetting: 1 })
+  const b = (r, k) => pct(r.bias[k])
+  const prow = ['400-1000', '900-1000', '2000-5000'].map((k) => [`bias ${k} outcomes after the shift`, b(now, k), b(never, k)])
+  for (const [name, run] of [['one key, i.i.d.', ex.iid], ['synthetic day', ex.syntheticDay]]) {
+    const a = run(ExpandedPredictions)
+    const o = run(ExpandedPredictions, { forgetting: 1 })
+    prow.push([`stationary MAE, ${name}, known`, `${a.known.mae.toFixed(0)} ms (${(a.known.mae / o.known.mae).toFixed(3)}×)`, `${o.known.mae.toFixed(0)} ms`])
+    prow.push([`stationary MAE, ${name}, unknown`, `${a.unknown.mae.toFixed(0)} ms (${(a.unknown.mae / o.unknown.mae).toFixed(3)}×)`, `${o.unknown.mae.toFixed(0)} ms`])
+  }
+  table(prow, ['', 'forgetting 0.997 (default)', 'forgetting 1 (before)'])
+  return rows
 }
 
 module.exports = { run }

@@ -9,6 +9,7 @@ const suites = {
   'cardinality-ensemble': () => require('./cardinality-ensemble.js').run(),
   finetune: () => require('./finetune.js').run(),
   predictions: () => require('./predictions.js').run(),
+  'cardinality-predictions': () => require('./cardinality-predictions.js').run(),
   postgres: () => require('./postgres.js').run(),
   realtime: () => require('./realtime.js').run(),
   training: () => require('./training.js').run(),

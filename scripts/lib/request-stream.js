@@ -78,4 +78,4 @@ function requestStream(n, seed = 1) {
   return out
 }
 
-module.exports = { requestStream, MODELS, SERVICES }
+module.exports = { requestStream, rng, MODELS, SERVICES }
