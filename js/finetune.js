@@ -13,7 +13,6 @@ const { defaultModelsDir } = require('./paths.js')
 const { redact } = require('./redact.js')
 const { makeLog } = require('./log.js')
 const { mlflowFrom, warning: mlflowWarning } = require('./mlflow.js')
-const { redact } = require('./redact.js')
 const metrics = require('./metrics.js')
 
 const DEFAULT_CONFIG = Object.freeze({

@@ -470,9 +470,8 @@ export declare function getModelFineTuning(): ModelFineTuning
 /**
  * A number, or a numeric string as databases return them ('100', ' 2.5e3 '). Other strings
  * are refused by the Sync forms and fall back to the field's default (with a warning) in
- * the compat Promise forms.
+ * the compat Promise forms. (`NumberLike`, declared with ModelFineTuning above, is this type.)
  */
-export type NumberLike = number | string
 // Every context field also takes `null` (a NULL column): the same as absent.
 
 /**
