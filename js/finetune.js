@@ -10,9 +10,9 @@ const path = require('node:path')
 const native = require('../index.js')
 const v = require('./validate.js')
 const { defaultModelsDir } = require('./paths.js')
+const { redact } = require('./redact.js')
 const { makeLog } = require('./log.js')
 const { mlflowFrom, warning: mlflowWarning } = require('./mlflow.js')
-const { redact } = require('./redact.js')
 const metrics = require('./metrics.js')
 
 const DEFAULT_CONFIG = Object.freeze({
@@ -228,20 +228,54 @@ class ModelFineTuning {
       const x = v.prop(o, key, `options.${key}`)
       if (x !== undefined && x !== null) this.config[key] = v.finite(x, `options.${key}`)
     }
-    this.#core = new native.ModelFineTuningCore(this.fineTunedDir)
+    // PostgreSQL registry (`registry`, else MLOPS_DATABASE_URL; `registry: false` keeps files).
+    let registry = v.prop(o, 'registry', 'options.registry')
+    if (registry === undefined || registry === null) registry = process.env.MLOPS_DATABASE_URL || null
+    else if (registry === false) registry = null
+    else if (typeof registry !== 'string') throw v.typeError('options.registry', 'a postgres:// connection string or false', registry)
+    else if (registry === '') throw new RangeError('options.registry must not be empty')
+    let pg
+    if (registry !== null) {
+      const n = v.numericOptions({ connectTimeoutMs: v.prop(o, 'connectTimeoutMs', 'options.connectTimeoutMs'), statementTimeoutMs: v.prop(o, 'statementTimeoutMs', 'options.statementTimeoutMs') }, {
+        connectTimeoutMs: { min: 1, max: 600_000 },
+        statementTimeoutMs: { min: 0, max: 3_600_000 },
+      })
+      pg = {
+        schema: v.optionalString(v.prop(o, 'schema', 'options.schema'), 'options.schema', 'mlops'),
+        connectTimeoutMs: n.connectTimeoutMs ?? 5000,
+        statementTimeoutMs: n.statementTimeoutMs ?? 10_000,
+      }
+    }
+    /** The registry's connection string without its password, or null (a folder). */
+    this.registry = registry === null ? null : redact(registry)
+    /** Why the last initialize() resolved false (null when it did not). */
+    this.lastError = null
+    this.#core = new native.ModelFineTuningCore(this.fineTunedDir, registry ?? undefined, pg)
     this.#log = makeLog(v.prop(o, 'logger', 'options.logger'), 'mlops-native/ModelFineTuning')
     this.#mlflow = mlflowFrom(v.prop(o, 'mlflow', 'options.mlflow'))
   }
 
-  /** Creates the fine-tuned models folder. Idempotent; resolves false if it cannot. */
+  /**
+   * Creates the fine-tuned models folder and, with a PostgreSQL registry, connects and
+   * creates its schema. Idempotent; resolves false if it cannot (`lastError` says why).
+   */
   async initialize() {
     try {
       await fs.promises.mkdir(this.fineTunedDir, { recursive: true })
-      this.#initialized = true
-      return true
-    } catch {
+    } catch (e) {
+      this.lastError = e.message
       return false
     }
+    if (this.registry !== null) {
+      const err = await this.#core.connect()
+      if (err) {
+        this.lastError = err
+        return false
+      }
+    }
+    this.lastError = null
+    this.#initialized = true
+    return true
   }
 
   /** Relative paths resolve against the models folder. */

@@ -13,9 +13,10 @@ const v = require('./validate.js')
 const { makeLog } = require('./log.js')
 const metrics = require('./metrics.js')
 const { defaultModelsDir } = require('./paths.js')
+const { redact } = require('./redact.js')
 
 const MAX_FEATURES = 4096
-const EVENTS = ['update', 'rejected', 'drift', 'error']
+const EVENTS = ['update', 'rejected', 'drift', 'error', 'leader', 'forwarded']
 /** Buckets of |actual − prediction| and of an update's relative MSE improvement. */
 const ERROR_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 100]
 const IMPROVEMENT_BUCKETS = [-0.5, -0.1, -0.05, 0, 0.01, 0.05, 0.1, 0.25, 0.5, 1]
@@ -33,6 +34,10 @@ const OPTIONS = {
   keepLogFiles: { min: 1, max: 1_000_000, integer: true },
   fsyncIntervalMs: { min: 1, max: 3_600_000 },
   learningRate: { min: 0, minExclusive: true },
+  leaseMs: { min: 100, max: 3_600_000 },
+  pollMs: { min: 1, max: 60_000 },
+  connectTimeoutMs: { min: 1, max: 600_000 },
+  statementTimeoutMs: { min: 0, max: 3_600_000 },
 }
 
 class RealTimeModelUpdates {
@@ -69,7 +74,7 @@ class RealTimeModelUpdates {
     this.#log = makeLog(v.prop(raw, 'logger', 'options.logger'), 'mlops-native/RealTimeModelUpdates')
     // One read of every option, so a throwing getter is a TypeError naming it.
     const o = {}
-    for (const k of [...Object.keys(OPTIONS), 'modelsDir', 'modelPath', 'feedbackLogDir', 'enableHotSwap', 'followRegistry', 'featureNames']) o[k] = v.prop(raw, k, `options.${k}`)
+    for (const k of [...Object.keys(OPTIONS), 'modelsDir', 'modelPath', 'feedbackLogDir', 'enableHotSwap', 'followRegistry', 'featureNames', 'store', 'schema', 'train']) o[k] = v.prop(raw, k, `options.${k}`)
     const n = v.numericOptions(o, OPTIONS)
     this.modelsDir = path.resolve(v.optionalString(o.modelsDir, 'options.modelsDir', '') || defaultModelsDir())
     this.modelPath = v.optionalString(o.modelPath, 'options.modelPath', DEFAULT_MODEL)
@@ -105,7 +110,22 @@ class RealTimeModelUpdates {
       epochs: 5,
       batchSize: 32,
     }
-    this.#logEnabled = this.config.feedbackLogDir !== null
+    // PostgreSQL (`store`, else MLOPS_DATABASE_URL; `store: false` keeps local files).
+    let store = o.store
+    if (store === undefined || store === null) store = process.env.MLOPS_DATABASE_URL || null
+    else if (store === false) store = null
+    else if (typeof store !== 'string') throw v.typeError('options.store', 'a postgres:// connection string or false', store)
+    else if (store === '') throw new RangeError('options.store must not be empty')
+    const pg = store === null ? null : {
+      schema: v.optionalString(o.schema, 'options.schema', 'mlops'),
+      connectTimeoutMs: n.connectTimeoutMs ?? 5000,
+      statementTimeoutMs: n.statementTimeoutMs ?? 10_000,
+    }
+    Object.assign(this.config, {
+      store: store === null ? null : redact(store),
+      ...(pg ? { ...pg, leaseMs: n.leaseMs ?? 5000, pollMs: n.pollMs ?? 100, train: v.optionalBoolean(o.train, 'options.train', true) } : {}),
+    })
+    this.#logEnabled = this.config.feedbackLogDir !== null || store !== null
     const c = this.config
     this.#core = new native.RealTimeModelUpdatesCore({
       bufferSize: c.bufferSize,
@@ -116,14 +136,26 @@ class RealTimeModelUpdates {
       enableHotSwap: c.enableHotSwap,
       queueCapacity: c.queueCapacity,
       modelPath: this.#resolve(this.modelPath),
-      fineTunedDir: c.followRegistry ? path.join(this.modelsDir, 'fine-tuned') : undefined,
+      fineTunedDir: c.followRegistry && !pg ? path.join(this.modelsDir, 'fine-tuned') : undefined,
       stateDir: path.join(this.modelsDir, 'online'),
-      feedbackLogDir: c.feedbackLogDir ?? undefined,
+      // On PostgreSQL the log folder holds only the spool (used while the database is down).
+      feedbackLogDir: pg ? undefined : (c.feedbackLogDir ?? undefined),
       maxLogBytes: c.maxLogBytes,
       keepLogFiles: c.keepLogFiles,
       fsyncIntervalMs: c.fsyncIntervalMs,
       learningRate: c.learningRate,
       timerEnabled: true,
+      ...(pg
+        ? {
+            storeUrl: store,
+            pg: { schema: pg.schema, connectTimeoutMs: pg.connectTimeoutMs, statementTimeoutMs: pg.statementTimeoutMs },
+            leaseMs: c.leaseMs,
+            pollMs: c.pollMs,
+            train: c.train,
+            spoolDir: c.feedbackLogDir ?? path.join(this.modelsDir, 'feedback-log'),
+            cacheDir: path.join(this.modelsDir, 'fine-tuned'),
+          }
+        : {}),
     })
   }
 
@@ -202,6 +234,18 @@ class RealTimeModelUpdates {
         // true only when a model serves and the log (if any) can be written.
         const r = payload ? JSON.parse(payload) : {}
         this.#waitingReady = false
+        if (r.postgres === false) {
+          // The database it was told to use did not answer: nothing ran. What was queued
+          // meanwhile is refused, and a later initialize() tries again.
+          this.#started = false
+          this.#startFailed = true
+          this.#lastError = r.lastError ?? this.#lastError
+          this.#settleAcks(Number.MAX_SAFE_INTEGER, false)
+          for (const reply of this.#replies.values()) reply(null)
+          this.#replies.clear()
+          this.#readyResolve(false)
+          break
+        }
         this.#readyResolve(r.serving !== false && r.logHealthy !== false)
         break
       }
@@ -581,7 +625,7 @@ class RealTimeModelUpdates {
       bufferSize: 0, isUpdating: false, lastUpdateTime: null, updateCount: 0, recentUpdates: [], received: 0, accepted: 0,
       rejected: { closed: 0 }, dropped: 0, processed: 0, queueDepth: 0, modelVersion: 0, swaps: 0, rollbacks: 0, drifts: 0,
       replayed: 0, updatesAccepted: 0, updatesRejected: 0, updateCycles: 0, durableSeq: 0, durableTicket: 0,
-      logHealthy: this.#logEnabled ? null : true, corruptLogRecords: 0, corruptLogLines: 0, tornLogRecords: 0, logFailed: 0,
+      logHealthy: this.#logEnabled ? null : true, corruptLogRecords: 0, corruptLogLines: 0, tornLogRecords: 0, logFailed: 0, postgres: null,
       lastError: null, currentModelPath: this.modelPath,
     }
     const closed = (base.rejected.closed ?? 0) + rej.closed

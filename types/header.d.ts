@@ -213,11 +213,23 @@ export interface FineTuneConfig {
   adamLearningRate: number
 }
 
-export interface ModelFineTuningOptions extends Partial<FineTuneConfig> {
+/** Connection options shared by every class that can keep its state in PostgreSQL. */
+export interface PostgresOptions {
+  /** Schema holding the tables (default `mlops`; lower-case letters, digits, `_`). */
+  schema?: string
+  /** Connecting gives up after this long (default 5000): initialize() then resolves false. */
+  connectTimeoutMs?: number
+  /** Server-side statement_timeout of every connection (default 10000; 0: none). */
+  statementTimeoutMs?: number
+}
+
+export interface ModelFineTuningOptions extends Partial<FineTuneConfig>, PostgresOptions {
   /** Default: `MLOPS_MODELS_DIR`, else `<project root>/models` (nearest package.json). */
   modelsDir?: string
-  /** Default `<modelsDir>/fine-tuned`. */
+  /** Default `<modelsDir>/fine-tuned` (with a PostgreSQL registry: the model cache). */
   fineTunedDir?: string
+  /** `postgres://…`: versions and the production pointer in PostgreSQL. Default: env MLOPS_DATABASE_URL; false: files. */
+  registry?: string | false
 }
 
 /** A number, or a numeric string as databases hand numbers over (`'7.5'`, `' 1e3 '`). */
@@ -423,6 +435,10 @@ export declare class ModelFineTuning {
   config: FineTuneConfig
   readonly modelsDir: string
   readonly fineTunedDir: string
+  /** The PostgreSQL registry's connection string without its password, or null (files). */
+  readonly registry: string | null
+  /** Why the last initialize() resolved false (bad URL, credentials, unreachable…), else null. */
+  lastError: string | null
   initialize(): Promise<boolean>
   resolveModelPath(path?: string): string
   fineTuneModel(baseModelPath: string | undefined, newData: TrainingRow[] | TypedTrainingData, options?: FineTuneRunOptions): Promise<FineTuneResult>
@@ -454,9 +470,8 @@ export declare function getModelFineTuning(): ModelFineTuning
 /**
  * A number, or a numeric string as databases return them ('100', ' 2.5e3 '). Other strings
  * are refused by the Sync forms and fall back to the field's default (with a warning) in
- * the compat Promise forms.
+ * the compat Promise forms. (`NumberLike`, declared with ModelFineTuning above, is this type.)
  */
-export type NumberLike = number | string
 // Every context field also takes `null` (a NULL column): the same as absent.
 
 /**
@@ -643,6 +658,40 @@ export interface RealTimeModelUpdatesOptions {
   featureNames?: string[]
 }
 
+/** PostgreSQL mode (README "Running on many machines"). */
+export interface RealTimeModelUpdatesStoreOptions extends PostgresOptions {
+  /** `postgres://…`: shared feedback log, training lease and registry. Default: env MLOPS_DATABASE_URL; false: local files. */
+  store?: string | false
+  /** A dead trainer is replaced within this time (default 5000). */
+  leaseMs?: number
+  /** How often the trainer reads new feedback (default 100). */
+  pollMs?: number
+  /** false: this process serves and forwards feedback but never trains (default true). */
+  train?: boolean
+}
+
+export interface PostgresStatistics {
+  url: string
+  schema: string
+  instanceId: string
+  modelKey: string
+  /** Whether this process holds the training lease. */
+  leader: boolean
+  /** False while feedback goes to the local spool. */
+  online: boolean
+  /** Acknowledged events handed to the database or the spool: accepted = handedOff + queueDepth + logFailed. */
+  handedOff: number
+  writtenToDatabase: number
+  spooled: number
+  spoolPending: number
+  forwarded: number
+  /** Events consumed by the fleet's trainer (committed watermark), as of this process's last look. */
+  consumed: number
+  uncommitted: number
+  productionVersion: number | null
+  lastSwapFetchMs: number | null
+}
+
 /** Named features: mapped through the serving model's `featureNames` (or the option); missing names are 0. */
 export type NamedFeatures = Record<string, number | string>
 
@@ -724,14 +773,18 @@ export interface RealTimeStatistics {
   currentModelPath: string
   lastError: string | null
   closed: boolean
+  /** PostgreSQL mode only (else null). */
+  postgres: PostgresStatistics | null
 }
 
 export declare class RealTimeModelUpdates {
-  constructor(options?: RealTimeModelUpdatesOptions)
+  constructor(options?: RealTimeModelUpdatesOptions & RealTimeModelUpdatesStoreOptions)
   readonly modelsDir: string
   readonly modelPath: string
   readonly config: Required<Omit<RealTimeModelUpdatesOptions, 'modelsDir' | 'modelPath' | 'feedbackLogDir'>> & {
     feedbackLogDir: string | null
+    /** The connection string without its password, or null (local files). */
+    store: string | null
     learningRateIncremental: number
     epochs: number
     batchSize: number
@@ -765,7 +818,11 @@ export declare class RealTimeModelUpdates {
   on(event: 'update' | 'rejected', listener: (report: UpdateReport) => void): this
   on(event: 'drift', listener: (info: { seq: number; bufferSize: number }) => void): this
   on(event: 'error', listener: (info: { message: string }) => void): this
-  off(event: 'update' | 'rejected' | 'drift' | 'error', listener: (...args: any[]) => void): this
+  /** PostgreSQL mode: this process became (true) or stopped being (false) the trainer. */
+  on(event: 'leader', listener: (info: { leader: boolean; message: string }) => void): this
+  /** PostgreSQL mode: spooled events reached the database. */
+  on(event: 'forwarded', listener: (info: { forwarded: number; message: string }) => void): this
+  off(event: 'update' | 'rejected' | 'drift' | 'error' | 'leader' | 'forwarded', listener: (...args: any[]) => void): this
   getStatistics(): RealTimeStatistics
 }
 

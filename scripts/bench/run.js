@@ -11,6 +11,7 @@ const suites = {
   online: () => require('./online.js').run(),
   predictions: () => require('./predictions.js').run(),
   'cardinality-predictions': () => require('./cardinality-predictions.js').run(),
+  postgres: () => require('./postgres.js').run(),
   realtime: () => require('./realtime.js').run(),
   training: () => require('./training.js').run(),
 }

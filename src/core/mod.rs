@@ -12,5 +12,7 @@ pub mod linear;
 pub mod models;
 pub mod online;
 pub mod registry;
+pub mod runtime;
 pub mod stats;
+pub mod store;
 pub mod stream;

@@ -62,6 +62,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+#[path = "stream_pg.rs"]
+mod pg;
+pub use pg::PgStreamConfig;
+
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
     pub buffer_size: usize,
@@ -85,6 +89,8 @@ pub struct StreamConfig {
     pub validation_fraction: f64,
     pub online: OnlineConfig,
     pub timer_enabled: bool,
+    /// Feedback, training lease and registry in PostgreSQL (None: local files only).
+    pub postgres: Option<PgStreamConfig>,
 }
 
 impl Default for StreamConfig {
@@ -107,6 +113,7 @@ impl Default for StreamConfig {
             validation_fraction: 0.2,
             online: OnlineConfig::default(),
             timer_enabled: true,
+            postgres: None,
         }
     }
 }
@@ -176,6 +183,8 @@ pub struct Shared {
     pub last_error: Mutex<Option<String>>,
     pub recent_updates: Mutex<VecDeque<Value>>,
     pub current_path: Mutex<String>,
+    /// The PostgreSQL side's figures (None in file mode).
+    pub pg_stats: Mutex<Option<Value>>,
 }
 
 /// Worker → caller notifications (the napi layer forwards them to JS).
@@ -506,6 +515,7 @@ impl StreamHandle {
             last_error: Mutex::new(None),
             recent_updates: Mutex::new(VecDeque::new()),
             current_path: Mutex::new(config.model_path.display().to_string()),
+            pg_stats: Mutex::new(None),
         });
         let worker_shared = shared.clone();
         let notifier: Arc<dyn Notifier + Sync> = Arc::from(notifier);
@@ -714,6 +724,7 @@ struct Worker {
     registry_version: Option<u32>,
     version: u64,
     replaying: bool,
+    pg: Option<pg::PgSide>,
 }
 
 fn names_of(m: &LinearModel) -> Option<Arc<Vec<String>>> {
@@ -756,6 +767,7 @@ impl Worker {
             registry_version: None,
             version: 0,
             replaying: false,
+            pg: None,
         }
     }
 
@@ -871,6 +883,11 @@ impl Worker {
     }
 
     fn save_learner(&self) {
+        // On PostgreSQL what serves comes from the registry; local learner state is never
+        // resumed (see stream_pg.rs), so it is not written either.
+        if self.pg.is_some() {
+            return;
+        }
         let Some(l) = &self.learner else { return };
         let s = OnlineState {
             format: "mlops-native/online-state@1".into(),
@@ -1179,6 +1196,24 @@ impl Worker {
             return 0;
         }
         self.high_water = self.high_water.max(base + max_ticket);
+        if self.pg.is_some() {
+            return match self.pg_log(msgs, base, n) {
+                Ok(()) => {
+                    c.durable_ticket.fetch_max(max_ticket, Ordering::AcqRel);
+                    self.notifier.notify("durable", max_ticket, Value::Null);
+                    u64::MAX
+                }
+                Err(e) => {
+                    c.log_failed.fetch_add(n, Ordering::Relaxed);
+                    self.error(format!(
+                        "postgres: {e}; {n} event(s) are not durable anywhere (answered false, not used)"
+                    ));
+                    self.notifier
+                        .notify("durable-failed", max_ticket, Value::Null);
+                    0
+                }
+            };
+        }
         if !logging {
             c.durable_ticket.fetch_max(max_ticket, Ordering::AcqRel);
             self.notifier.notify("durable", max_ticket, Value::Null);
@@ -1266,7 +1301,7 @@ impl Worker {
         let consumed = all.len() as u64;
         let keep = all.len().min(self.cfg.max_samples_per_update);
         let samples = &all[all.len() - keep..];
-        let report = match (&self.learner, samples.len() >= 2) {
+        let mut report = match (&self.learner, samples.len() >= 2) {
             (Some(cur), true) => {
                 let n_val = ((samples.len() as f64 * self.cfg.validation_fraction).round()
                     as usize)
@@ -1358,6 +1393,8 @@ impl Worker {
                 recent.pop_front();
             }
         }
+        let accepted = report.as_ref().is_some_and(|r| r["accepted"] == true);
+        self.pg_after_cycle(report.as_mut(), accepted);
         self.fsync();
         self.write_watermark();
         self.shared.is_updating.store(false, Ordering::Release);
@@ -1510,6 +1547,7 @@ impl Worker {
     /// Final state to disk, then the folder is released — before the reply, so a caller
     /// that starts a new stream on the same log as soon as `cleanup()` resolves gets it.
     fn finish(&mut self, reply: Option<u64>) {
+        self.pg_finish();
         self.fsync();
         self.write_watermark();
         self.save_learner();
@@ -1526,8 +1564,25 @@ impl Worker {
     }
 
     fn run(&mut self, rx: Receiver<Msg>) {
+        if let Err(e) = self.pg_start() {
+            // Nothing starts without the database it was told to use: initialize() resolves
+            // false with the cause in lastError, and every later call is refused.
+            self.error(format!("postgres: {e}"));
+            self.shared.closed.store(true, Ordering::Release);
+            self.notifier.notify(
+                "ready",
+                0,
+                json!({ "serving": false, "postgres": false, "lastError": self.shared.last_error.lock().clone() }),
+            );
+            self.lock = None;
+            return;
+        }
         let serving = self.load_initial();
         self.replay();
+        if self.pg.is_some() {
+            // Serve what is in production; never resume unpublished local learning.
+            self.pg_reset();
+        }
         self.notifier.notify(
             "ready",
             0,
@@ -1536,6 +1591,7 @@ impl Worker {
                 "replayed": self.shared.counters.replayed.load(Ordering::Relaxed),
                 "serving": serving,
                 "logHealthy": self.cfg.log_dir.is_none() || self.shared.log_healthy.load(Ordering::Acquire),
+                "postgres": self.cfg.postgres.as_ref().map(|_| true),
                 "lastError": self.shared.last_error.lock().clone(),
             }),
         );
@@ -1553,6 +1609,10 @@ impl Worker {
             };
             if self.dirty {
                 wait = wait.min((self.last_fsync + fsync_every).saturating_duration_since(now));
+            }
+            if self.pg.is_some() {
+                // Swap signals and the trainer's reads are checked at least this often.
+                wait = wait.min(Duration::from_millis(10));
             }
             match rx.recv_timeout(wait) {
                 Ok(m) => {
@@ -1575,6 +1635,8 @@ impl Worker {
             // 2. Learn, and answer requests, in arrival order. Events whose write failed
             //    were answered false: they are not learned from.
             let base = self.seq_base;
+            // On PostgreSQL, local events are learned by the fleet's trainer, not here.
+            let local = self.pg.is_none();
             let mut shutdown = None;
             for m in group.drain(..) {
                 match m {
@@ -1584,7 +1646,7 @@ impl Worker {
                     } => shutdown = Some(id),
                     Msg::Request { id, req } => self.handle(id, req),
                     m => m.for_each_event(|t, x, p, y| {
-                        if t <= ok {
+                        if local && t <= ok {
                             self.ingest(base + t, x, p, y)
                         }
                     }),
@@ -1597,7 +1659,7 @@ impl Worker {
                 let ok = self.log_events(&rest, &mut lines, &mut ends);
                 for m in &rest {
                     m.for_each_event(|t, x, _, y| {
-                        if t <= ok {
+                        if local && t <= ok {
                             self.buffer.push(Sample {
                                 seq: base + t,
                                 x: x.to_vec(),
@@ -1624,6 +1686,7 @@ impl Worker {
                     self.write_watermark();
                 }
             }
+            self.pg_tick();
             if self.timer && now >= self.next_tick {
                 self.next_tick = now + tick_every;
                 self.poll_registry();

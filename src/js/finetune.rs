@@ -6,7 +6,10 @@ use super::plain;
 use crate::core::finetune::{fine_tune, EpochInfo, FineTuneOptions, Optimizer};
 use crate::core::fsutil::write_atomic;
 use crate::core::models::{Family, Model, ModelKind, TreeParams};
-use crate::core::registry::{stem_of, version_of, NewVersion, Registry};
+use crate::core::registry::{stem_of, version_of, NewVersion, Registry, VersionEntry};
+use crate::core::store::pg_registry::PgRegistry;
+use crate::core::store::postgres::PgOptions;
+use crate::core::store::{connect_shared, redact_conn_str};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -78,22 +81,155 @@ pub struct NativeFineTuneOptions {
 
 type ProgressFn = ThreadsafeFunction<FineTuneProgress, (), FineTuneProgress, Status, false, true>;
 
-#[napi(js_name = "ModelFineTuningCore")]
-pub struct ModelFineTuningCore {
-    fine_tuned_dir: PathBuf,
+/// PostgreSQL options after the JS layer checked them.
+#[napi(object)]
+pub struct PgNativeOptions {
+    pub schema: Option<String>,
+    pub connect_timeout_ms: Option<f64>,
+    pub statement_timeout_ms: Option<f64>,
+    pub pool_size: Option<u32>,
 }
 
-fn registry_for(dir: &Path, base: &Path) -> Registry {
-    Registry::new(dir, base)
+pub fn pg_options(o: Option<PgNativeOptions>) -> PgOptions {
+    let mut p = PgOptions::default();
+    if let Some(o) = o {
+        if let Some(s) = o.schema {
+            p.schema = s;
+        }
+        if let Some(ms) = o.connect_timeout_ms {
+            p.connect_timeout = std::time::Duration::from_secs_f64(ms.max(1.0) / 1000.0);
+        }
+        if let Some(ms) = o.statement_timeout_ms {
+            p.statement_timeout = std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+        }
+        if let Some(n) = o.pool_size {
+            p.pool_size = n.clamp(1, 64) as usize;
+        }
+    }
+    p
+}
+
+/// Where versions live: a folder of files, or PostgreSQL (models cached under the folder).
+#[derive(Clone)]
+pub struct RegistryTarget {
+    dir: PathBuf,
+    pg: Option<(String, PgOptions)>,
+}
+
+enum Reg {
+    Files(Registry),
+    Pg(PgRegistry),
+}
+
+impl Reg {
+    fn open(t: &RegistryTarget, base: &Path) -> std::result::Result<Reg, String> {
+        match &t.pg {
+            None => Ok(Reg::Files(Registry::new(&t.dir, base))),
+            Some((url, opts)) => {
+                let store = connect_shared(url, opts.clone()).map_err(|e| e.message)?;
+                Ok(Reg::Pg(PgRegistry::new(store, &t.dir, base)))
+            }
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            Reg::Files(r) => &r.dir,
+            Reg::Pg(r) => &r.dir,
+        }
+    }
+
+    fn register_text(
+        &self,
+        body: &str,
+        info: NewVersion,
+    ) -> std::result::Result<VersionEntry, String> {
+        match self {
+            Reg::Files(r) => r.register_text(body, info),
+            Reg::Pg(r) => r.register_text(body, info),
+        }
+    }
+
+    fn promote(&self, v: u32) -> std::result::Result<VersionEntry, String> {
+        match self {
+            Reg::Files(r) => r.promote(v),
+            Reg::Pg(r) => r.promote(v),
+        }
+    }
+
+    fn rollback(&self) -> std::result::Result<Option<u32>, String> {
+        match self {
+            Reg::Files(r) => r.rollback(),
+            Reg::Pg(r) => r.rollback(),
+        }
+    }
+
+    fn production(&self) -> std::result::Result<Option<VersionEntry>, String> {
+        match self {
+            Reg::Files(r) => r.production(),
+            Reg::Pg(r) => r.production(),
+        }
+    }
+
+    fn history(&self) -> std::result::Result<Vec<VersionEntry>, String> {
+        match self {
+            Reg::Files(r) => r.history(),
+            Reg::Pg(r) => r.history(),
+        }
+    }
+
+    fn next_version(&self) -> std::result::Result<u32, String> {
+        match self {
+            Reg::Files(r) => r.next_version(),
+            Reg::Pg(r) => r.next_version(),
+        }
+    }
+}
+
+#[napi(js_name = "ModelFineTuningCore")]
+pub struct ModelFineTuningCore {
+    target: RegistryTarget,
+}
+
+fn registry_for(t: &RegistryTarget, base: &Path) -> Result<Reg> {
+    Reg::open(t, base).map_err(plain)
 }
 
 #[napi]
 impl ModelFineTuningCore {
+    /// `registry_url`: a postgres:// connection string (versions and the production
+    /// pointer then live in PostgreSQL; `fine_tuned_dir` caches their model files).
     #[napi(constructor)]
-    pub fn new(fine_tuned_dir: String) -> Self {
+    pub fn new(
+        fine_tuned_dir: String,
+        registry_url: Option<String>,
+        pg: Option<PgNativeOptions>,
+    ) -> Self {
         Self {
-            fine_tuned_dir: PathBuf::from(fine_tuned_dir),
+            target: RegistryTarget {
+                dir: PathBuf::from(fine_tuned_dir),
+                pg: registry_url.map(|u| (u, pg_options(pg))),
+            },
         }
+    }
+
+    /// Connects to the PostgreSQL registry (creating its schema on first use) off the JS
+    /// thread; resolves null when ready (or when the registry is a folder), else the
+    /// reason, with the password replaced by `***`.
+    #[napi(catch_unwind, ts_return_type = "Promise<string | null>")]
+    pub fn connect(&self) -> AsyncTask<RegistryTask> {
+        AsyncTask::new(RegistryTask {
+            target: self.target.clone(),
+            base: PathBuf::new(),
+            op: Some(RegistryOp::Connect),
+            out: Value::Null,
+        })
+    }
+
+    /// The registry's connection string with its password replaced (null for a folder).
+    #[napi(getter)]
+    pub fn registry_url(&self) -> Option<String> {
+        self.target.pg.as_ref().map(|(u, _)| redact_conn_str(u))
     }
 
     /// Trains on the libuv thread pool; resolves the result object (throws on failure,
@@ -152,7 +288,7 @@ impl ModelFineTuningCore {
             tree,
         };
         Ok(AsyncTask::new(FineTuneTask {
-            dir: self.fine_tuned_dir.clone(),
+            target: self.target.clone(),
             base: PathBuf::from(base_path),
             x,
             y,
@@ -168,7 +304,7 @@ impl ModelFineTuningCore {
 
     #[napi(catch_unwind)]
     pub fn next_version(&self, base_path: String) -> Result<u32> {
-        registry_for(&self.fine_tuned_dir, Path::new(&base_path))
+        registry_for(&self.target, Path::new(&base_path))?
             .next_version()
             .map_err(plain)
     }
@@ -264,7 +400,7 @@ impl ModelFineTuningCore {
 
     fn task(&self, base: String, op: RegistryOp) -> AsyncTask<RegistryTask> {
         AsyncTask::new(RegistryTask {
-            dir: self.fine_tuned_dir.clone(),
+            target: self.target.clone(),
             base: PathBuf::from(base),
             op: Some(op),
             out: Value::Null,
@@ -273,7 +409,7 @@ impl ModelFineTuningCore {
 }
 
 pub struct FineTuneTask {
-    dir: PathBuf,
+    target: RegistryTarget,
     base: PathBuf,
     x: Float64Array,
     y: Float64Array,
@@ -362,12 +498,12 @@ impl Task for FineTuneTask {
             "modelPath": null, "version": null, "versionNumber": null, "status": null, "promoted": false,
         });
         if self.save && (!out.no_change || self.save_always) {
-            let reg = registry_for(&self.dir, &self.base);
+            let reg = registry_for(&self.target, &self.base)?;
             let entry = reg
                 .register_text(
                     &out.model.to_json_pretty(),
                     NewVersion {
-                        parent: version_of(&self.base).filter(|_| self.base.starts_with(&reg.dir)),
+                        parent: version_of(&self.base).filter(|_| self.base.starts_with(reg.dir())),
                         metrics: result["metrics"].clone(),
                         base_metrics: result["baseMetrics"].clone(),
                         improvement: Some(out.improvement),
@@ -443,6 +579,7 @@ impl Task for FitTask {
 }
 
 pub enum RegistryOp {
+    Connect,
     History,
     Promote(u32),
     Rollback,
@@ -453,7 +590,7 @@ pub enum RegistryOp {
 }
 
 pub struct RegistryTask {
-    dir: PathBuf,
+    target: RegistryTarget,
     base: PathBuf,
     op: Option<RegistryOp>,
     out: Value,
@@ -464,12 +601,30 @@ impl Task for RegistryTask {
     type JsValue = Json;
 
     fn compute(&mut self) -> Result<()> {
-        let reg = registry_for(&self.dir, &self.base);
+        if let Some(RegistryOp::Connect) = self.op {
+            self.op = None;
+            self.out = match Reg::open(&self.target, Path::new("x.json")) {
+                Ok(_) => Value::Null,
+                Err(e) => e.into(),
+            };
+            return Ok(());
+        }
+        // Only the registry's own operations open it (on PostgreSQL: connect).
+        let reg = match self.op {
+            Some(
+                RegistryOp::History
+                | RegistryOp::Promote(_)
+                | RegistryOp::Rollback
+                | RegistryOp::Production,
+            ) => Some(registry_for(&self.target, &self.base)?),
+            _ => None,
+        };
+        let reg = || reg.as_ref().ok_or_else(|| plain("registry not open"));
         self.out = match self.op.take() {
-            Some(RegistryOp::History) => to_json(reg.history().map_err(plain)?)?,
-            Some(RegistryOp::Promote(v)) => to_json(reg.promote(v).map_err(plain)?)?,
-            Some(RegistryOp::Rollback) => to_json(reg.rollback().map_err(plain)?)?,
-            Some(RegistryOp::Production) => to_json(reg.production().map_err(plain)?)?,
+            Some(RegistryOp::History) => to_json(reg()?.history().map_err(plain)?)?,
+            Some(RegistryOp::Promote(v)) => to_json(reg()?.promote(v).map_err(plain)?)?,
+            Some(RegistryOp::Rollback) => to_json(reg()?.rollback().map_err(plain)?)?,
+            Some(RegistryOp::Production) => to_json(reg()?.production().map_err(plain)?)?,
             Some(RegistryOp::Load) => Model::load(&self.base).map_err(plain)?.to_value(),
             Some(RegistryOp::Info) => {
                 let m = Model::load(&self.base).map_err(plain)?;
@@ -481,12 +636,16 @@ impl Task for RegistryTask {
                     return Err(plain(format!("version {version:?} is not a plain name")));
                 }
                 let stem = stem_of(&self.base);
-                let path = self.dir.join(&stem).join(format!("{stem}-{version}.json"));
+                let path = self
+                    .target
+                    .dir
+                    .join(&stem)
+                    .join(format!("{stem}-{version}.json"));
                 write_atomic(&path, m.to_json_pretty().as_bytes())
                     .map_err(|e| plain(format!("cannot write {}: {e}", path.display())))?;
                 path.display().to_string().into()
             }
-            None => Value::Null,
+            Some(RegistryOp::Connect) | None => Value::Null,
         };
         Ok(())
     }

@@ -6,7 +6,9 @@
 use super::{plain, range};
 use crate::core::linear::LinearModel;
 use crate::core::online::{OnlineConfig, OnlineLinear, Optimizer};
-use crate::core::stream::{Notifier, Request, SendError, StreamConfig, StreamHandle};
+use crate::core::stream::{
+    Notifier, PgStreamConfig, Request, SendError, StreamConfig, StreamHandle,
+};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -68,6 +70,16 @@ pub struct RealtimeNativeConfig {
     pub fsync_interval_ms: f64,
     pub learning_rate: f64,
     pub timer_enabled: bool,
+    /// postgres:// connection string: feedback, training lease and registry in PostgreSQL.
+    pub store_url: Option<String>,
+    pub pg: Option<super::finetune::PgNativeOptions>,
+    pub lease_ms: Option<f64>,
+    pub poll_ms: Option<f64>,
+    pub train: Option<bool>,
+    /// Spool folder while the database cannot take feedback.
+    pub spool_dir: Option<String>,
+    /// Where production models are cached as files.
+    pub cache_dir: Option<String>,
 }
 
 #[napi(js_name = "RealTimeModelUpdatesCore")]
@@ -110,6 +122,15 @@ impl RealTimeModelUpdatesCore {
             validation_fraction: 0.2,
             online,
             timer_enabled: c.timer_enabled,
+            postgres: c.store_url.map(|url| PgStreamConfig {
+                url,
+                options: super::finetune::pg_options(c.pg),
+                lease_ms: c.lease_ms.unwrap_or(5000.0).clamp(100.0, 3_600_000.0) as u64,
+                poll_ms: c.poll_ms.unwrap_or(100.0).clamp(1.0, 60_000.0) as u64,
+                spool_dir: PathBuf::from(c.spool_dir.unwrap_or_else(|| "feedback-log".into())),
+                cache_dir: PathBuf::from(c.cache_dir.unwrap_or_else(|| "fine-tuned".into())),
+                train: c.train.unwrap_or(true),
+            }),
         };
         Ok(Self {
             config,
@@ -316,6 +337,7 @@ impl RealTimeModelUpdatesCore {
             "tornLogRecords": l(&c.torn_log_records),
             "logFailed": l(&c.log_failed),
             "lastError": s.last_error.lock().clone(),
+            "postgres": s.pg_stats.lock().clone(),
             "currentModelPath": s.current_path.lock().clone(),
         })
     }
