@@ -881,7 +881,7 @@ export declare class ExpandedPredictions {
   /** `options.priceTable` (an object or a file path) is taken by the JS layer. */
   constructor(options?: ExpandedPredictionsConstructorOptions)
   /** Counts of what has been learned and what the bounds evicted; O(1). */
-  getStatistics(): { outcomes: number; keys: number; services: number; names: { services: number; providers: number; models: number }; pricedModels: number; maxKeys: number; maxMemoryMb: number; memoryBytes: number; evictions: { keys: number; services: number; names: number } }
+  getStatistics(): { outcomes: number; keys: number; services: number; names: { services: number; providers: number; models: number }; pricedModels: number; maxKeys: number; maxMemoryMb: number; memoryBytes: number; evictions: { keys: number; services: number; names: number }; latencyCoverage95: { informed: { scored: number; covered: number }; blind: { scored: number; covered: number } } }
   /**
    * Writes the learned state to `path` as JSON, atomically, off the JS thread. The JS
    * thread only copies pointers to the live keys (their values are shared copy-on-

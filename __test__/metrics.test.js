@@ -1,6 +1,7 @@
 'use strict'
 // Prometheus metrics: an HTTP server in the test serves /metrics from the four classes, a
-// scrape is parsed with parse-prometheus-text-format, and the values move with the traffic.
+// scrape is parsed with the official Python client's parser (prometheus_client, in the
+// test venv that scripts/lib/mlflow-server.js owns), and the values move with the traffic.
 // The prom-client bridge exposes the same families through a prom-client registry. The
 // `logger` option receives the lines the old modules logged, with secrets redacted.
 const test = require('node:test')
@@ -9,7 +10,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const http = require('node:http')
-const parse = require('parse-prometheus-text-format')
+const { parsePrometheus } = require('../scripts/lib/mlflow-server.js')
 const promClient = require('prom-client')
 const mlops = require('..')
 
@@ -29,26 +30,27 @@ function serve(render) {
 async function scrape(server) {
   const r = await fetch(`http://127.0.0.1:${server.address().port}/metrics`)
   assert.equal(r.status, 200)
-  const families = parse(await r.text())
-  return Object.fromEntries(families.map((f) => [f.name, f]))
+  return parsePrometheus(await r.text())
 }
 
-/** The value of a counter/gauge sample whose labels include `labels`. */
+/** A sample's value; `family` is the name without `_total` (the parser's convention). */
+function sample(fams, family, sampleName, labels = {}) {
+  const f = fams[family]
+  assert.ok(f, `${family} is exposed`)
+  const m = f.samples.find((x) => x.name === sampleName && Object.entries(labels).every(([k, v]) => x.labels[k] === v))
+  assert.ok(m, `${sampleName}${JSON.stringify(labels)} is exposed`)
+  return m.value
+}
+
 function value(fams, name, labels = {}) {
-  const f = fams[name]
-  assert.ok(f, `${name} is exposed`)
-  const m = f.metrics.find((x) => Object.entries(labels).every(([k, v]) => (x.labels || {})[k] === v))
-  assert.ok(m, `${name}${JSON.stringify(labels)} is exposed`)
-  return Number(m.value)
+  return name.endsWith('_total') ? sample(fams, name.slice(0, -6), name, labels) : sample(fams, name, name, labels)
 }
 
 function histogramCount(fams, name, labels = {}) {
-  const f = fams[name]
-  assert.ok(f, `${name} is exposed`)
-  assert.equal(f.type, 'HISTOGRAM')
-  const m = f.metrics.find((x) => Object.entries(labels).every(([k, v]) => (x.labels || {})[k] === v))
-  assert.ok(m, `${name}${JSON.stringify(labels)} is exposed`)
-  return Number(m.count)
+  assert.equal(fams[name] && fams[name].type, 'histogram', `${name} is a histogram`)
+  const count = sample(fams, name, `${name}_count`, labels)
+  assert.equal(sample(fams, name, `${name}_bucket`, { ...labels, le: '+Inf' }), count, 'the +Inf bucket holds every observation')
+  return count
 }
 
 test('every class serves /metrics in the text format, and the values move with the traffic', async (t) => {
@@ -62,7 +64,10 @@ test('every class serves /metrics in the text format, and the values move with t
   t.after(() => rt.cleanup())
   assert.equal(await rt.initialize(), true)
   const server = await serve(() => [e, p, ft, rt].map((x) => x.metrics()).join(''))
-  t.after(() => server.close())
+  t.after(() => {
+    server.closeAllConnections()
+    server.close()
+  })
 
   const before = await scrape(server)
   assert.equal(value(before, 'mlops_ensemble_feedback_total'), 0)
@@ -99,6 +104,7 @@ test('every class serves /metrics in the text format, and the values move with t
   assert.ok(value(after, 'mlops_model_swaps_total') >= 1)
   assert.ok(value(after, 'mlops_model_version') > value(before, 'mlops_model_version'))
   assert.equal(value(after, 'mlops_predictions_outcomes_total'), 20)
+  assert.ok(value(after, 'mlops_latency_p95_scored_total', { kind: 'blind' }) >= value(before, 'mlops_latency_p95_scored_total', { kind: 'blind' }))
   assert.equal(value(after, 'mlops_finetune_runs_total', { result: r.accepted ? 'accepted' : r.reason === 'no change' ? 'no_change' : 'rejected' }), 1)
   assert.equal(histogramCount(after, 'mlops_finetune_duration_milliseconds'), 1)
 })
@@ -111,11 +117,11 @@ test('registerMetrics bridges into a prom-client registry', async () => {
   e.registerMetrics(register, { instance: 'a' }) // the same owner twice: no-op
   e2.registerMetrics(register, { instance: 'b' }) // same names on one registry: told apart by a label
   e.updateWithFeedbackSync([1, 2], 1.5)
-  const text = await register.metrics()
-  const fams = Object.fromEntries(parse(text).map((f) => [f.name, f]))
-  assert.equal(fams.mlops_ensemble_feedback_total.metrics.length, 2)
-  assert.deepEqual(fams.mlops_ensemble_feedback_total.metrics.map((m) => Number(m.value)).sort(), [0, 1])
-  assert.equal(fams.mlops_ensemble_error_absolute.type, 'HISTOGRAM')
+  const fams = parsePrometheus(await register.metrics())
+  assert.equal(value(fams, 'mlops_ensemble_feedback_total', { instance: 'a' }), 1)
+  assert.equal(value(fams, 'mlops_ensemble_feedback_total', { instance: 'b' }), 0)
+  assert.equal(fams.mlops_ensemble_feedback.samples.length, 2)
+  assert.equal(histogramCount(fams, 'mlops_ensemble_error_absolute', { instance: 'a', strategy: 'stacking' }), 1)
   assert.throws(() => e.registerMetrics({}), TypeError)
 })
 

@@ -8,6 +8,7 @@
 const fs = require('node:fs')
 const native = require('../index.js')
 const v = require('./validate.js')
+const metrics = require('./metrics.js')
 
 // Packed context slots (src/core/forecast.rs `slot`), then outcome slots (`outcome`).
 const S = {
@@ -428,6 +429,35 @@ class ExpandedPredictions extends native.ExpandedPredictions {
       if (!this._record(this.#generation)) throw new Error('mlops-native: name ids stale after a resync')
     }
     return true
+  }
+
+  /** Prometheus text exposition (see README, Monitoring); O(1) in the number of keys. */
+  metrics() {
+    return metrics.render(this.#collect())
+  }
+
+  /** Adds these metrics to a prom-client registry: `p.registerMetrics(promClient.register)`. */
+  registerMetrics(register, labels) {
+    metrics.registerMetrics(register, this, () => this.#collect(), labels)
+  }
+
+  #collect() {
+    const s = this.getStatistics()
+    const f = new metrics.Families()
+    f.counter('mlops_predictions_outcomes_total', 'Request outcomes learned from.', s.outcomes)
+    f.gauge('mlops_predictions_keys', 'Learned (service, provider, model) keys held now.', s.keys)
+    f.gauge('mlops_predictions_services', 'Learned services held now.', s.services)
+    f.gauge('mlops_predictions_memory_bytes', 'Estimated bytes of learned state (bounded by maxMemoryMb).', s.memoryBytes)
+    for (const [kind, n] of Object.entries(s.evictions || {})) f.counter('mlops_predictions_evictions_total', 'Least-recently-used entries evicted by the bounds.', n, { kind })
+    const cov = s.latencyCoverage95 || {}
+    for (const kind of ['informed', 'blind']) {
+      const c = cov[kind]
+      if (!c) continue
+      f.counter('mlops_latency_p95_scored_total', 'Latency outcomes scored against the p95 that was served.', c.scored, { kind })
+      f.counter('mlops_latency_p95_covered_total', 'Latency outcomes that fell within the served p95.', c.covered, { kind })
+      f.gauge('mlops_latency_p95_coverage_ratio', 'Share of scored latency outcomes within the served p95 (target 0.95).', c.scored ? c.covered / c.scored : 0, { kind })
+    }
+    return f
   }
 
   recordOutcome(context, outcome) {

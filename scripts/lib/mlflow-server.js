@@ -1,6 +1,7 @@
 'use strict'
 // A throwaway MLflow tracking server for tests: a venv of the repo's own (`.venv-mlflow/`,
-// git-ignored, created on first use from PyPI), a SQLite backend and an artifact folder in
+// git-ignored, created on first use from PyPI; it also holds prometheus-client, whose
+// official exposition-format parser the metrics test uses), a SQLite backend and an artifact folder in
 // a temp dir, loopback only, a free port. `stop()` kills the whole process group (mlflow
 // starts uvicorn workers of its own) and removes the temp dir.
 //
@@ -15,11 +16,14 @@ const { spawn, execFileSync } = require('node:child_process')
 const ROOT = path.join(__dirname, '..', '..')
 const VENV = process.env.MLOPS_MLFLOW_VENV || path.join(ROOT, '.venv-mlflow')
 const VERSION = '3.17.2'
+const PROMETHEUS_CLIENT = '0.26.0'
+const PYTHON = path.join(VENV, 'bin', 'python')
 const BIN = path.join(VENV, 'bin', 'mlflow')
 
 function installed() {
   try {
-    return execFileSync(BIN, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().includes(VERSION)
+    const probe = `import importlib.metadata as m; print(m.version('mlflow'), m.version('prometheus-client'))`
+    return execFileSync(PYTHON, ['-c', probe], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim() === `${VERSION} ${PROMETHEUS_CLIENT}`
   } catch {
     return false
   }
@@ -28,7 +32,7 @@ function installed() {
 function ensureInstalled() {
   if (installed()) return BIN
   execFileSync('python3', ['-m', 'venv', VENV], { stdio: 'inherit' })
-  execFileSync(path.join(VENV, 'bin', 'pip'), ['install', '--quiet', '--disable-pip-version-check', `mlflow==${VERSION}`], { stdio: 'inherit' })
+  execFileSync(path.join(VENV, 'bin', 'pip'), ['install', '--quiet', '--disable-pip-version-check', `mlflow==${VERSION}`, `prometheus-client==${PROMETHEUS_CLIENT}`], { stdio: 'inherit' })
   if (!installed()) throw new Error(`mlflow ${VERSION} did not install into ${VENV}`)
   return BIN
 }
@@ -84,7 +88,25 @@ async function startServer({ timeoutMs = 120_000 } = {}) {
   throw new Error(`mlflow server did not come up on ${url}${exited ? ' (it exited)' : ''}:\n${tail}`)
 }
 
-module.exports = { ensureInstalled, startServer, VENV }
+/**
+ * Parses the Prometheus text exposition format with the official Python client's parser
+ * (`prometheus_client.parser`), which refuses malformed input. Returns families as
+ * `{name: {type, samples: [{name, labels, value}]}}`.
+ */
+function parsePrometheus(text) {
+  ensureInstalled()
+  const script = [
+    'import json, sys',
+    'from prometheus_client.parser import text_string_to_metric_families',
+    'out = {}',
+    'for f in text_string_to_metric_families(sys.stdin.read()):',
+    '    out[f.name] = {"type": f.type, "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]}',
+    'print(json.dumps(out))',
+  ].join('\n')
+  return JSON.parse(execFileSync(PYTHON, ['-c', script], { input: text }).toString())
+}
+
+module.exports = { ensureInstalled, startServer, parsePrometheus, VENV }
 
 if (require.main === module && process.argv.includes('--install')) {
   console.log(`mlflow ${VERSION} in ${path.relative(process.cwd(), ensureInstalled()) || BIN}`)

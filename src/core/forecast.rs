@@ -495,6 +495,14 @@ impl Calib {
         b
     }
 
+    /// Whether `r` = ln(actual / served) falls within the p95 this window serves now (None
+    /// while it has no residuals).
+    fn covers_p95(&self, r: f64) -> Option<bool> {
+        self.aci
+            .quantile(&self.window, 1)
+            .map(|q| r - self.level <= q)
+    }
+
     /// Scores one served prediction: `r` = ln(actual / served). `judge`: this window
     /// served it (so its ACI step is judged on it).
     fn record(&mut self, r: f64, judge: bool) {
@@ -1073,6 +1081,9 @@ pub struct Forecaster {
     bytes: usize,
     /// Counts uses, to stamp entries with their recency.
     clock: u64,
+    /// Live p95 coverage per kind (`[INFORMED, BLIND]`): `(scored, covered)` outcomes whose
+    /// key's own calibrated window served them. Since this process started; not saved.
+    pub coverage95: [(u64, u64); 2],
     price_cache: HashMap<(NameId, NameId), Option<Price>>,
 }
 
@@ -1953,6 +1964,12 @@ impl Forecaster {
                     for kind in [INFORMED, BLIND] {
                         if let Some(r) = ratios[kind] {
                             let judge = key.calib[kind].window.len() >= min_key;
+                            if judge && r.is_finite() {
+                                if let Some(hit) = key.calib[kind].covers_p95(r) {
+                                    self.coverage95[kind].0 += 1;
+                                    self.coverage95[kind].1 += u64::from(hit);
+                                }
+                            }
                             key.calib[kind].record(r, judge);
                             global_ratios[kind] = Some((r, judge));
                         }

@@ -327,7 +327,7 @@ impl ExpandedPredictions {
     /// Counts of what has been learned and what the bounds evicted; O(1).
     #[napi(
         catch_unwind,
-        ts_return_type = "{ outcomes: number; keys: number; services: number; names: { services: number; providers: number; models: number }; pricedModels: number; maxKeys: number; maxMemoryMb: number; memoryBytes: number; evictions: { keys: number; services: number; names: number } }"
+        ts_return_type = "{ outcomes: number; keys: number; services: number; names: { services: number; providers: number; models: number }; pricedModels: number; maxKeys: number; maxMemoryMb: number; memoryBytes: number; evictions: { keys: number; services: number; names: number }; latencyCoverage95: { informed: { scored: number; covered: number }; blind: { scored: number; covered: number } } }"
     )]
     pub fn get_statistics(&self) -> serde_json::Value {
         let f = self.inner.lock();
@@ -342,6 +342,11 @@ impl ExpandedPredictions {
             "maxMemoryMb": f.config.max_memory_mb,
             "memoryBytes": f.memory_bytes(),
             "evictions": f.evictions,
+            // Live p95 coverage of served latency intervals, per kind of prediction served.
+            "latencyCoverage95": {
+                "informed": {"scored": f.coverage95[0].0, "covered": f.coverage95[0].1},
+                "blind": {"scored": f.coverage95[1].0, "covered": f.coverage95[1].1},
+            },
         })
     }
 
