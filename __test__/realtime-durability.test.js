@@ -281,7 +281,7 @@ test('case 7: rollback after hotSwapModel reports and remembers the model that s
   const learned = rt.predictSync([3, 2])
   assert.ok(learned > 1, `the base learned something: ${learned}`)
   assert.equal(await rt.hotSwapModel('B.json'), true)
-  assert.equal(rt.predictSync([3, 2]), 100)
+  assert.ok(Math.abs(rt.predictSync([3, 2]) - 100) < 1e-9, 'B serves (up to the learner\'s rounding of its reference shift)')
   assert.equal(await rt.rollback(), true)
   assert.equal(rt.predictSync([3, 2]), learned)
   assert.equal(rt.getCurrentModelPath(), path.join(dir, BASE), 'before: still said B.json')
