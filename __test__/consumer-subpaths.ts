@@ -18,3 +18,16 @@ async function subpaths(): Promise<number> {
   return s.prediction + next.length + path.length + l.latency
 }
 void subpaths()
+
+// Monitoring, tracking and logging options type-check.
+import promClient = require('prom-client')
+async function monitoring(): Promise<string> {
+  const ft = new ModelFineTuning({ logger: console, mlflow: { trackingUri: 'http://127.0.0.1:5000', experiment: 'quality' } })
+  const rt = new RealTimeModelUpdates({ logger: console, bufferSize: 100 })
+  const e = new AdvancedEnsemble({ logger: console, minSamples: 5 })
+  for (const x of [ft, rt, e, getExpandedPredictions()]) x.registerMetrics(promClient.register, { instance: 'a' })
+  const r = await ft.fineTuneModel('m.json', [{ features: [1], quality: 2 }])
+  if (r.success) console.log(r.warnings?.length, r.mlflow?.runId)
+  return e.metrics() + rt.metrics() + ft.metrics()
+}
+void monitoring()

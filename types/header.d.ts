@@ -5,6 +5,45 @@
 
 // ---------------------------------------------------------------- shared
 
+/** The `logger` option: pino, bunyan, winston, console (see README, Logs). */
+export interface Logger {
+  info(...args: any[]): void
+  warn(...args: any[]): void
+  error(...args: any[]): void
+  debug?(...args: any[]): void
+}
+
+export interface WithLogger {
+  /** Receives swaps, rejected updates, fine-tune results and failures. Default: silent. */
+  logger?: Logger
+}
+
+/** A prom-client `Registry` (structurally: what `registerMetrics` calls). */
+export interface MetricsRegistry {
+  registerMetric(metric: any): void
+}
+
+/** Prometheus metrics of one instance (see README, Monitoring). */
+export interface MetricsSource {
+  /** The Prometheus text exposition format (0.0.4); costs microseconds. */
+  metrics(): string
+  /** Adds this instance's families to a prom-client registry; `labels` tell instances apart. */
+  registerMetrics(register: MetricsRegistry, labels?: Record<string, string | number>): void
+}
+
+/** MLflow tracking of fine-tune runs (default: env `MLFLOW_TRACKING_URI`). */
+export interface MlflowOptions {
+  /** `http(s)://host:port` of the tracking server. */
+  trackingUri?: string
+  /** Experiment name (default env `MLFLOW_EXPERIMENT_NAME`, else `mlops-native`). */
+  experiment?: string
+  /** Per request (default 5000). */
+  timeoutMs?: number
+  token?: string
+  username?: string
+  password?: string
+}
+
 /**
  * One base-model prediction: a bare number (confidence 0.5), or an object where
  * `prediction` wins over `value`. 0 is a real value. Missing confidence means 0.5.
@@ -173,7 +212,9 @@ export interface HybridModel {
   predict(features: number[] | Float64Array): number
 }
 
-export interface AdvancedEnsemble {
+export interface AdvancedEnsembleOptions extends WithLogger {}
+
+export interface AdvancedEnsemble extends MetricsSource {
   /** Idempotent; resolves true. */
   initialize(): Promise<boolean>
   stackingEnsemble(predictions: PredictionEntry[], context?: EnsembleContext): Promise<StackingResult>
@@ -223,7 +264,9 @@ export interface PostgresOptions {
   statementTimeoutMs?: number
 }
 
-export interface ModelFineTuningOptions extends Partial<FineTuneConfig>, PostgresOptions {
+export interface ModelFineTuningOptions extends Partial<FineTuneConfig>, PostgresOptions, WithLogger {
+  /** MLflow tracking; `false` turns it off even when `MLFLOW_TRACKING_URI` is set. */
+  mlflow?: MlflowOptions | false
   /** Default: `MLOPS_MODELS_DIR`, else `<project root>/models` (nearest package.json). */
   modelsDir?: string
   /** Default `<modelsDir>/fine-tuned` (with a PostgreSQL registry: the model cache). */
@@ -341,6 +384,10 @@ export interface FineTuneCandidate {
 
 interface FineTuneSuccessBase {
   success: true
+  /** Problems that did not fail the run (MLflow unreachable, …). */
+  warnings?: string[]
+  /** Where the run went in MLflow, when tracking is on and worked. */
+  mlflow?: { runId: string; experimentId: string; modelName: string; modelVersion: string | null }
   baseModel: string
   family: ModelFamily
   baseFamily: ModelFamily
@@ -402,6 +449,8 @@ export interface FineTuneFailure {
 export type FineTuneResult = FineTuneSaved | FineTuneNotSaved | FineTuneFailure
 
 export interface ModelVersionEntry {
+  /** promoteVersion: problems that did not fail the promotion (MLflow alias not set, …). */
+  warnings?: string[]
   /** `v<N>` */
   version: string
   versionNumber: number
@@ -430,8 +479,10 @@ export interface LinearModelFile {
   [key: string]: unknown
 }
 
-export declare class ModelFineTuning {
+export declare class ModelFineTuning implements MetricsSource {
   constructor(options?: ModelFineTuningOptions)
+  metrics(): string
+  registerMetrics(register: MetricsRegistry, labels?: Record<string, string | number>): void
   config: FineTuneConfig
   readonly modelsDir: string
   readonly fineTunedDir: string
@@ -603,7 +654,7 @@ export interface ExpandedPredictionsConstructorOptions extends ExpandedPredictio
   priceTable?: PriceTable | string
 }
 
-export interface ExpandedPredictions {
+export interface ExpandedPredictions extends MetricsSource {
   initialize(): Promise<boolean>
   /** Compat: never rejects; an invalid context resolves the empty context's cold start with `error`. */
   predictLatency(context?: PredictionContext): Promise<LatencyPrediction>
@@ -777,8 +828,10 @@ export interface RealTimeStatistics {
   postgres: PostgresStatistics | null
 }
 
-export declare class RealTimeModelUpdates {
-  constructor(options?: RealTimeModelUpdatesOptions & RealTimeModelUpdatesStoreOptions)
+export declare class RealTimeModelUpdates implements MetricsSource {
+  constructor(options?: RealTimeModelUpdatesOptions & RealTimeModelUpdatesStoreOptions & WithLogger)
+  metrics(): string
+  registerMetrics(register: MetricsRegistry, labels?: Record<string, string | number>): void
   readonly modelsDir: string
   readonly modelPath: string
   readonly config: Required<Omit<RealTimeModelUpdatesOptions, 'modelsDir' | 'modelPath' | 'feedbackLogDir'>> & {
