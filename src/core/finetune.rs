@@ -572,12 +572,8 @@ fn loss(p: &Params, sc: &Scaler, x: &[f64], y: &[f64], rows: &[usize], d: usize)
     }
     // Evaluate in raw space: fold the scaler into the weights once, then one dot per row.
     let (w, b) = sc.to_raw(p);
-    let mut s = 0.0;
-    for &r in rows {
-        let e = b + dot(&w, &x[r * d..(r + 1) * d]) - y[r];
-        s += e * e;
-    }
-    s / rows.len() as f64
+    debug_assert_eq!(w.len(), d);
+    kernels::sse(&w, b, x, y, rows) / rows.len() as f64
 }
 
 /// Dot product with four independent accumulators, so the compiler can keep several
@@ -684,6 +680,19 @@ fn fit_linear(
             let inv_std: Vec<f64> = sc.std.iter().map(|s| 1.0 / s).collect();
             let mut rng = SplitMix(opts.seed ^ 0x5eed);
             let mut since_best = 0usize;
+            // SGD walks the training rows in one fixed order every epoch: copy them once into
+            // a contiguous block in that order, so each epoch streams memory the prefetcher
+            // can follow instead of jumping to rows scattered by the split.
+            let (sgd_x, sgd_y): (Vec<f64>, Vec<f64>) = if adam {
+                (Vec::new(), Vec::new())
+            } else {
+                let mut gx = Vec::with_capacity(train.len() * d);
+                for &r in train.iter() {
+                    gx.extend_from_slice(&x[r * d..(r + 1) * d]);
+                }
+                (gx, train.iter().map(|&r| y[r]).collect())
+            };
+            let sgd_rows: Vec<usize> = if adam { Vec::new() } else { (0..train.len()).collect() };
             for epoch in 1..=opts.epochs {
                 if adam {
                     // Reshuffle per epoch; the old SGD walked the rows in one fixed order.
@@ -693,7 +702,7 @@ fn fit_linear(
                     }
                 }
                 let mut train_se = 0.0;
-                for batch in train.chunks(opts.batch_size) {
+                for (bi, batch) in train.chunks(opts.batch_size).enumerate() {
                     gw.iter_mut().for_each(|g| *g = 0.0);
                     let mut gb = 0.0;
                     if adam {
@@ -711,7 +720,10 @@ fn fit_linear(
                         // Raw rows and an unscaled target (sgd is the old algorithm exactly):
                         // the runtime-dispatched SIMD kernel (src/core/kernels.rs).
                         debug_assert!(sc.ym == 0.0 && sc.ys == 1.0);
-                        let (g, se) = kernels::batch_gradient(&p.w, p.b, x, y, batch, &mut gw);
+                        let at = bi * opts.batch_size;
+                        let local = &sgd_rows[at..at + batch.len()];
+                        let (g, se) =
+                            kernels::batch_gradient(&p.w, p.b, &sgd_x, &sgd_y, local, &mut gw);
                         gb = g;
                         train_se += se;
                     }
