@@ -576,28 +576,6 @@ fn loss(p: &Params, sc: &Scaler, x: &[f64], y: &[f64], rows: &[usize], d: usize)
     kernels::sse(&w, b, x, y, rows) / rows.len() as f64
 }
 
-/// Dot product with four independent accumulators, so the compiler can keep several
-/// multiply-adds in flight (a single running sum serialises on its own latency).
-#[inline]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f64; 4];
-    let chunks = n / 4;
-    for c in 0..chunks {
-        let i = c * 4;
-        acc[0] += a[i] * b[i];
-        acc[1] += a[i + 1] * b[i + 1];
-        acc[2] += a[i + 2] * b[i + 2];
-        acc[3] += a[i + 3] * b[i + 3];
-    }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for i in chunks * 4..n {
-        s += a[i] * b[i];
-    }
-    s
-}
-
 /// `y += a·x`
 #[inline]
 fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
@@ -692,7 +670,11 @@ fn fit_linear(
                 }
                 (gx, train.iter().map(|&r| y[r]).collect())
             };
-            let sgd_rows: Vec<usize> = if adam { Vec::new() } else { (0..train.len()).collect() };
+            let sgd_rows: Vec<usize> = if adam {
+                Vec::new()
+            } else {
+                (0..train.len()).collect()
+            };
             for epoch in 1..=opts.epochs {
                 if adam {
                     // Reshuffle per epoch; the old SGD walked the rows in one fixed order.
@@ -711,7 +693,7 @@ fn fit_linear(
                             for j in 0..d {
                                 z[j] = (raw[j] - sc.mean[j]) * inv_std[j];
                             }
-                            let err = p.b + dot(&p.w, &z) - (y[r] - sc.ym) / sc.ys;
+                            let err = p.b + kernels::dot(&p.w, &z) - (y[r] - sc.ym) / sc.ys;
                             train_se += err * err;
                             axpy(&mut gw, err, &z);
                             gb += err;

@@ -102,7 +102,10 @@ pub fn sse(w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
 pub fn sse_with(k: Kernel, w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
     let d = w.len();
     for &r in rows {
-        assert!((r + 1) * d <= x.len() && r < y.len(), "row {r} out of range");
+        assert!(
+            (r + 1) * d <= x.len() && r < y.len(),
+            "row {r} out of range"
+        );
     }
     match k {
         #[cfg(target_arch = "x86_64")]
@@ -393,7 +396,10 @@ mod tests {
             let rows: Vec<usize> = (0..41).collect();
             let a = sse_with(Kernel::Scalar, &w, -0.2, &x, &y, &rows);
             let b = sse_with(Kernel::Avx2Fma, &w, -0.2, &x, &y, &rows);
-            assert!((a - b).abs() <= 1e-12 * a.abs().max(1.0), "d={d}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-12 * a.abs().max(1.0),
+                "d={d}: {a} vs {b}"
+            );
         }
     }
 
