@@ -36,7 +36,9 @@ const NUMERIC = [
   ['historicalSatisfaction', S.historicalSatisfaction], ['batchSize', S.batchSize, 0],
   ['concurrentRequests', S.concurrentRequests, 0], ['hour', S.hour, 0, 23],
 ].map(([name, slot, min, max]) => [name, slot, min, max, `context.${name}`])
-const OUTCOME_RANGES = { latencyMs: [0], inputTokens: [0], outputTokens: [0], cost: [0], satisfaction: [1, 5], cpu: [0, 100], memory: [0, 100], network: [0, 100] }
+// Learned-from magnitudes stop at 1e100, as everywhere in the package (README, Robustness):
+// squares of larger values overflow the learners' statistics.
+const OUTCOME_RANGES = { latencyMs: [0, 1e100], inputTokens: [0, 1e100], outputTokens: [0, 1e100], cost: [0, 1e100], satisfaction: [1, 5], cpu: [0, 100], memory: [0, 100], network: [0, 100] }
 
 // Numbers, or numeric strings as databases return them ('100' → 100; see validate.js).
 function checkNumber(x, field, min, max) {

@@ -16,7 +16,9 @@ pub struct ErrorStats {
 impl ErrorStats {
     /// `decay` is the weight kept by the past (0.95 ≈ the last 20 observations).
     pub fn record(&mut self, error: f64, decay: f64) {
-        if !error.is_finite() {
+        // An error whose square overflows (a finite but absurd outcome) would make the
+        // record infinite for good, and a saved state that no load accepts.
+        if !(error * error).is_finite() {
             return;
         }
         if self.count == 0 {
@@ -94,5 +96,19 @@ mod tests {
         }
         assert!((t.mean - 5.0).abs() < 0.1);
         assert!((t.var.sqrt() - 1.0).abs() < 0.1);
+    }
+}
+
+#[cfg(test)]
+mod overflow_tests {
+    use super::ErrorStats;
+
+    #[test]
+    fn an_error_whose_square_overflows_is_not_recorded() {
+        let mut e = ErrorStats::default();
+        e.record(2.0, 0.9);
+        e.record(1e200, 0.9);
+        assert!(e.mse.is_finite() && e.mae.is_finite());
+        assert_eq!(e.count, 1);
     }
 }
