@@ -96,7 +96,11 @@ function readRow(r, i, d, names, nameIndex, X, y, k) {
   if (Array.isArray(f) || (ArrayBuffer.isView(f) && !(f instanceof DataView))) {
     if (f.length === 0) throw new RowError('emptyFeatures', `newData[${i}].features must not be empty`)
     if (f.length !== d) throw new RowError('wrongLength', `newData[${i}].features has ${f.length} values, the model has ${d} features`)
-    for (let j = 0; j < d; j++) X[base + j] = rowNumber(f[j], `newData[${i}].features[${j}]`, 'badFeature')
+    for (let j = 0; j < d; j++) {
+      const x = f[j]
+      // The field name is built only for a value that fails (the common case is ~1 ns).
+      X[base + j] = typeof x === 'number' && Number.isFinite(x) ? x : rowNumber(x, `newData[${i}].features[${j}]`, 'badFeature')
+    }
   } else if (f !== null && typeof f === 'object') {
     // Named features: {promptTokens: 120, …} mapped through the model's feature names.
     const keys = Object.keys(f)
@@ -117,7 +121,7 @@ function readRow(r, i, d, names, nameIndex, X, y, k) {
   }
   const q = v.prop(r, 'quality', `newData[${i}].quality`)
   if (q === undefined || q === null) throw new RowError('missingQuality', `newData[${i}].quality is missing`, TypeError)
-  y[k] = rowNumber(q, `newData[${i}].quality`, 'badQuality')
+  y[k] = typeof q === 'number' && Number.isFinite(q) ? q : rowNumber(q, `newData[${i}].quality`, 'badQuality')
 }
 
 /**
