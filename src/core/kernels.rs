@@ -76,12 +76,7 @@ pub fn batch_gradient_with(
 ) -> (f64, f64) {
     let d = w.len();
     assert_eq!(gw.len(), d, "gradient buffer length");
-    for &r in rows {
-        assert!(
-            (r + 1) * d <= x.len() && r < y.len(),
-            "row {r} out of range"
-        );
-    }
+    check_rows(d, x, y, rows);
     match k {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma if kernel_available(Kernel::Avx2Fma) => {
@@ -101,12 +96,7 @@ pub fn sse(w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
 /// `sse` with an explicit kernel (tests compare the two).
 pub fn sse_with(k: Kernel, w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
     let d = w.len();
-    for &r in rows {
-        assert!(
-            (r + 1) * d <= x.len() && r < y.len(),
-            "row {r} out of range"
-        );
-    }
+    check_rows(d, x, y, rows);
     match k {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma if kernel_available(Kernel::Avx2Fma) => {
@@ -120,6 +110,17 @@ pub fn sse_with(k: Kernel, w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usiz
                 e * e
             })
             .sum(),
+    }
+}
+
+/// Every row index must address a whole row of `x` and an entry of `y`: the SIMD kernels
+/// read through raw pointers, so this check is what keeps them in bounds.
+fn check_rows(d: usize, x: &[f64], y: &[f64], rows: &[usize]) {
+    for &r in rows {
+        assert!(
+            (r + 1) * d <= x.len() && r < y.len(),
+            "row {r} out of range"
+        );
     }
 }
 
