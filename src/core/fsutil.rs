@@ -47,19 +47,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// directories and anything larger than `max_bytes` (a corrupt or hostile path must not
 /// make the host allocate gigabytes).
 pub fn read_text(path: &Path, max_bytes: u64) -> Result<String, String> {
-    let meta = fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.is_dir() {
-        return Err(format!("{} is a directory, not a file", path.display()));
-    }
-    if meta.len() > max_bytes {
-        return Err(format!(
-            "{} is {} bytes, larger than the {} bytes allowed",
-            path.display(),
-            meta.len(),
-            max_bytes
-        ));
-    }
-    let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = read_bytes(path, max_bytes)?;
     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 

@@ -94,11 +94,7 @@ impl Task for LoadPredictions {
     }
     fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
         if let Some(s) = self.loaded.take() {
-            let old = std::mem::replace(&mut *self.target.lock(), s);
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            let _ = std::thread::Builder::new()
-                .name("mlops-drop".into())
-                .spawn(move || drop(old));
+            super::state::swap_in(&self.target, &self.generation, s);
         }
         Ok(true)
     }

@@ -53,13 +53,19 @@ impl<T: Persistent> Task for LoadState<T> {
     /// helper thread: dropping a large state is measurable work.
     fn resolve(&mut self, _env: Env, _: ()) -> Result<bool> {
         if let Some(s) = self.loaded.take() {
-            let old = std::mem::replace(&mut *self.target.lock(), s);
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            // Freeing a large state is measurable work: not on the JS thread.
-            let _ = std::thread::Builder::new()
-                .name("mlops-drop".into())
-                .spawn(move || drop(old));
+            swap_in(&self.target, &self.generation, s);
         }
         Ok(true)
     }
+}
+
+/// Replaces the live state with a loaded one and bumps the generation (so the JS layer's
+/// name→id caches know they are stale). Called from a task's `resolve`, on the JS thread.
+/// Freeing a large old state is measurable work, so it is dropped on a helper thread.
+pub fn swap_in<T: Send + 'static>(target: &Mutex<T>, generation: &AtomicU32, loaded: T) {
+    let old = std::mem::replace(&mut *target.lock(), loaded);
+    generation.fetch_add(1, Ordering::AcqRel);
+    let _ = std::thread::Builder::new()
+        .name("mlops-drop".into())
+        .spawn(move || drop(old));
 }
