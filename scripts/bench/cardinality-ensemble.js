@@ -1,14 +1,20 @@
 'use strict'
 // `node scripts/bench/run.js cardinality-ensemble`: AdvancedEnsemble under high-cardinality
 // traffic (issue 13). Each scenario runs in a fresh child process so RSS figures are its
-// own: N distinct contexts (a `serviceName` per tenant), each getting one stacking call and
-// one feedback, through an ensemble with the default bound (`maxContexts` 10000) — and, for
-// the state-file target, one whose bound holds all 100k keys.
-// Reported: calls/s, RSS, getStatistics() cost, save/load times with the longest event-loop
-// stall during them, file size, and bytes per live key.
+// own: N distinct contexts (a `serviceName` per tenant), each going through every public
+// call path once (stackingEnsembleSync, dynamicSelectionSync, then updateWithFeedback —
+// the Promise form for even keys, updateWithFeedbackSync for odd ones), through an
+// ensemble with the default bound (`maxContexts` 10000) — and, for the state-file target,
+// one whose bound holds all 100k keys.
+// Reported: calls/s, RSS growth (whole process, malloc arena, and minus a control run of
+// the same traffic through a plain JS Map: see memory.js), getStatistics() cost, save/load
+// times with the longest event-loop stall during them, file size, and bytes per live key.
 
-const { spawnSync } = require('node:child_process')
 const { table } = require('./harness.js')
+const memory = require('./memory.js')
+
+const MODELS = ['quality-v3', 'quality-lite', 'llm-judge']
+const traffic = (i) => [`tenant-${i}`, 'quality', MODELS.map((m, j) => ({ value: (i % 7) + 0.1 * j, confidence: 0.6 + 0.1 * j, model: m }))]
 
 async function child(keys, maxContexts) {
   const fs = require('node:fs')
@@ -23,16 +29,20 @@ async function child(keys, maxContexts) {
   for (let i = 0; i < 1000; i++) e.updateWithFeedbackSync(p(i % 7), i % 7, { serviceName: 'warm' })
   global.gc?.()
   const rss0 = process.memoryUsage().rss
+  const arena0 = memory.arenaBytes()
   const t0 = process.hrtime.bigint()
   for (let i = 0; i < keys; i++) {
     const ctx = { serviceName: `tenant-${i}`, predictionType: 'quality' }
     const preds = p(i % 7)
     e.stackingEnsembleSync(preds, ctx)
-    e.updateWithFeedbackSync(preds, (i % 7) + 0.05, ctx)
+    e.dynamicSelectionSync(preds, ctx)
+    if (i & 1) e.updateWithFeedbackSync(preds, (i % 7) + 0.05, ctx)
+    else await e.updateWithFeedback(preds, (i % 7) + 0.05, ctx)
   }
   const secs = Number(process.hrtime.bigint() - t0) / 1e9
   global.gc?.()
   const rss = process.memoryUsage().rss
+  const arena = memory.arenaBytes() - arena0
   const st = e.getStatistics()
   // getStatistics: median of 200 calls, in µs.
   const times = []
@@ -63,9 +73,11 @@ async function child(keys, maxContexts) {
     keys,
     live: st.totals.contexts,
     evicted: st.evictions.contexts,
-    callsPerSec: (2 * keys) / secs,
+    callsPerSec: (3 * keys) / secs,
     rssMB: rss / 2 ** 20,
-    bytesPerLiveKey: (rss - rss0) / st.totals.contexts,
+    growthMB: (rss - rss0) / 2 ** 20,
+    arenaMB: arena / 2 ** 20,
+    bytesPerLiveKey: arena / st.totals.contexts,
     statsUs: times[100],
     statsP99Us: times[198],
     saveMs,
@@ -87,12 +99,9 @@ async function run() {
   const rows = []
   const results = []
   for (const [keys, max] of scenarios) {
-    const r = spawnSync(process.execPath, ['--expose-gc', __filename, '--child', String(keys), String(max)], { encoding: 'utf8', maxBuffer: 1 << 20 })
-    if (r.status !== 0) {
-      console.error(r.stderr)
-      throw new Error(`cardinality child ${keys} failed`)
-    }
-    const x = JSON.parse(r.stdout.trim().split('\n').pop())
+    const x = memory.child(__filename, ['--child', String(keys), String(max)])
+    const ctl = memory.child(__filename, ['--control', String(keys), String(max || 10_000)])
+    x.controlMB = ctl.growthMB
     results.push(x)
     rows.push([
       keys.toLocaleString('en'),
@@ -100,7 +109,10 @@ async function run() {
       x.live,
       x.evicted,
       Math.round(x.callsPerSec).toLocaleString('en'),
-      x.rssMB.toFixed(0),
+      x.growthMB.toFixed(1),
+      x.arenaMB.toFixed(1),
+      x.controlMB.toFixed(1),
+      (x.growthMB - x.controlMB).toFixed(1),
       x.bytesPerLiveKey.toFixed(0),
       x.statsUs.toFixed(1),
       x.statsP99Us.toFixed(1),
@@ -110,8 +122,9 @@ async function run() {
       x.fileMB.toFixed(1),
     ])
   }
-  table(rows, ['keys', 'maxContexts', 'live', 'evicted', 'calls/s', 'RSS MB', 'B/live key', 'stats µs', 'p99 µs', 'save ms', 'load ms', 'stall ms s/l', 'file MB'])
-  console.log('Targets: getStatistics ≤ 50 µs at any count; save and load of 100k keys ≤ 1 s each; RSS plateaus under the bound.')
+  table(rows, ['keys', 'maxContexts', 'live', 'evicted', 'calls/s', 'RSS +MB', 'arena +MB', 'control +MB', 'RSS − control', 'arena B/live key', 'stats µs', 'p99 µs', 'save ms', 'load ms', 'stall ms s/l', 'file MB'])
+  console.log('RSS +MB: whole-process growth; arena: the malloc arena (native state); control: the same traffic through a plain JS Map of the same bound (V8 young generation etc.); RSS − control: the instance.')
+  console.log('Targets: getStatistics ≤ 50 µs at any count; save and load of 100k keys ≤ 1 s each; RSS − control ≤ 50 MB at the default bound.')
   return results
 }
 
@@ -119,5 +132,9 @@ module.exports = { run }
 if (require.main === module) {
   if (process.argv[2] === '--child') {
     child(Number(process.argv[3]), Number(process.argv[4])).then((r) => console.log(JSON.stringify(r)))
+  } else if (process.argv[2] === '--control') {
+    const keys = Number(process.argv[3])
+    // Warmed like the child (1000 calls), then the same keys: 3 calls each.
+    memory.control([1000], 1000, (i) => ['warm', i], 1).then(() => memory.control([keys], Number(process.argv[4]), traffic, 3)).then(([g]) => console.log(JSON.stringify({ growthMB: g / 2 ** 20 })))
   } else run()
 }

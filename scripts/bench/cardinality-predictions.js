@@ -4,7 +4,10 @@
 // 1M keys the call rate, RSS, live keys and evictions; the cost per key; getStatistics;
 // and saveState/loadState of 100k live keys (wall time, the part spent on the JS thread,
 // file size). Each key gets one predictAllSync and one recordOutcomeSync (latency,
-// output tokens, satisfaction, cpu), the first call a new tenant makes.
+// output tokens, satisfaction, cpu), the first call a new tenant makes. RSS growth is
+// reported for the whole process, for the malloc arena alone (the native state), and for a
+// control run of the same traffic through a plain JS Map of `maxKeys` entries (see
+// memory.js): RSS − control is what the instance costs.
 //   node scripts/bench/run.js cardinality-predictions   (CARD_MAX=100000 for a shorter run)
 
 const fs = require('node:fs')
@@ -12,6 +15,7 @@ const os = require('node:os')
 const path = require('node:path')
 const { ExpandedPredictions } = require('../..')
 const { table, median } = require('./harness.js')
+const memory = require('./memory.js')
 
 const mb = (b) => (b / 1048576).toFixed(1)
 const ctx = (i) => ({ serviceName: `tenant-${i}`, provider: 'openai', model: `ft-model-${i % 5000}`, inputTokens: 400 + (i % 300), hour: i % 24 })
@@ -23,13 +27,17 @@ function gc() {
 
 async function run() {
   const max = Number(process.env.CARD_MAX || 1_000_000)
-  console.log('\n## ExpandedPredictions: many keys (default bounds: maxKeys 20000, maxMemoryMb 50)\n')
+  const checkpoints = [10_000, 100_000, 300_000, 1_000_000].filter((c) => c <= max)
+  const p = new ExpandedPredictions()
+  const dflt = p.getStatistics()
+  console.log(`\n## ExpandedPredictions: many keys (default bounds: maxKeys ${dflt.maxKeys}, maxMemoryMb ${dflt.maxMemoryMb})\n`)
+  const ctl = memory.child(__filename, ['--control', String(dflt.maxKeys), ...checkpoints.map(String)])
   gc()
   const rss0 = process.memoryUsage().rss
-  const p = new ExpandedPredictions()
+  const arena0 = memory.arenaBytes()
   const rows = []
   let i = 0
-  for (const checkpoint of [10_000, 100_000, 300_000, 1_000_000].filter((c) => c <= max)) {
+  for (const [n, checkpoint] of checkpoints.entries()) {
     const from = i
     const t0 = process.hrtime.bigint()
     for (; i < checkpoint; i++) {
@@ -41,9 +49,11 @@ async function run() {
     gc()
     const s = p.getStatistics()
     const rss = process.memoryUsage().rss - rss0
-    rows.push([checkpoint.toLocaleString('en'), Math.round((2 * (checkpoint - from)) / secs).toLocaleString('en'), mb(rss), s.keys, s.evictions.keys, mb(s.memoryBytes), (s.memoryBytes / s.keys).toFixed(0)])
+    const arena = memory.arenaBytes() - arena0
+    rows.push([checkpoint.toLocaleString('en'), Math.round((2 * (checkpoint - from)) / secs).toLocaleString('en'), mb(rss), mb(arena), mb(ctl[n]), mb(rss - ctl[n]), s.keys, s.evictions.keys, mb(s.memoryBytes), (s.memoryBytes / s.keys).toFixed(0), (arena / s.keys).toFixed(0)])
   }
-  table(rows, ['distinct keys sent', 'calls/s', 'RSS growth MB', 'live keys', 'keys evicted', 'estimated MB', 'est. bytes/key'])
+  table(rows, ['distinct keys sent', 'calls/s', 'RSS +MB', 'arena +MB', 'control +MB', 'RSS − control', 'live keys', 'keys evicted', 'estimated MB', 'est. bytes/key', 'arena bytes/key'])
+  console.log('RSS +MB: whole-process growth; arena: the malloc arena (native state); control: the same traffic through a plain JS Map of maxKeys entries; RSS − control: the instance.')
 
   // getStatistics: O(1) whatever the number of keys.
   const times = []
@@ -58,12 +68,14 @@ async function run() {
   const n = Math.min(100_000, max)
   gc()
   const rssA = process.memoryUsage().rss
+  const arenaA = memory.arenaBytes()
   const big = new ExpandedPredictions({ maxKeys: n, maxMemoryMb: 10_000 })
   for (let k = 0; k < n; k++) big.recordOutcomeSync(ctx(k), outcome(k))
   gc()
   const rssB = process.memoryUsage().rss
+  const arenaB = memory.arenaBytes()
   const sb = big.getStatistics()
-  console.log(`\n${n.toLocaleString('en')} live keys, no eviction: RSS +${mb(rssB - rssA)} MB = ${((rssB - rssA) / n).toFixed(0)} bytes per key (estimate used by maxMemoryMb: ${(sb.memoryBytes / sb.keys).toFixed(0)})`)
+  console.log(`\n${n.toLocaleString('en')} live keys, no eviction: RSS +${mb(rssB - rssA)} MB = ${((rssB - rssA) / n).toFixed(0)} bytes per key, malloc arena +${mb(arenaB - arenaA)} MB = ${((arenaB - arenaA) / n).toFixed(0)} bytes per key (estimate used by maxMemoryMb: ${(sb.memoryBytes / sb.keys).toFixed(0)})`)
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlops-card-bench-'))
   const file = path.join(dir, 'state.json')
   const saves = []
@@ -94,4 +106,9 @@ async function run() {
 }
 
 module.exports = { run }
-if (require.main === module) run()
+if (require.main === module) {
+  if (process.argv[2] === '--control') {
+    const [bound, ...cps] = process.argv.slice(3).map(Number)
+    memory.control(cps, bound, (i) => { const c = ctx(i); return [c.serviceName, c, outcome(i)] }, 2).then((g) => console.log(JSON.stringify(g)))
+  } else run()
+}

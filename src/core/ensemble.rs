@@ -25,9 +25,7 @@
 use super::linalg::cholesky_solve;
 use super::stats::{ErrorStats, TargetStats};
 use serde::{Deserialize, Serialize};
-use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
 use std::sync::Arc;
 
 /// Strategy names in the order used by the per-strategy error arrays.
@@ -57,211 +55,7 @@ pub const TOP_CONTEXTS: usize = 10;
 /// models can never evict each other.
 pub const MAX_ENTRIES: usize = 10_000;
 
-// ------------------------------------------------------------------------------- LRU
-
-const NIL: u32 = u32::MAX;
-
-#[derive(Clone, Debug)]
-struct Node<K, V> {
-    entry: Option<(K, V)>,
-    prev: u32,
-    next: u32,
-}
-
-/// A hash map with least-recently-used order: O(1) lookup, touch, insert and eviction
-/// (an intrusive doubly linked list over a slab of nodes).
-#[derive(Clone, Debug)]
-pub struct Lru<K, V> {
-    map: HashMap<K, u32>,
-    nodes: Vec<Node<K, V>>,
-    free: Vec<u32>,
-    /// Most recently used.
-    head: u32,
-    /// Least recently used.
-    tail: u32,
-    cap: usize,
-}
-
-impl<K: Hash + Eq + Clone, V> Lru<K, V> {
-    pub fn new(cap: usize) -> Self {
-        Self {
-            map: HashMap::new(),
-            nodes: Vec::new(),
-            free: Vec::new(),
-            head: NIL,
-            tail: NIL,
-            cap: cap.max(1),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-
-    fn unlink(&mut self, i: u32) {
-        let (p, n) = (self.nodes[i as usize].prev, self.nodes[i as usize].next);
-        if p != NIL {
-            self.nodes[p as usize].next = n;
-        } else {
-            self.head = n;
-        }
-        if n != NIL {
-            self.nodes[n as usize].prev = p;
-        } else {
-            self.tail = p;
-        }
-    }
-
-    fn push_front(&mut self, i: u32) {
-        self.nodes[i as usize].prev = NIL;
-        self.nodes[i as usize].next = self.head;
-        if self.head != NIL {
-            self.nodes[self.head as usize].prev = i;
-        }
-        self.head = i;
-        if self.tail == NIL {
-            self.tail = i;
-        }
-    }
-
-    /// Reads without changing the order.
-    pub fn peek<Q: ?Sized + Hash + Eq>(&self, k: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-    {
-        let &i = self.map.get(k)?;
-        self.nodes[i as usize].entry.as_ref().map(|e| &e.1)
-    }
-
-    pub fn contains<Q: ?Sized + Hash + Eq>(&self, k: &Q) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        self.map.contains_key(k)
-    }
-
-    /// Reads and marks as most recently used.
-    pub fn get_mut<Q: ?Sized + Hash + Eq>(&mut self, k: &Q) -> Option<&mut V>
-    where
-        K: Borrow<Q>,
-    {
-        let &i = self.map.get(k)?;
-        if self.head != i {
-            self.unlink(i);
-            self.push_front(i);
-        }
-        self.nodes[i as usize].entry.as_mut().map(|e| &mut e.1)
-    }
-
-    pub fn touch<Q: ?Sized + Hash + Eq>(&mut self, k: &Q) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        self.get_mut(k).is_some()
-    }
-
-    /// Inserts (or replaces) as most recently used; returns the evicted least recently
-    /// used entry when the table was full.
-    pub fn insert(&mut self, k: K, v: V) -> Option<(K, V)> {
-        if let Some(slot) = self.get_mut::<K>(&k) {
-            *slot = v;
-            return None;
-        }
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.nodes[i as usize].entry = Some((k.clone(), v));
-                i
-            }
-            None => {
-                self.nodes.push(Node {
-                    entry: Some((k.clone(), v)),
-                    prev: NIL,
-                    next: NIL,
-                });
-                (self.nodes.len() - 1) as u32
-            }
-        };
-        self.map.insert(k, i);
-        self.push_front(i);
-        if self.map.len() > self.cap {
-            return self.pop_lru();
-        }
-        None
-    }
-
-    /// Room for `n` more entries without rehashing or moving nodes (bulk loads).
-    pub fn reserve(&mut self, n: usize) {
-        let n = n.min(self.cap);
-        self.map.reserve(n);
-        self.nodes.reserve(n);
-    }
-
-    pub fn pop_lru(&mut self) -> Option<(K, V)> {
-        let i = self.tail;
-        if i == NIL {
-            return None;
-        }
-        self.unlink(i);
-        let e = self.nodes[i as usize].entry.take()?;
-        self.map.remove(&e.0);
-        self.free.push(i);
-        Some(e)
-    }
-
-    pub fn remove<Q: ?Sized + Hash + Eq>(&mut self, k: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-    {
-        let i = self.map.remove(k)?;
-        self.unlink(i);
-        self.free.push(i);
-        self.nodes[i as usize].entry.take().map(|e| e.1)
-    }
-
-    /// Most recently used first.
-    pub fn iter_mru(&self) -> LruIter<'_, K, V> {
-        LruIter {
-            lru: self,
-            at: self.head,
-            forward: true,
-        }
-    }
-
-    /// Least recently used first (the order to re-insert in to rebuild the same order).
-    pub fn iter_lru(&self) -> LruIter<'_, K, V> {
-        LruIter {
-            lru: self,
-            at: self.tail,
-            forward: false,
-        }
-    }
-}
-
-pub struct LruIter<'a, K, V> {
-    lru: &'a Lru<K, V>,
-    at: u32,
-    forward: bool,
-}
-
-impl<'a, K, V> Iterator for LruIter<'a, K, V> {
-    type Item = (&'a K, &'a V);
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.at == NIL {
-            return None;
-        }
-        let n = &self.lru.nodes[self.at as usize];
-        self.at = if self.forward { n.next } else { n.prev };
-        n.entry.as_ref().map(|e| (&e.0, &e.1))
-    }
-}
+pub use super::lru::Lru;
 
 // ---------------------------------------------------------------------------- config
 
@@ -462,18 +256,22 @@ impl std::fmt::Display for Error {
 /// forgetting statistics. Only samples in which *all* of its models were present reach
 /// it, so it never imputes; a call with a subset of its models is answered exactly by
 /// solving on the sub-matrix.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+///
+/// Compact by construction (a context usually holds one learner, and there may be
+/// millions of contexts over a service's life): the statistics of its d models live in
+/// one allocation sized by d, the symmetric co-moment matrix as its upper triangle, and
+/// the solved weights of the full model set are cached in the same block.
+#[derive(Clone, Debug, Default)]
 pub struct MetaLearner {
     /// Model ids of the columns, sorted ascending.
-    pub models: Vec<u64>,
+    pub models: Box<[u64]>,
+    /// `[mean_x (d) | cross (d) | cached weights (d) | cov upper triangle (d(d+1)/2)]`:
+    /// x̄, the decayed centred co-moments Σλᵗ(x−x̄)(y−ȳ) and Σλᵗ(x−x̄)(x−x̄)ᵀ.
+    data: Box<[f64]>,
     /// Decayed sample weight Σλᵗ.
     pub weight: f64,
-    pub mean_x: Vec<f64>,
     pub mean_y: f64,
-    /// Decayed centred co-moments: Σλᵗ(x−x̄)(x−x̄)ᵀ row-major, Σλᵗ(x−x̄)(y−ȳ), Σλᵗ(y−ȳ)².
-    pub cov: Vec<f64>,
-    pub cross: Vec<f64>,
+    /// Σλᵗ(y−ȳ)².
     pub syy: f64,
     pub count: u64,
     /// Prequential (predict-then-learn) residuals, after clipping.
@@ -482,8 +280,36 @@ pub struct MetaLearner {
     pub scale: f64,
     /// Feedback tick of the last use, for keeping the most useful sets.
     pub used: u64,
-    #[serde(skip)]
-    cache: Option<(Vec<usize>, f64, Vec<f64>)>,
+    /// Intercept of the cached full-set solve (weights in `data`), when `cached`.
+    cached_intercept: f64,
+    cached: bool,
+    /// The last solve on a subset of the columns (rare: a call missing some models).
+    sub_cache: Option<Box<SubSolve>>,
+}
+
+/// A solve on some columns: (columns, intercept, weights).
+type SubSolve = (Vec<usize>, f64, Vec<f64>);
+
+/// Learners compare by what they learned, not by what they happen to have cached.
+impl PartialEq for MetaLearner {
+    fn eq(&self, o: &Self) -> bool {
+        let d = self.dim();
+        self.models == o.models
+            && self.data.len() == o.data.len()
+            && self.data[..2 * d] == o.data[..2 * d]
+            && self.data[3 * d..] == o.data[3 * d..]
+            && (self.weight, self.mean_y, self.syy, self.scale)
+                == (o.weight, o.mean_y, o.syy, o.scale)
+            && (self.count, self.used) == (o.count, o.used)
+            && self.residuals == o.residuals
+    }
+}
+
+/// Position of (i, j) in a d×d symmetric matrix stored as its upper triangle, row by row.
+#[inline]
+fn tri(i: usize, j: usize, d: usize) -> usize {
+    let (i, j) = if i <= j { (i, j) } else { (j, i) };
+    i * (2 * d - i + 1) / 2 + (j - i)
 }
 
 /// Weight of the last 50 residuals in the robust scale.
@@ -499,16 +325,59 @@ impl MetaLearner {
     fn with_models(models: Vec<u64>) -> Self {
         let d = models.len();
         MetaLearner {
-            models,
-            mean_x: vec![0.0; d],
-            cov: vec![0.0; d * d],
-            cross: vec![0.0; d],
+            models: models.into_boxed_slice(),
+            data: vec![0.0; 3 * d + d * (d + 1) / 2].into_boxed_slice(),
             ..Default::default()
         }
     }
 
+    /// A learner from its saved statistics (`upper`: the co-moment matrix's upper
+    /// triangle, row by row), checked.
+    fn from_parts(
+        models: Vec<u64>,
+        mean_x: &[f64],
+        cross: &[f64],
+        upper: &[f64],
+    ) -> Result<Self, String> {
+        let d = models.len();
+        if mean_x.len() != d || cross.len() != d || upper.len() != d * (d + 1) / 2 {
+            return Err("meta-learner matrix sizes do not match its model list".into());
+        }
+        let mut l = MetaLearner::with_models(models);
+        l.data[..d].copy_from_slice(mean_x);
+        l.data[d..2 * d].copy_from_slice(cross);
+        l.data[3 * d..].copy_from_slice(upper);
+        Ok(l)
+    }
+
     fn dim(&self) -> usize {
         self.models.len()
+    }
+
+    pub fn mean_x(&self) -> &[f64] {
+        &self.data[..self.dim()]
+    }
+
+    pub fn cross(&self) -> &[f64] {
+        let d = self.dim();
+        &self.data[d..2 * d]
+    }
+
+    /// The co-moment matrix's upper triangle, row by row (the saved form).
+    pub fn cov_upper(&self) -> &[f64] {
+        &self.data[3 * self.dim()..]
+    }
+
+    #[inline]
+    fn cov(&self, i: usize, j: usize) -> f64 {
+        let d = self.dim();
+        self.data[3 * d + tri(i, j, d)]
+    }
+
+    /// Heap bytes this learner holds in its two allocations, for the per-key accounting
+    /// (the subset cache is left out: it is transient, and dropped by the next sample).
+    pub fn heap_bytes(&self) -> usize {
+        8 * (self.models.len() + self.data.len())
     }
 
     pub fn var_y(&self) -> f64 {
@@ -554,19 +423,29 @@ impl MetaLearner {
     /// 10⁻⁶ of the target's variance (a relative floor, so a target with spread 10⁻⁸ is
     /// learned as well as one with spread 1). Solved on standardised columns.
     pub fn solve(&mut self, cols: &[usize], ridge_prior: f64) -> (f64, Vec<f64>) {
-        if let Some((c, b, w)) = &self.cache {
-            if c == cols {
-                return (*b, w.clone());
+        let d = self.dim();
+        let full = cols.len() == d && cols.iter().enumerate().all(|(i, &c)| i == c);
+        if full {
+            if !self.cached {
+                let (b, w) = self.solve_uncached(cols, ridge_prior);
+                self.data[2 * d..3 * d].copy_from_slice(&w);
+                self.cached_intercept = b;
+                self.cached = true;
+            }
+            return (self.cached_intercept, self.data[2 * d..3 * d].to_vec());
+        }
+        if let Some(c) = &self.sub_cache {
+            if c.0 == cols {
+                return (c.1, c.2.clone());
             }
         }
         let r = self.solve_uncached(cols, ridge_prior);
-        self.cache = Some((cols.to_vec(), r.0, r.1.clone()));
+        self.sub_cache = Some(Box::new((cols.to_vec(), r.0, r.1.clone())));
         r
     }
 
     fn solve_uncached(&self, cols: &[usize], ridge_prior: f64) -> (f64, Vec<f64>) {
         let k = cols.len();
-        let d = self.dim();
         if k == 0 {
             return (self.mean_y, vec![]);
         }
@@ -574,6 +453,8 @@ impl MetaLearner {
             // Nothing to fit yet: the plain average.
             return (0.0, vec![1.0 / k as f64; k]);
         }
+        let mean_x = self.mean_x();
+        let cross = self.cross();
         let var_y = self.var_y();
         let sigma2 = if self.residuals.count >= 5 {
             (MAE_TO_SD * self.scale).powi(2)
@@ -586,13 +467,10 @@ impl MetaLearner {
             1.0
         };
         // Columns with no variance are indistinguishable from the intercept: weight 0.
-        let var: Vec<f64> = cols
-            .iter()
-            .map(|&c| self.cov[c * d + c] / self.weight)
-            .collect();
+        let var: Vec<f64> = cols.iter().map(|&c| self.cov(c, c) / self.weight).collect();
         let live: Vec<usize> = (0..k)
             .filter(|&i| {
-                let m = self.mean_x[cols[i]];
+                let m = mean_x[cols[i]];
                 var[i] > 0.0 && var[i] > 1e-24 * m * m && var[i].is_finite()
             })
             .collect();
@@ -606,12 +484,12 @@ impl MetaLearner {
                 let ci = cols[i];
                 let alpha = ridge_prior * ratio * var[i];
                 let w0 = (var_y / var[i]).sqrt() / k as f64;
-                s[p] = (self.cov[ci * d + ci] + alpha).sqrt();
+                s[p] = (self.cov(ci, ci) + alpha).sqrt();
                 for (q, &j) in live.iter().enumerate() {
-                    a[p * m + q] = self.cov[ci * d + cols[j]];
+                    a[p * m + q] = self.cov(ci, cols[j]);
                 }
                 a[p * m + p] += alpha;
-                b[p] = self.cross[ci] + alpha * w0;
+                b[p] = cross[ci] + alpha * w0;
             }
             for p in 0..m {
                 for q in 0..m {
@@ -633,7 +511,7 @@ impl MetaLearner {
             - cols
                 .iter()
                 .zip(&w)
-                .map(|(&c, wi)| wi * self.mean_x[c])
+                .map(|(&c, wi)| wi * mean_x[c])
                 .sum::<f64>();
         if !intercept.is_finite() || w.iter().any(|v| !v.is_finite()) {
             return (0.0, vec![1.0 / k as f64; k]);
@@ -650,7 +528,7 @@ impl MetaLearner {
     /// Predict-then-learn one sample; `x` aligned with `models`.
     pub fn learn(&mut self, x: &[f64], y: f64, cfg: &EnsembleConfig, tick: u64) {
         let d = self.dim();
-        if x.len() != d || !y.is_finite() {
+        if x.len() != d || !y.is_finite() || d > MAX_META_MODELS {
             return;
         }
         self.used = tick;
@@ -680,23 +558,28 @@ impl MetaLearner {
         self.weight = lambda * self.weight + 1.0;
         let a = 1.0 / self.weight;
         let f = 1.0 - a;
-        let dx: Vec<f64> = x.iter().zip(&self.mean_x).map(|(v, m)| v - m).collect();
-        let dy = y - self.mean_y;
+        // At most MAX_META_MODELS columns: the deviations stay on the stack.
+        let mut dx = [0.0; MAX_META_MODELS];
         for i in 0..d {
-            self.mean_x[i] += a * dx[i];
-            // Upper triangle, mirrored: the matrix stays exactly symmetric (the saved form
-            // keeps only the triangle and must load back bit for bit).
+            dx[i] = x[i] - self.data[i];
+        }
+        let dy = y - self.mean_y;
+        let (head, cov) = self.data.split_at_mut(3 * d);
+        let mut t = 0;
+        for i in 0..d {
+            head[i] += a * dx[i];
+            // Upper triangle only: the matrix is exactly symmetric by construction.
             for j in i..d {
-                let v = lambda * self.cov[i * d + j] + f * dx[i] * dx[j];
-                self.cov[i * d + j] = v;
-                self.cov[j * d + i] = v;
+                cov[t] = lambda * cov[t] + f * dx[i] * dx[j];
+                t += 1;
             }
-            self.cross[i] = lambda * self.cross[i] + f * dx[i] * dy;
+            head[d + i] = lambda * head[d + i] + f * dx[i] * dy;
         }
         self.mean_y += a * dy;
         self.syy = lambda * self.syy + f * dy * dy;
         self.count += 1;
-        self.cache = None;
+        self.cached = false;
+        self.sub_cache = None;
     }
 
     /// How much to trust this learner's answer: high when its prequential error is small
@@ -713,7 +596,7 @@ impl MetaLearner {
 
     fn check(&self) -> Result<(), String> {
         let d = self.dim();
-        if self.mean_x.len() != d || self.cov.len() != d * d || self.cross.len() != d {
+        if self.data.len() != 3 * d + d * (d + 1) / 2 {
             return Err("meta-learner matrix sizes do not match its model list".into());
         }
         if !self.models.windows(2).all(|w| w[0] < w[1]) || d > MAX_META_MODELS {
@@ -721,10 +604,10 @@ impl MetaLearner {
         }
         let scalars = [self.weight, self.mean_y, self.syy, self.scale];
         if !self
-            .mean_x
+            .mean_x()
             .iter()
-            .chain(&self.cov)
-            .chain(&self.cross)
+            .chain(self.cross())
+            .chain(self.cov_upper())
             .chain(&scalars)
             .all(|v| v.is_finite())
         {
@@ -745,12 +628,46 @@ pub struct Competence {
     pub used: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+/// A context's names, `serviceName` then `predictionType`, in one shared allocation: the
+/// same text is the context's label and its key in the name index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ContextName {
+    text: Arc<str>,
+    /// Length of `serviceName` in bytes (the split is part of the key, so
+    /// ("ab", "c") and ("a", "bc") differ).
+    split: u32,
+}
+
+impl ContextName {
+    pub fn new(service: &str, prediction_type: &str) -> Self {
+        let mut text = String::with_capacity(service.len() + prediction_type.len());
+        text.push_str(service);
+        text.push_str(prediction_type);
+        ContextName {
+            text: Arc::from(text),
+            split: service.len() as u32,
+        }
+    }
+
+    pub fn service(&self) -> &str {
+        &self.text[..self.split as usize]
+    }
+
+    pub fn prediction_type(&self) -> &str {
+        &self.text[self.split as usize..]
+    }
+}
+
+impl Default for ContextName {
+    fn default() -> Self {
+        ContextName::new("", "")
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContextState {
     pub id: u64,
-    pub service: String,
-    pub prediction_type: String,
+    pub name: ContextName,
     /// One learner per set of models seen together, least useful dropped first.
     pub sets: Vec<MetaLearner>,
     /// Decayed error of each model in this context (bounded, least recently updated
@@ -763,6 +680,26 @@ pub struct ContextState {
 }
 
 impl ContextState {
+    pub fn service(&self) -> &str {
+        self.name.service()
+    }
+
+    pub fn prediction_type(&self) -> &str {
+        self.name.prediction_type()
+    }
+
+    /// Bytes this context holds: the struct (in its shared allocation), its names, its
+    /// learners and its model records. What `maxContexts` multiplies (the tables' own
+    /// entries are counted by `Ensemble::approx_bytes`).
+    pub fn approx_bytes(&self) -> usize {
+        16 + std::mem::size_of::<ContextState>()
+            + 16
+            + self.name.text.len()
+            + self.sets.capacity() * std::mem::size_of::<MetaLearner>()
+            + self.sets.iter().map(|l| l.heap_bytes()).sum::<usize>()
+            + self.competence.capacity() * std::mem::size_of::<Competence>()
+    }
+
     fn competence_of(&self, model: u64) -> Option<&ErrorStats> {
         self.competence
             .iter()
@@ -837,7 +774,7 @@ impl ContextState {
         tick: u64,
         cap: usize,
     ) {
-        let i = match self.sets.iter().position(|l| l.models == ids) {
+        let i = match self.sets.iter().position(|l| *l.models == *ids) {
             Some(i) => i,
             None => {
                 if self.sets.len() >= cap {
@@ -905,7 +842,8 @@ pub struct Ensemble {
     /// Shared with a pending save's snapshot (copy-on-write), so a snapshot of 100k
     /// contexts costs pointer copies on the JS thread, not a deep clone.
     pub contexts: Lru<u64, Arc<ContextState>>,
-    context_ids: HashMap<(String, String), u64>,
+    /// Names → id; the key shares its text with the context's own `name`.
+    context_ids: HashMap<ContextName, u64>,
     pub global: ContextState,
     /// The old per-`${serviceName}_${model}` EMA `0.9·old + 0.1/(1+|error|)`, keyed by
     /// that string; kept because callers read it from `getStatistics()`.
@@ -1056,7 +994,7 @@ impl Ensemble {
         let id = self.fresh_id();
         self.model_ids.insert(name.to_owned(), id);
         self.counters.models_created += 1;
-        if let Some((old, old_name)) = self.models.insert(id, name.to_owned()) {
+        if let Some((old, old_name)) = self.models.insert(id, name.to_owned()).1 {
             self.model_ids.remove(&old_name);
             self.global_competence.remove(&old);
             self.counters.models_evicted += 1;
@@ -1075,29 +1013,27 @@ impl Ensemble {
                 "serviceName and predictionType must be at most {MAX_NAME_BYTES} bytes"
             ));
         }
-        let key = (service.to_owned(), prediction_type.to_owned());
-        if let Some(&id) = self.context_ids.get(&key) {
+        let name = ContextName::new(service, prediction_type);
+        if let Some(&id) = self.context_ids.get(&name) {
             self.contexts.touch(&id);
             return Ok(id);
         }
         let id = self.fresh_id();
-        self.context_ids.insert(key, id);
+        self.context_ids.insert(name.clone(), id);
         self.counters.contexts_created += 1;
         let state = ContextState {
             id,
-            service: service.to_owned(),
-            prediction_type: prediction_type.to_owned(),
+            name,
             ..Default::default()
         };
-        if let Some((old, gone)) = self.contexts.insert(id, Arc::new(state)) {
+        if let Some((old, gone)) = self.contexts.insert(id, Arc::new(state)).1 {
             self.forget_context(old, &gone);
         }
         Ok(id)
     }
 
     fn forget_context(&mut self, id: u64, gone: &ContextState) {
-        self.context_ids
-            .remove(&(gone.service.clone(), gone.prediction_type.clone()));
+        self.context_ids.remove(&gone.name);
         self.top.retain(|t| t.0 != id);
         self.counters.contexts_evicted += 1;
     }
@@ -1106,7 +1042,7 @@ impl Ensemble {
     pub fn find_context(&self, service: &str, prediction_type: &str) -> Option<&ContextState> {
         let id = self
             .context_ids
-            .get(&(service.to_owned(), prediction_type.to_owned()))?;
+            .get(&ContextName::new(service, prediction_type))?;
         self.contexts.peek(id).map(|c| &**c)
     }
 
@@ -1213,7 +1149,7 @@ impl Ensemble {
         }
         // The old rule, exactly: wᵢ = cᵢ × pw(kᵢ) (pw only with a serviceName), normalised
         // to nᵢ; prediction Σ nᵢvᵢ; confidence min(1, Σ nᵢcᵢ).
-        let service = &self.ctx(ctx).service;
+        let service = self.ctx(ctx).service();
         let w: Vec<f64> = entries
             .iter()
             .map(|e| {
@@ -1293,7 +1229,7 @@ impl Ensemble {
         let k = 3.min(n.div_ceil(2)).max(1);
         let comp = self.competence(c, entries);
         if comp.iter().all(|x| x.1.is_none()) {
-            let service = &c.service;
+            let service = c.service();
             let scores: Vec<f64> = entries
                 .iter()
                 .map(|e| {
@@ -1486,7 +1422,7 @@ impl Ensemble {
             g.learn_set(ids, xs, actual, &cfg, tick, MAX_GLOBAL_SETS);
             g.samples += 1;
         }
-        let service = self.ctx(ctx).service.clone();
+        let service = self.ctx(ctx).service().to_owned();
         for e in entries {
             let err = (e.value - actual).abs();
             let Some(name) = self.model_name(e.model) else {
@@ -1500,6 +1436,7 @@ impl Ensemble {
                     if self
                         .performance
                         .insert(Arc::from(key), 0.9 + 0.1 / (1.0 + err))
+                        .1
                         .is_some()
                     {
                         self.counters.performance_evicted += 1;
@@ -1609,7 +1546,7 @@ impl Ensemble {
                 *o = first.intercept + row.iter().zip(&first.raw).map(|(v, w)| v * w).sum::<f64>();
             }
         } else {
-            let service = self.ctx(ctx).service.clone();
+            let service = self.ctx(ctx).service().to_owned();
             let perf: Vec<f64> = models
                 .iter()
                 .map(|&m| {
@@ -1639,11 +1576,12 @@ impl Ensemble {
     }
 
     pub fn context_key(ctx: &ContextState) -> String {
-        match (ctx.service.is_empty(), ctx.prediction_type.is_empty()) {
+        let (service, prediction_type) = (ctx.service(), ctx.prediction_type());
+        match (service.is_empty(), prediction_type.is_empty()) {
             (true, true) => "default".to_owned(),
-            (false, true) => ctx.service.clone(),
-            (true, false) => format!("*/{}", ctx.prediction_type),
-            (false, false) => format!("{}/{}", ctx.service, ctx.prediction_type),
+            (false, true) => service.to_owned(),
+            (true, false) => format!("*/{prediction_type}"),
+            (false, false) => format!("{service}/{prediction_type}"),
         }
     }
 
@@ -1853,11 +1791,6 @@ impl Serialize for SetOut<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         let (l, b) = (self.0, self.1);
-        let d = l.dim();
-        let upper: Vec<f64> = (0..d)
-            .flat_map(|i| (i..d).map(move |j| (i, j)))
-            .map(|(i, j)| l.cov[i * d + j])
-            .collect();
         let mut t = s.serialize_tuple(11)?;
         t.serialize_element(&l.models)?;
         t.serialize_element(&F(l.weight, b))?;
@@ -1867,9 +1800,9 @@ impl Serialize for SetOut<'_> {
         t.serialize_element(&F(l.scale, b))?;
         t.serialize_element(&l.used)?;
         t.serialize_element(&es_out(&l.residuals, b))?;
-        t.serialize_element(&Fs(&l.mean_x, b))?;
-        t.serialize_element(&Fs(&upper, b))?;
-        t.serialize_element(&Fs(&l.cross, b))?;
+        t.serialize_element(&Fs(l.mean_x(), b))?;
+        t.serialize_element(&Fs(l.cov_upper(), b))?;
+        t.serialize_element(&Fs(l.cross(), b))?;
         t.end()
     }
 }
@@ -1880,8 +1813,8 @@ impl Serialize for CtxOut<'_> {
         let (c, b) = (self.0, self.1);
         let mut t = s.serialize_tuple(8)?;
         t.serialize_element(&c.id)?;
-        t.serialize_element(&c.service)?;
-        t.serialize_element(&c.prediction_type)?;
+        t.serialize_element(c.service())?;
+        t.serialize_element(c.prediction_type())?;
         t.serialize_element(&c.samples)?;
         t.serialize_element(&(F(c.target.mean, b), F(c.target.var, b), c.target.count))?;
         t.serialize_element(&c.strategies.map(|e| es_out(&e, b)))?;
@@ -1932,33 +1865,17 @@ type CtxIn = (
 fn set_in(r: SetIn, rd: Reader) -> Result<MetaLearner, String> {
     let (models, weight, mean_y, syy, count, scale, used, res, mean_x, upper, cross) = r;
     let d = models.len();
-    if upper.len() != d * (d + 1) / 2 {
+    if upper.len() != d * (d + 1) / 2 || d > MAX_META_MODELS {
         return Err("meta-learner matrix sizes do not match its model list".into());
     }
-    let upper = rd.fs(upper)?;
-    let mut cov = vec![0.0; d * d];
-    let mut k = 0;
-    for i in 0..d {
-        for j in i..d {
-            cov[i * d + j] = upper[k];
-            cov[j * d + i] = upper[k];
-            k += 1;
-        }
-    }
-    let l = MetaLearner {
-        models,
-        weight: rd.f(weight)?,
-        mean_x: rd.fs(mean_x)?,
-        mean_y: rd.f(mean_y)?,
-        cov,
-        cross: rd.fs(cross)?,
-        syy: rd.f(syy)?,
-        count,
-        residuals: rd.es(res)?,
-        scale: rd.f(scale)?,
-        used,
-        cache: None,
-    };
+    let mut l = MetaLearner::from_parts(models, &rd.fs(mean_x)?, &rd.fs(cross)?, &rd.fs(upper)?)?;
+    l.weight = rd.f(weight)?;
+    l.mean_y = rd.f(mean_y)?;
+    l.syy = rd.f(syy)?;
+    l.count = count;
+    l.residuals = rd.es(res)?;
+    l.scale = rd.f(scale)?;
+    l.used = used;
     l.check()?;
     Ok(l)
 }
@@ -1971,8 +1888,7 @@ fn ctx_in(r: CtxIn, rd: Reader) -> Result<ContextState, String> {
     let [s0, s1, s2, s3] = strategies;
     Ok(ContextState {
         id,
-        service,
-        prediction_type,
+        name: ContextName::new(&service, &prediction_type),
         sets: sets
             .into_iter()
             .map(|x| set_in(x, rd))
@@ -2217,7 +2133,7 @@ impl Ensemble {
             }
             max_id = max_id.max(id);
             e.model_ids.insert(name.clone(), id);
-            if let Some((_, n)) = e.models.insert(id, name) {
+            if let Some((_, n)) = e.models.insert(id, name).1 {
                 e.model_ids.remove(&n);
             }
         }
@@ -2259,16 +2175,15 @@ impl Ensemble {
         for l in &c.sets {
             l.check()?;
         }
-        if c.service.len() > MAX_NAME_BYTES || c.prediction_type.len() > MAX_NAME_BYTES {
+        if c.service().len() > MAX_NAME_BYTES || c.prediction_type().len() > MAX_NAME_BYTES {
             return Err("state has a context name that is too long".into());
         }
-        let key = (c.service.clone(), c.prediction_type.clone());
-        if self.context_ids.contains_key(&key) || self.contexts.contains(&c.id) {
+        if self.context_ids.contains_key(&c.name) || self.contexts.contains(&c.id) {
             return Err(format!("context {} is a duplicate", c.id));
         }
-        self.context_ids.insert(key, c.id);
+        self.context_ids.insert(c.name.clone(), c.id);
         let id = c.id;
-        if let Some((old, gone)) = self.contexts.insert(id, Arc::new(c)) {
+        if let Some((old, gone)) = self.contexts.insert(id, Arc::new(c)).1 {
             self.forget_context(old, &gone);
         }
         Ok(())
@@ -2368,23 +2283,21 @@ mod v1 {
             .collect::<Result<_, _>>()?;
         cols.sort();
         cols.truncate(MAX_META_MODELS);
-        let mut l = MetaLearner::with_models(cols.iter().map(|c| c.0).collect());
-        let dd = l.dim();
         let my = m.xty[0] / w;
-        l.weight = w;
-        l.mean_y = my;
-        for (i, &(_, ci)) in cols.iter().enumerate() {
-            l.mean_x[i] = m.xtx[ci] / w;
-        }
+        let mean_x: Vec<f64> = cols.iter().map(|&(_, ci)| m.xtx[ci] / w).collect();
+        let mut upper = Vec::with_capacity(cols.len() * (cols.len() + 1) / 2);
+        let mut cross = Vec::with_capacity(cols.len());
         for (i, &(_, ci)) in cols.iter().enumerate() {
             for (j, &(_, cj)) in cols.iter().enumerate().skip(i) {
-                let v = m.xtx[ci * n + cj] - w * l.mean_x[i] * l.mean_x[j];
-                l.cov[i * dd + j] = v;
-                l.cov[j * dd + i] = v;
+                let v = m.xtx[ci * n + cj] - w * mean_x[i] * mean_x[j];
+                upper.push(if i == j { v.max(0.0) } else { v });
             }
-            l.cov[i * dd + i] = l.cov[i * dd + i].max(0.0);
-            l.cross[i] = m.xty[ci] - w * l.mean_x[i] * my;
+            cross.push(m.xty[ci] - w * mean_x[i] * my);
         }
+        let mut l =
+            MetaLearner::from_parts(cols.iter().map(|c| c.0).collect(), &mean_x, &cross, &upper)?;
+        l.weight = w;
+        l.mean_y = my;
         l.syy = m.target.var.max(0.0) * w;
         l.count = m.count;
         l.residuals = m.residuals;
@@ -2429,8 +2342,7 @@ mod v1 {
             let _ = e;
             Ok(ContextState {
                 id,
-                service: service.clone(),
-                prediction_type: c.prediction_type.clone(),
+                name: ContextName::new(service, &c.prediction_type),
                 sets: learner(&c.meta, &id_of)?.into_iter().collect(),
                 competence: comp,
                 target: c.target,
@@ -2765,24 +2677,40 @@ mod tests {
     }
 
     #[test]
-    fn lru_evicts_the_least_recently_used_first() {
-        let mut l: Lru<u32, u32> = Lru::new(3);
-        assert!(l.insert(1, 10).is_none());
-        l.insert(2, 20);
-        l.insert(3, 30);
-        l.touch(&1);
-        assert_eq!(l.insert(4, 40), Some((2, 20)));
-        assert_eq!(
-            l.iter_mru().map(|e| *e.0).collect::<Vec<_>>(),
-            vec![4, 1, 3]
-        );
-        assert_eq!(l.remove(&1), Some(10));
-        l.insert(5, 50);
-        assert_eq!(
-            l.iter_lru().map(|e| *e.0).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
-        assert_eq!(l.len(), 3);
+    fn a_context_holds_bytes_sized_by_the_models_it_saw() {
+        let mut e = Ensemble::default();
+        let three = [
+            ("quality-v3", 1.0),
+            ("quality-lite", 1.1),
+            ("llm-judge", 1.2),
+        ];
+        let mut worst = 0;
+        for i in 0..500 {
+            let c = e.intern_context(&format!("tenant-{i}"), "quality").unwrap();
+            let es = entries(&mut e, &three);
+            e.stacking(c, &es).unwrap();
+            e.dynamic_selection(c, &es).unwrap();
+            e.feedback(c, &es, 1.05, 0.0).unwrap();
+            let ctx = e.contexts.peek(&c).unwrap();
+            // One learner over the three models seen, in two exact allocations: 3 ids, and
+            // 3 means + 3 cross-moments + 3 cached weights + the 6 co-moments of the
+            // triangle; three model records; no spare capacity anywhere.
+            assert_eq!((ctx.sets.len(), ctx.sets.capacity()), (1, 1));
+            assert_eq!(ctx.sets[0].heap_bytes(), 8 * (3 + 3 * 3 + 6));
+            assert_eq!(ctx.competence.capacity(), 3);
+            worst = worst.max(ctx.approx_bytes());
+        }
+        // By the same count this was 812 bytes (names in two strings, copied again into
+        // the index; a learner of six vectors with a full d×d matrix): now 649.
+        assert!(worst < 700, "a three-model context holds {worst} bytes");
+        // A context that saw ten models costs more, but only by what ten columns need.
+        let c = e.intern_context("wide", "").unwrap();
+        let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        let ten: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 1.0)).collect();
+        let es = entries(&mut e, &ten);
+        e.feedback(c, &es, 1.0, 0.0).unwrap();
+        let l = &e.contexts.peek(&c).unwrap().sets[0];
+        assert_eq!(l.heap_bytes(), 8 * (10 + 3 * 10 + 55));
     }
 
     #[test]

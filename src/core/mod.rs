@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod kernels;
 pub mod linalg;
 pub mod linear;
+pub mod lru;
 pub mod models;
 pub mod online;
 pub mod registry;

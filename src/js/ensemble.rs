@@ -420,8 +420,8 @@ struct Summary<'a> {
 
 fn summary(c: &ContextState) -> Summary<'_> {
     Summary {
-        service_name: &c.service,
-        prediction_type: &c.prediction_type,
+        service_name: c.service(),
+        prediction_type: c.prediction_type(),
         samples: c.samples,
         meta_samples: c.meta_samples(),
         best_strategy: Ensemble::best_strategy(c),
@@ -478,8 +478,8 @@ impl Serialize for Statistics<'_> {
             .iter()
             .filter_map(|(id, _)| e.contexts.peek(id))
             .map(|c| Top {
-                service_name: &c.service,
-                prediction_type: &c.prediction_type,
+                service_name: c.service(),
+                prediction_type: c.prediction_type(),
                 samples: c.samples,
             })
             .collect();
@@ -543,8 +543,8 @@ fn strategy_block(c: &ContextState) -> serde_json::Value {
 
 fn context_summary(c: &ContextState) -> serde_json::Value {
     serde_json::json!({
-        "serviceName": c.service,
-        "predictionType": c.prediction_type,
+        "serviceName": c.service(),
+        "predictionType": c.prediction_type(),
         "samples": c.samples,
         "metaSamples": c.meta_samples(),
         "bestStrategy": Ensemble::best_strategy(c),
