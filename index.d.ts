@@ -1070,7 +1070,10 @@ export interface AdvancedEnsembleOptions {
   typeMatchBonus?: number
   /** How many latest errors `getStatistics().recentErrors` lists (default 10). */
   recentErrors?: number
-  /** Contexts (serviceName × predictionType) kept, least recently used evicted (default 10000). */
+  /**
+   * Contexts (serviceName × predictionType) kept, least recently used evicted (default
+   * 10000: ~1 KB each with three models, ~2 KB with ten, so ~10-20 MB).
+   */
   maxContexts?: number
   /** Model names kept, least recently used evicted (default 20000, at least 10000). */
   maxModels?: number
@@ -1096,7 +1099,8 @@ export interface ExpandedPredictionsOptions {
   maxKeys?: number
   /**
    * Estimated memory the learned keys and services may hold, in MB; least recently
-   * used keys are evicted beyond it (default 50).
+   * used keys are evicted beyond it (default 32: with the name tables and caches it
+   * leaves out, an instance stays under 50 MB; a key with its service is ~1.7 KB).
    */
   maxMemoryMb?: number
 }

@@ -84,9 +84,10 @@ pub struct EnsembleConfig {
     pub max_models: usize,
 }
 
-/// Default bound on contexts: a live context measured ~2 KB (three models; up to ~4.5 KB
-/// of RSS under churn, with allocator fragmentation and the JS name caches), so the
-/// default keeps an instance near or under 50 MB (`node scripts/bench/run.js
+/// Default bound on contexts: a live context that saw three models holds ~650 bytes
+/// (`ContextState::approx_bytes`) and measured ~1 KB of malloc arena with its share of
+/// the tables and performance weights (~2 KB for ten models), so the default keeps the
+/// native state near 10 MB and the instance well under 50 MB (`node scripts/bench/run.js
 /// cardinality-ensemble`).
 pub const DEFAULT_MAX_CONTEXTS: usize = 10_000;
 pub const DEFAULT_MAX_MODELS: usize = 20_000;

@@ -972,11 +972,15 @@ pub struct Evictions {
 }
 
 /// Memory budget per instance when none is given (MB): keys and services are evicted,
-/// least recently used first, to stay under it.
-pub const DEFAULT_MAX_MEMORY_MB: f64 = 50.0;
-/// Keys per instance when no `maxKeys` is given.
-/// ≈ 50 MB of keys with their services at ~2 KB each (see the README), and as many names
-/// per kind.
+/// least recently used first, to stay under it. 32 MB of estimated state leaves room in
+/// 50 MB for what the estimate leaves out (name tables, the JS layer's caches, allocator
+/// slack): a churn of 1,000,000 tenants plateaus near 30 MB of malloc arena and 2.5 MB of
+/// JS caches at the defaults (`node --expose-gc scripts/bench/run.js
+/// cardinality-predictions`).
+pub const DEFAULT_MAX_MEMORY_MB: f64 = 32.0;
+/// Keys per instance when no `maxKeys` is given, and as many names per kind: a key with a
+/// few outcomes and its own service is ~1.7 KB (full calibration windows add up to
+/// 6.4 KB, when the memory budget binds first).
 pub const DEFAULT_MAX_KEYS: usize = 20_000;
 
 #[derive(Clone, Debug, Default)]

@@ -39,7 +39,8 @@ pub struct AdvancedEnsembleOptions {
     pub type_match_bonus: Option<f64>,
     /// How many latest errors `getStatistics().recentErrors` lists (default 10).
     pub recent_errors: Option<u32>,
-    /// Contexts (serviceName × predictionType) kept, least recently used evicted (default 10000).
+    /// Contexts (serviceName × predictionType) kept, least recently used evicted (default
+    /// 10000: ~1 KB each with three models, ~2 KB with ten, so ~10-20 MB).
     pub max_contexts: Option<u32>,
     /// Model names kept, least recently used evicted (default 20000, at least 10000).
     pub max_models: Option<u32>,
