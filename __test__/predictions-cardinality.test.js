@@ -70,6 +70,23 @@ test('the memory bound evicts by estimated bytes', () => {
   assert.equal(s.keys + s.evictions.keys, 2000)
 })
 
+test('compact keys: the default 32 MB budget holds ~18,700 tenants that each learned latency, cost, satisfaction and cpu', () => {
+  const p = new ExpandedPredictions()
+  const n = 20_000
+  for (let i = 0; i < n; i++) {
+    const c = { ...ctx(i), model: `ft-${i % 50}`, inputTokens: 400 }
+    p.predictAllSync(c)
+    p.recordOutcomeSync(c, { latencyMs: 800 + (i % 700), outputTokens: 120, satisfaction: 4, cpu: 30 })
+  }
+  const s = p.getStatistics()
+  assert.equal(s.maxMemoryMb, 32)
+  assert.ok(s.memoryBytes <= 32e6, `${s.memoryBytes} bytes`)
+  // A key with its own service is ~1.7 KB (it was ~2.4 KB: 13,000 of them would have fit).
+  assert.ok(s.memoryBytes / s.keys < 1800, `${(s.memoryBytes / s.keys).toFixed(0)} bytes per key`)
+  assert.ok(s.keys >= 18_000, `${s.keys} keys live`)
+  assert.equal(s.keys + s.evictions.keys, n)
+})
+
 test('state: evicted keys are not saved, recency order survives, format-1 files load', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlops-card-'))
   const file = path.join(dir, 'state.json')
