@@ -176,8 +176,10 @@ impl From<RlsRepr> for Rls {
             }
             v.into_boxed_slice()
         } else {
-            // Sizes that do not match: a learner `is_valid` refuses.
-            vec![f64::NAN].into_boxed_slice()
+            // Sizes that do not match: a learner of dimension 1 holding NaN, which
+            // `is_valid` refuses (every learner here has 4 or more features) and whose
+            // accessors stay in bounds meanwhile.
+            vec![f64::NAN; 2].into_boxed_slice()
         };
         Rls {
             data,
