@@ -1067,7 +1067,10 @@ mod tests {
         let order = [7usize, 0, 49, 12, 3];
         let (gx, gy) = gather(&x, &y, 2, order.iter().copied());
         assert_eq!(gy, order.iter().map(|&r| y[r]).collect::<Vec<_>>());
-        let want: Vec<f64> = order.iter().flat_map(|&r| [x[r * 2], x[r * 2 + 1]]).collect();
+        let want: Vec<f64> = order
+            .iter()
+            .flat_map(|&r| [x[r * 2], x[r * 2 + 1]])
+            .collect();
         assert_eq!(gx, want);
     }
 
