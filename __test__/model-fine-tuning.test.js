@@ -182,6 +182,45 @@ test('typed-array input and save: false train and evaluate without writing anyth
   fs.rmSync(dir, { recursive: true })
 })
 
+test('typed input: a NaN row is skipped (lenient) or named (strict), and a missing base is named', async () => {
+  const dir = sandbox()
+  const ft = new ModelFineTuning({ modelsDir: dir })
+  const rows = ROWS.slice(0, 400)
+  const X = new Float64Array(rows.flatMap((r) => r.features))
+  const y = new Float64Array(rows.map((r) => r.quality))
+  const opts = { save: false, optimizer: 'sgd', epochs: 2, seed: 3 }
+  const clean = await ft.fineTuneModel(BASE, { X, y, features: 8 }, opts)
+  assert.equal(clean.success, true, clean.error)
+  assert.equal(clean.skipped.count, 0)
+  const X2 = X.slice()
+  X2[17 * 8 + 3] = NaN
+  const y2 = y.slice()
+  y2[30] = Infinity
+  const lenient = await ft.fineTuneModel(BASE, { X: X2, y: y2, features: 8 }, opts)
+  assert.equal(lenient.success, true, lenient.error)
+  assert.deepEqual(lenient.skipped.reasons, { badFeature: 1, badQuality: 1 })
+  assert.deepEqual(lenient.skipped.first.map((s) => s.row), [17, 30])
+  assert.equal(lenient.samples.total, 400)
+  assert.equal(lenient.samples.used, 398)
+  const strict = await ft.fineTuneModel(BASE, { X: X2, y: y2, features: 8 }, { ...opts, strict: true })
+  assert.match(strict.error, /newData\[17\]\.features\[3\] must be a finite number/)
+  const few = await ft.fineTuneModel(BASE, { X: X2.subarray(0, 120 * 8), y: y2.subarray(0, 120), features: 8 }, { ...opts, minSamples: 119 })
+  assert.match(few.error, /118 usable rows of 120, fewer than minSamples \(119\); 2 skipped/)
+  const missing = await ft.fineTuneModel('nope.json', { X, y, features: 8 }, opts)
+  assert.match(missing.error, /cannot read .*nope\.json: no such file \(models folder /)
+  // Array-of-objects runs reuse their arrays: a smaller run after a larger one, then a
+  // larger one again, train on exactly their own rows (same result as a fresh instance).
+  for (const n of [400, 150, 300]) {
+    const a = await ft.fineTuneModel(BASE, ROWS.slice(0, n), opts)
+    const b = await new ModelFineTuning({ modelsDir: dir }).fineTuneModel(BASE, ROWS.slice(0, n), opts)
+    assert.equal(a.success, true, a.error)
+    assert.deepEqual(a.model, b.model, `${n} rows`)
+    assert.equal(a.data.hash, b.data.hash)
+  }
+  assert.deepEqual(listAll(dir), [BASE])
+  fs.rmSync(dir, { recursive: true })
+})
+
 test('concurrent runs, in-process and across processes, get distinct versions', async () => {
   const dir = sandbox()
   const ft = new ModelFineTuning({ modelsDir: dir, epochs: 2 })

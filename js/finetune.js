@@ -130,12 +130,16 @@ function readRow(r, i, d, names, nameIndex, X, y, k) {
  * strict: the first such row throws. `d` is the model's feature count: a row with more or
  * fewer values is `wrongLength` (its values cannot be matched to the model's weights).
  */
-async function rowsToArrays(rows, d, names, strict) {
+async function rowsToArrays(rows, d, names, strict, spare) {
   const n = rows.length
   if (n === 0) throw new RangeError('newData must not be empty')
   const nameIndex = names ? new Map(names.map((name, j) => [name, j])) : null
-  let X = new Float64Array(n * d)
-  let y = new Float64Array(n)
+  // The last run's arrays when they are large enough: a fresh 2.5 MB matrix per run is
+  // external memory V8 answers with full collections, which pause the event loop.
+  const reuse = spare && spare.X.length >= n * d && spare.y.length >= n
+  const buffers = reuse ? spare : { X: new Float64Array(n * d), y: new Float64Array(n) }
+  let X = reuse ? spare.X.subarray(0, n * d) : buffers.X
+  let y = reuse ? spare.y.subarray(0, n) : buffers.y
   const reasons = {}
   const first = []
   let count = 0
@@ -161,10 +165,20 @@ async function rowsToArrays(rows, d, names, strict) {
     X = X.slice(0, k * d)
     y = y.slice(0, k)
   }
-  return { X, y, d, skipped: { count, reasons, first } }
+  return { X, y, d, skipped: { count, reasons, first }, buffers }
 }
 
-function typedInput(data, strict) {
+/** Values of the largest row matrix kept for reuse between runs (16 MB). */
+const SPARE_VALUES = 2 * 1024 * 1024
+
+/**
+ * `{X, y, features}` checked for shape. The values are not read here: Rust proves them
+ * finite in the pass that fingerprints the data (one read of the matrix instead of two, and
+ * none on the JS thread). Lenient input (`unscanned`) that Rust refuses for a non-finite
+ * value comes back through `dropNonFinite`; so does input too small to train, whose error
+ * counts the skipped rows.
+ */
+function typedInput(data, strict, minSamples) {
   v.float64Array(data.X, 'newData.X')
   v.float64Array(data.y, 'newData.y')
   const d = int(data, 'features', 1, 'newData.features')
@@ -173,25 +187,16 @@ function typedInput(data, strict) {
   }
   const skipped = { count: 0, reasons: {}, first: [] }
   if (strict) return { X: data.X, y: data.y, d, skipped }
-  // Lenient: rows holding NaN/±Infinity are dropped (the strict path names the first one).
-  const { X, y } = data
-  // Fast path for the usual all-finite input: x·0 is 0 for a finite x and NaN otherwise, so
-  // one branch-free pass (~1 ns a value) proves it; only damaged data pays for the row scan.
-  // Four sums, so the additions do not wait on each other.
-  let p0 = 0
-  let p1 = 0
-  let p2 = 0
-  let p3 = 0
-  const n4 = X.length - (X.length % 4)
-  for (let i = 0; i < n4; i += 4) {
-    p0 += X[i] * 0
-    p1 += X[i + 1] * 0
-    p2 += X[i + 2] * 0
-    p3 += X[i + 3] * 0
-  }
-  for (let i = n4; i < X.length; i++) p0 += X[i] * 0
-  for (let i = 0; i < y.length; i++) p1 += y[i] * 0
-  if (p0 + p1 + p2 + p3 === 0) return { X, y, d, skipped }
+  if (data.y.length >= minSamples && data.y.length > 0) return { X: data.X, y: data.y, d, skipped, unscanned: true }
+  return dropNonFinite(data.X, data.y, d)
+}
+
+/** Rust's refusal of a NaN/±Infinity value (check_data in src/core/finetune.rs). */
+const NON_FINITE = /^newData\[\d+\]\.(features\[\d+\]|quality) must be a finite number$/
+
+/** Lenient typed input without the rows holding NaN/±Infinity, counted like skipped rows. */
+function dropNonFinite(X, y, d) {
+  const skipped = { count: 0, reasons: {}, first: [] }
   const keep = []
   for (let i = 0; i < y.length; i++) {
     let ok = Number.isFinite(y[i])
@@ -236,6 +241,8 @@ class ModelFineTuning {
   #mlflowFailures = 0
   /** Where `modelsDir` came from, named in the missing-base-model error. */
   #modelsDirFrom
+  /** Row arrays of the last array-of-objects run, taken (so never shared) by the next. */
+  #spare = null
 
   constructor(options) {
     const o = v.optionalObject(options, 'options') ?? {}
@@ -390,34 +397,46 @@ class ModelFineTuning {
     try {
       const base = this.resolveModelPath(baseModelPath ?? DEFAULT_BASE_MODEL)
       const run = this.#runOptions(options)
-      let info
-      try {
-        info = await this.#core.modelInfo(base)
-      } catch (e) {
-        if (!fs.existsSync(base)) {
-          throw new Error(`base model: cannot read ${base}: no such file (models folder ${this.modelsDir}, ${this.#modelsDirFrom})`)
-        }
-        throw e
-      }
-      const names = run.featureNames ?? info.featureNames ?? null
+      const typed = !Array.isArray(newData) && newData !== null && typeof newData === 'object' && 'X' in newData
+      // Typed rows carry their own width, which Rust checks against the base: reading the
+      // base's info first would cost a thread-pool round trip per run for nothing.
+      const info = typed && !run.featureNames ? null : await this.#baseInfo(base)
+      const names = info && (run.featureNames ?? info.featureNames ?? null)
       if (names && names.length !== info.features) {
         throw new RangeError(`options.featureNames has ${names.length} names, the model has ${info.features} features`)
       }
       let input
-      if (Array.isArray(newData)) input = await rowsToArrays(newData, info.features, names, run.strict)
-      else if (newData !== null && typeof newData === 'object' && 'X' in newData) input = typedInput(newData, run.strict)
-      else throw v.typeError('newData', 'an array of {features, quality} or {X, y, features}', newData)
-      const total = input.y.length + input.skipped.count
-      if (input.y.length < run.native.minSamples || input.y.length === 0) {
-        const why = input.skipped.count > 0 ? `; ${input.skipped.count} skipped (${skippedSummary(input.skipped)}), first: ${input.skipped.first[0].message}` : ''
-        throw new RangeError(`newData has ${input.y.length} usable rows of ${total}, fewer than minSamples (${run.native.minSamples})${why}`)
+      if (Array.isArray(newData)) {
+        const spare = this.#spare
+        this.#spare = null
+        input = await rowsToArrays(newData, info.features, names, run.strict, spare)
       }
+      else if (typed) input = typedInput(newData, run.strict, run.native.minSamples)
+      else throw v.typeError('newData', 'an array of {features, quality} or {X, y, features}', newData)
       const user = run.onProgress
       // A throwing progress callback must not become an uncaught exception in the host.
       const progress = user ? (info) => { try { user(info) } catch {} } : undefined
-      const result = await this.#core.fineTune(base, input.X, input.y, input.d, run.native, progress)
+      const train = (input) => {
+        const total = input.y.length + input.skipped.count
+        if (input.y.length < run.native.minSamples || input.y.length === 0) {
+          const why = input.skipped.count > 0 ? `; ${input.skipped.count} skipped (${skippedSummary(input.skipped)}), first: ${input.skipped.first[0].message}` : ''
+          throw new RangeError(`newData has ${input.y.length} usable rows of ${total}, fewer than minSamples (${run.native.minSamples})${why}`)
+        }
+        return this.#core.fineTune(base, input.X, input.y, input.d, run.native, progress)
+      }
+      let result
+      try {
+        result = await train(input)
+      } catch (e) {
+        if (info === null && /^base model: /.test(e && e.message)) this.#missingBase(base)
+        if (!input.unscanned || !NON_FINITE.test(e && e.message)) throw e
+        input = dropNonFinite(input.X, input.y, input.d)
+        result = await train(input)
+      }
+      result.samples.total = input.y.length + input.skipped.count
       result.skipped = input.skipped
-      result.samples.total = total
+      // Rust let go of the arrays when the run resolved; the result holds none of them.
+      if (input.buffers && input.buffers.X.length <= SPARE_VALUES) this.#spare = input.buffers
       await this.#report(base, result, run.native)
       return result
     } catch (e) {
@@ -425,6 +444,23 @@ class ModelFineTuning {
       this.#runs.failed++
       this.#log.warn('fine-tune failed', { baseModel: typeof baseModelPath === 'string' ? baseModelPath : DEFAULT_BASE_MODEL, error })
       return { success: false, error }
+    }
+  }
+
+  /** `{family, features, featureNames}` of the base model file. */
+  async #baseInfo(base) {
+    try {
+      return await this.#core.modelInfo(base)
+    } catch (e) {
+      this.#missingBase(base)
+      throw e
+    }
+  }
+
+  /** Throws the error that names the models folder when the base file does not exist. */
+  #missingBase(base) {
+    if (!fs.existsSync(base)) {
+      throw new Error(`base model: cannot read ${base}: no such file (models folder ${this.modelsDir}, ${this.#modelsDirFrom})`)
     }
   }
 

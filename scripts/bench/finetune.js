@@ -8,11 +8,14 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { execFileSync } = require('node:child_process')
-const { monitorEventLoopDelay } = require('node:perf_hooks')
+const { monitorEventLoopDelay, performance } = require('node:perf_hooks')
+const { Worker } = require('node:worker_threads')
 const { ModelFineTuning, Model } = require('../..')
 const { msPerRun, nsPerCall } = require('./harness.js')
 
 const ROOT = path.join(__dirname, '..', '..')
+/** js/finetune.js converts rows in slices of this many values between yields. */
+const VALUES_PER_SLICE_HINT = 8000
 
 const ROWS = 10_000
 const D = 32
@@ -141,9 +144,27 @@ async function run() {
   const idle = await eventLoopP99(() => new Promise((r) => setTimeout(r, 5)))
   const busyTyped = await eventLoopP99(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS))
   const busyObjects = await eventLoopP99(() => ft.fineTuneModel('base.json', rows, OPTS))
+  // Control: the same idle loop while a worker thread spins, i.e. a core taken the way a
+  // training thread takes it, with no work at all on the JS thread. On a loaded machine
+  // this alone moves p99 (the OS schedules the JS thread late); what a run adds beyond it is
+  // the JS thread's own work.
+  const spinner = new Worker('const end = Date.now() + 60000; while (Date.now() < end) {}', { eval: true })
+  await new Promise((r) => setTimeout(r, 50))
+  const coreTaken = await eventLoopP99(() => new Promise((r) => setTimeout(r, 5)))
+  await spinner.terminate()
+  const elu = performance.eventLoopUtilization()
+  let n = 0
+  const t0 = performance.now()
+  while (performance.now() - t0 < 1000) {
+    await ft.fineTuneModel('base.json', rows, OPTS)
+    n++
+  }
+  const jsMs = performance.eventLoopUtilization(elu).active / n
   console.log(`\nevent-loop p99 delay: idle ${idle.toFixed(2)} ms, during typed runs ${busyTyped.toFixed(2)} ms (+${(busyTyped - idle).toFixed(2)}), during object runs ${busyObjects.toFixed(2)} ms (+${(busyObjects - idle).toFixed(2)})`)
+  console.log(`control, idle with one core taken by a spinning thread: ${coreTaken.toFixed(2)} ms (+${(coreTaken - idle).toFixed(2)}); object runs over it: +${(busyObjects - coreTaken).toFixed(2)} ms`)
+  console.log(`JS-thread busy time per object run ${jsMs.toFixed(2)} ms (event-loop utilisation), in slices of ~${VALUES_PER_SLICE_HINT} values`)
   fs.rmSync(dir, { recursive: true })
-  return { typed, objects, js, old, idle, busyTyped, busyObjects }
+  return { typed, objects, js, old, idle, busyTyped, busyObjects, coreTaken, jsMs }
 }
 
 /** Seeded normal deviates. */

@@ -324,9 +324,24 @@ impl SplitMix {
     }
 }
 
+/// Exponent bits of an f64; all ones is ±∞ or NaN.
+const EXP: u64 = 0x7ff0_0000_0000_0000;
+/// `(bits & EXP) + 2⁵²` carries into the sign bit exactly when the exponent is all ones, so
+/// OR-ing it over the values tests finiteness with no branch (the loop vectorises).
+const EXP_CARRY: u64 = 1 << 52;
+
+fn all_finite(v: &[f64]) -> bool {
+    v.iter()
+        .fold(0u64, |a, x| a | ((x.to_bits() & EXP) + EXP_CARRY))
+        >> 63
+        == 0
+}
+
 /// Data fingerprint: FNV-1a-style over 64-bit words in four independent lanes (a serial
-/// byte-wise FNV over a 10k × 32 matrix cost more than the training itself).
-fn fingerprint(x: &[f64], y: &[f64]) -> String {
+/// byte-wise FNV over a 10k × 32 matrix cost more than the training itself). The same pass
+/// says whether every value is finite: the hash is bound by its multiply chains, so the
+/// check rides along for free instead of reading the matrix a second time.
+fn fingerprint(x: &[f64], y: &[f64]) -> (String, bool) {
     const P: u64 = 0x100000001b3;
     let mut lanes = [
         0xcbf29ce484222325u64,
@@ -334,33 +349,40 @@ fn fingerprint(x: &[f64], y: &[f64]) -> String {
         0x9E3779B97F4A7C15,
         0xBF58476D1CE4E5B9,
     ];
+    let mut bad = 0u64;
     for part in [x, y] {
         let chunks = part.chunks_exact(4);
         let rest = chunks.remainder();
         for c in chunks {
             for k in 0..4 {
-                lanes[k] = (lanes[k] ^ c[k].to_bits()).wrapping_mul(P);
+                let b = c[k].to_bits();
+                bad |= (b & EXP) + EXP_CARRY;
+                lanes[k] = (lanes[k] ^ b).wrapping_mul(P);
             }
         }
         for (k, v) in rest.iter().enumerate() {
-            lanes[k] = (lanes[k] ^ v.to_bits()).wrapping_mul(P);
+            let b = v.to_bits();
+            bad |= (b & EXP) + EXP_CARRY;
+            lanes[k] = (lanes[k] ^ b).wrapping_mul(P);
         }
         lanes[0] = (lanes[0] ^ part.len() as u64).wrapping_mul(P);
     }
     let h = lanes.iter().fold(0xcbf29ce484222325u64, |h, l| {
         (h ^ l).wrapping_mul(P).rotate_left(29)
     });
-    format!("{h:016x}")
+    (format!("{h:016x}"), bad >> 63 == 0)
 }
 
 /// Checks shapes and values before any work; the message names the first bad row/field.
+/// Returns the fingerprint of the rows the run uses (the last `maxSamples`), computed in
+/// the same pass that proves every value finite.
 pub fn check_data(
     x: &[f64],
     y: &[f64],
     d: usize,
     base: &Model,
     opts: &FineTuneOptions,
-) -> Result<(), String> {
+) -> Result<String, String> {
     if d == 0 {
         return Err("features must be at least 1".into());
     }
@@ -389,6 +411,12 @@ pub fn check_data(
             opts.min_samples
         ));
     }
+    let start = y.len() - y.len().min(opts.max_samples);
+    let (hash, finite) = fingerprint(&x[start * d..], &y[start..]);
+    if finite && all_finite(&x[..start * d]) && all_finite(&y[..start]) {
+        return Ok(hash);
+    }
+    // Only damaged data pays for finding the first bad value.
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         return Err(format!(
             "newData[{}].features[{}] must be a finite number",
@@ -399,7 +427,7 @@ pub fn check_data(
     if let Some(i) = y.iter().position(|v| !v.is_finite()) {
         return Err(format!("newData[{i}].quality must be a finite number"));
     }
-    Ok(())
+    Ok(hash)
 }
 
 pub fn check_options(o: &FineTuneOptions) -> Result<(), String> {
@@ -584,6 +612,49 @@ fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
     }
 }
 
+/// Rows `order` of `x`/`y` copied into one block, in that order. The copy reads `x` in its
+/// own order and writes each row to its slot: the reads are the costly side (the matrix
+/// comes from the last-level cache), and in order the prefetcher streams them, where a
+/// shuffled order paid a miss per row.
+fn gather(
+    x: &[f64],
+    y: &[f64],
+    d: usize,
+    order: impl Iterator<Item = usize>,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut slot = vec![u32::MAX; y.len()];
+    let mut n = 0usize;
+    for r in order {
+        assert!(slot[r] == u32::MAX, "row {r} gathered twice");
+        slot[r] = n as u32;
+        n += 1;
+    }
+    assert!(x.len() >= y.len() * d, "x is shorter than y × d");
+    // Not zeroed first: every slot below `n` is written exactly once (the assert above
+    // refused a repeated row), and zeroing 2 MB cost as much as the copy.
+    let mut gx: Vec<f64> = Vec::with_capacity(n * d);
+    let mut gy: Vec<f64> = Vec::with_capacity(n);
+    let (px, py) = (gx.spare_capacity_mut(), gy.spare_capacity_mut());
+    for (r, &s) in slot.iter().enumerate() {
+        if s != u32::MAX {
+            let s = s as usize;
+            for (dst, src) in px[s * d..(s + 1) * d]
+                .iter_mut()
+                .zip(&x[r * d..(r + 1) * d])
+            {
+                dst.write(*src);
+            }
+            py[s].write(y[r]);
+        }
+    }
+    // SAFETY: slots 0..n were each assigned to one row and written just above.
+    unsafe {
+        gx.set_len(n * d);
+        gy.set_len(n);
+    }
+    (gx, gy)
+}
+
 /// A linear fit from `base` on the train rows; the epoch is chosen on the val rows, with
 /// the base as epoch 0. Returns the model, the epoch history and the chosen epoch.
 fn fit_linear(
@@ -659,22 +730,20 @@ fn fit_linear(
             let mut rng = SplitMix(opts.seed ^ 0x5eed);
             let mut since_best = 0usize;
             // SGD walks the training rows in one fixed order every epoch: copy them once into
-            // a contiguous block in that order, so each epoch streams memory the prefetcher
-            // can follow instead of jumping to rows scattered by the split.
+            // a contiguous block in that order, with the validation rows after them, so each
+            // epoch streams one block the prefetcher can follow instead of jumping to rows
+            // scattered by the split.
             let (sgd_x, sgd_y): (Vec<f64>, Vec<f64>) = if adam {
                 (Vec::new(), Vec::new())
             } else {
-                let mut gx = Vec::with_capacity(train.len() * d);
-                for &r in train.iter() {
-                    gx.extend_from_slice(&x[r * d..(r + 1) * d]);
-                }
-                (gx, train.iter().map(|&r| y[r]).collect())
+                gather(x, y, d, train.iter().chain(val).copied())
             };
             let sgd_rows: Vec<usize> = if adam {
                 Vec::new()
             } else {
-                (0..train.len()).collect()
+                (0..train.len() + val.len()).collect()
             };
+            let (sgd_train, sgd_val) = sgd_rows.split_at(if adam { 0 } else { train.len() });
             for epoch in 1..=opts.epochs {
                 if adam {
                     // Reshuffle per epoch; the old SGD walked the rows in one fixed order.
@@ -703,7 +772,7 @@ fn fit_linear(
                         // the runtime-dispatched SIMD kernel (src/core/kernels.rs).
                         debug_assert!(sc.ym == 0.0 && sc.ys == 1.0);
                         let at = bi * opts.batch_size;
-                        let local = &sgd_rows[at..at + batch.len()];
+                        let local = &sgd_train[at..at + batch.len()];
                         let (g, se) =
                             kernels::batch_gradient(&p.w, p.b, &sgd_x, &sgd_y, local, &mut gw);
                         gb = g;
@@ -742,7 +811,12 @@ fn fit_linear(
                     epoch,
                     epochs: opts.epochs,
                     train_loss: train_se * sc.ys * sc.ys / train.len() as f64,
-                    val_loss: loss(&p, &sc, x, y, val, d),
+                    // sgd's scaler is the identity, so its raw-space loss is the block's.
+                    val_loss: if adam || val.is_empty() {
+                        loss(&p, &sc, x, y, val, d)
+                    } else {
+                        kernels::sse(&p.w, p.b, &sgd_x, &sgd_y, sgd_val) / val.len() as f64
+                    },
                 };
                 progress(info);
                 history.push(info);
@@ -779,10 +853,20 @@ fn fit_linear(
     Ok((model, history, best.3))
 }
 
+/// Predictions of `m` on `rows`; a linear model goes through the SIMD kernel, four rows at
+/// a time (a serial sum per row waited on every addition and cost a tenth of a run).
 fn predict_rows(m: &Model, x: &[f64], d: usize, rows: &[usize]) -> Vec<f64> {
-    rows.iter()
-        .map(|&r| m.predict(&x[r * d..(r + 1) * d]))
-        .collect()
+    match &m.kind {
+        ModelKind::Linear(l) if l.weights.len() == d => {
+            let mut out = vec![0.0; rows.len()];
+            kernels::predict(&l.weights, l.bias, x, rows, &mut out);
+            out
+        }
+        _ => rows
+            .iter()
+            .map(|&r| m.predict(&x[r * d..(r + 1) * d]))
+            .collect(),
+    }
 }
 
 /// Fine-tunes `base` on row-major `x` (`rows × d`) and `y`. `progress` is called after
@@ -796,7 +880,7 @@ pub fn fine_tune(
     progress: &mut dyn FnMut(EpochInfo),
 ) -> Result<FineTuneOutcome, String> {
     check_options(opts)?;
-    check_data(x, y, d, base, opts)?;
+    let data_hash = check_data(x, y, d, base, opts)?;
     // maxSamples keeps the most recent rows (the end of the input).
     let rows = y.len().min(opts.max_samples);
     let start = y.len() - rows;
@@ -819,8 +903,8 @@ pub fn fine_tune(
     };
     let names = base.features.clone();
     let mut candidates = Vec::new();
-    // (model, validation metrics, judged against the base on validation here)
-    let mut fitted: Vec<(Model, Metrics, bool)> = Vec::new();
+    // (model, validation metrics, judged against the base on validation here, test predictions)
+    let mut fitted: Vec<(Model, Metrics, bool, Vec<f64>)> = Vec::new();
     let (mut history, mut best_epoch) = (Vec::new(), 0usize);
     for family in families {
         let t0 = std::time::Instant::now();
@@ -879,18 +963,19 @@ pub fn fine_tune(
         };
         let train_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let vm = metrics(&predict_rows(&model, x, d, &val), &yv);
+        let test_pred = predict_rows(&model, x, d, &test);
         candidates.push(Candidate {
             family: family.name(),
             metrics: vm,
-            test_metrics: metrics(&predict_rows(&model, x, d, &test), &yt),
+            test_metrics: metrics(&test_pred, &yt),
             train_ms,
             hyperparameters: model.hyperparameters(),
         });
-        fitted.push((model, vm, judged));
+        fitted.push((model, vm, judged, test_pred));
     }
     // The choice is made on validation only, and the base competes: if nothing beats it
     // there, the run returns the base unchanged.
-    let (chosen, chosen_val, judged) = fitted
+    let (chosen, chosen_val, judged, chosen_test_pred) = fitted
         .into_iter()
         .min_by(|a, b| a.1.mse.total_cmp(&b.1.mse))
         .expect("at least one family");
@@ -902,7 +987,11 @@ pub fn fine_tune(
     let mut model = if no_change { base.clone() } else { chosen };
 
     let base_pred = predict_rows(base, x, d, &test);
-    let new_pred = predict_rows(&model, x, d, &test);
+    let new_pred = if no_change {
+        base_pred.clone()
+    } else {
+        chosen_test_pred
+    };
     let err = |p: &[f64]| p.iter().zip(&yt).map(|(p, y)| p - y).collect::<Vec<f64>>();
     let base_metrics = metrics(&base_pred, &yt);
     let m = metrics(&new_pred, &yt);
@@ -941,7 +1030,7 @@ pub fn fine_tune(
         best_epoch,
         train_rows: train.len(),
         validation_rows: val.len(),
-        data_hash: fingerprint(&x[start * d..], &y[start..]),
+        data_hash,
         rows_used: rows,
     })
 }
@@ -970,6 +1059,19 @@ mod tests {
             y.push(3.0 + 0.002 * a - 4.0 * b + 0.1 * (u() - 0.5));
         }
         (x, y)
+    }
+
+    #[test]
+    fn gather_copies_rows_in_the_given_order() {
+        let (x, y) = data(50, 3);
+        let order = [7usize, 0, 49, 12, 3];
+        let (gx, gy) = gather(&x, &y, 2, order.iter().copied());
+        assert_eq!(gy, order.iter().map(|&r| y[r]).collect::<Vec<_>>());
+        let want: Vec<f64> = order
+            .iter()
+            .flat_map(|&r| [x[r * 2], x[r * 2 + 1]])
+            .collect();
+        assert_eq!(gx, want);
     }
 
     #[test]
