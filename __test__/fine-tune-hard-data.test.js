@@ -337,6 +337,17 @@ test('Model: old flat files load; bad input is a RangeError naming the field', a
   assert.throws(() => m.predict([1, 2]), { name: 'RangeError', message: /features has 2 values, the model has 8/ })
   assert.throws(() => m.predict([1, 2, 3, 4, 5, 6, 7, NaN]), { name: 'RangeError', message: /features\[7\]/ })
   assert.throws(() => m.predictBatch(new Float64Array(7), 1), RangeError)
+  // Anything but numbers in an array or a Float64Array is a TypeError naming the field.
+  for (const bad of [Int32Array.from(ROWS[0].features), [1, 2, 3, 4, 5, 6, 7, '8'], 'x', null, undefined, { length: 8 }]) {
+    assert.throws(() => m.predict(bad), { name: 'TypeError', message: /features must be an array of numbers or a Float64Array/ })
+  }
+  assert.throws(() => m.predict(new Float64Array(3)), { name: 'RangeError', message: /features has 3 values/ })
+  // More features than the array path's stack buffer holds.
+  const wide = Model.fromJSON({ weights: Array.from({ length: 100 }, (_, i) => i), bias: 1 })
+  const x = Array.from({ length: 100 }, (_, i) => i / 100)
+  const expected = 1 + x.reduce((s, v, i) => s + v * i, 0)
+  assert.ok(Math.abs(wide.predict(x) - expected) < 1e-9)
+  assert.equal(wide.predict(Float64Array.from(x)), wide.predict(x))
   await assert.rejects(Model.load(path.join(dir, 'missing.json')), /cannot read/)
   fs.rmSync(dir, { recursive: true })
 })

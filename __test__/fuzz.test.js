@@ -273,7 +273,7 @@ test('Model: load, fromJSON, predict, predictBatch', async () => {
 })
 
 test('report', () => {
-  const cwdJunk = fs.readdirSync(path.join(__dirname, '..')).filter((f) => !/^(\.|__test__|build\.rs|Cargo|README|crates|data|index\.|js|lib|mlops|models|node_modules|npm|package|scripts|src|target|types)/.test(f))
+  const cwdJunk = fs.readdirSync(path.join(__dirname, '..')).filter((f) => !/^(\.|__test__|build\.rs|Cargo|README|crates|data|docs|examples|index\.|js|lib|mlops|models|node_modules|npm|package|scripts|src|target|types)/.test(f))
   assert.deepEqual(cwdJunk, [], 'the suite wrote nothing into the repository')
   const total = Object.values(counts).reduce((a, b) => a + b, 0)
   console.log(`# fuzz: ${total} generated calls over ${Object.keys(counts).length} entry points (FUZZ_RUNS=${RUNS})`)

@@ -732,7 +732,8 @@ function toHistoryEntry(e) {
 // Model: a thin JS face over the native class (src/js/finetune.rs). napi's own argument
 // conversion fails with a plain Error ("Failed to convert JavaScript value …"), and the
 // native statics cannot be redefined, so this wrapper checks arguments first and names the
-// field in a TypeError, as everywhere else in the package. It adds one call per predict.
+// field in a TypeError, as everywhere else in the package. predict skips it: its native
+// fast path throws the TypeError itself.
 function wrapNative(fn, field, expected) {
   try {
     return fn()
@@ -742,6 +743,10 @@ function wrapNative(fn, field, expected) {
     throw e
   }
 }
+
+// A bare Node-API function for the hot path (napi-rs's method glue costs more than the
+// walk of 200 trees); it throws the TypeError/RangeError itself.
+const nativePredict = native.Model._predictFn()
 
 class Model {
   #m
@@ -777,7 +782,7 @@ class Model {
   }
 
   predict(features) {
-    return wrapNative(() => this.#m.predict(features), 'features', 'an array of numbers or a Float64Array')
+    return nativePredict(this.#m, features)
   }
 
   predictBatch(x, rows) {

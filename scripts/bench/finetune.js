@@ -254,31 +254,37 @@ async function families(ft, dir) {
   const varTe = yte.reduce((s, v) => s + v * v, 0) / yte.length - (yte.reduce((s, v) => s + v, 0) / yte.length) ** 2
   const core = new (require('../..').ModelFineTuningCore)(dir)
   console.log(`\n### Model families on data/production-sample.jsonl (first 3,200 rows train, last 800 test)\n`)
-  console.log(`${'model'.padEnd(44)} ${'MSE'.padStart(7)} ${'R²'.padStart(6)} ${'fit ms'.padStart(8)}`)
-  const line = (name, mse, ms) => console.log(`${name.padEnd(44)} ${mse.toFixed(4).padStart(7)} ${(1 - mse / varTe).toFixed(3).padStart(6)} ${ms.toFixed(0).padStart(8)}`)
+  console.log(`${'model'.padEnd(44)} ${'MSE'.padStart(7)} ${'R²'.padStart(6)} ${'fit ms'.padStart(8)} ${'CPU ms'.padStart(8)}`)
+  const line = (name, mse, ms, cpuMs) => console.log(`${name.padEnd(44)} ${mse.toFixed(4).padStart(7)} ${(1 - mse / varTe).toFixed(3).padStart(6)} ${ms.toFixed(0).padStart(8)} ${cpuMs == null ? '       —' : cpuMs.toFixed(0).padStart(8)}`)
   const out = {}
   for (const [family, trees, depth] of [['gbm', 200, 4], ['random_forest', 100, undefined], ['extra_trees', 100, undefined]]) {
     const times = []
+    const cpu = []
     let fit
     for (let i = 0; i < 3; i++) {
       fit = await core._fitFamily(family, Xtr, ytr, d, trees, depth, family === 'gbm' ? 0.1 : undefined, 1)
       times.push(fit.ms)
+      if (fit.cpuMs != null) cpu.push(fit.cpuMs)
     }
     const ms = times.sort((a, b) => a - b)[1]
+    const cpuMs = cpu.length ? Math.min(...cpu) : null
     const p = Model.fromJSON(fit.model).predictBatch(Xte, 800)
     const mse = p.reduce((s, v, i) => s + (v - yte[i]) ** 2, 0) / 800
-    out[family] = { mse, ms }
-    line(`smartcore ${family} (${trees} trees${depth ? `, depth ${depth}` : ''})`, mse, ms)
+    out[family] = { mse, ms, cpuMs }
+    line(`smartcore ${family} (${trees} trees${depth ? `, depth ${depth}` : ''})`, mse, ms, cpuMs)
   }
   const py = python(dataFile)
   if (py.error) console.log(py.error)
   for (const k of ['xgboost', 'lightgbm']) {
     if (py[k] && !py[k].error) {
-      line(`Python ${k} ${py[k].version} (200 trees, 1 thread)`, py[k].mse, py[k].ms)
+      line(`Python ${k} ${py[k].version} (200 trees, 1 thread)`, py[k].mse, py[k].ms, py[k].cpuMs)
       out[k] = py[k]
     } else if (py[k]) console.log(`${k}: ${py[k].error}`)
   }
-  if (out.lightgbm) console.log(`gbm fit time ${(out.gbm.ms / out.lightgbm.ms).toFixed(1)}× LightGBM's (target ≤ 3×), MSE ${out.gbm.mse.toFixed(4)} vs ${out.lightgbm.mse.toFixed(4)}`)
+  if (out.lightgbm) {
+    const cpu = out.gbm.cpuMs != null && out.lightgbm.cpuMs != null ? `, CPU time ${(out.gbm.cpuMs / out.lightgbm.cpuMs).toFixed(1)}×` : ''
+    console.log(`gbm fit time ${(out.gbm.ms / out.lightgbm.ms).toFixed(1)}× LightGBM's wall${cpu} (target ≤ 3×), MSE ${out.gbm.mse.toFixed(4)} vs ${out.lightgbm.mse.toFixed(4)}`)
+  }
   // Where smartcore's time goes: exact greedy splits sort every node's rows per feature.
   for (const n of [800, 1600, 3200]) {
     const f = await core._fitFamily('gbm', X.subarray(0, n * d), y.subarray(0, n), d, 200, 4, 0.1, 1)
@@ -306,11 +312,31 @@ async function predictCost(dir) {
   const env = fit.model
   const walk = (n, x) => (n.left === null ? n.value : walk(x[n.split_feature_idx] <= n.threshold ? n.left : n.right, x))
   const jsPredict = (x) => env.model.regressors.reduce((s, t) => s + env.model.parameters.learning_rate * walk(t, x), env.model.parameters.base_score)
+  // The same trees as flat typed arrays (what the native side walks), walked in plain JS.
+  const { thr, feat, left, val, roots } = flatten(env.model.regressors)
+  const base = env.model.parameters.base_score
+  const lr = env.model.parameters.learning_rate
+  const jsFlat = (x) => {
+    let s = 0
+    for (let t = 0; t < roots.length; t++) {
+      let i = roots[t]
+      while (left[i] >= 0) i = x[feat[i]] <= thr[i] ? left[i] : left[i] + 1
+      s += val[i]
+    }
+    return base + lr * s
+  }
+  const linear = Model.fromJSON({ weights: Array(d).fill(0.1), bias: 1 })
   const xs = rows.slice(0, 1000).map((r) => r.features)
   const typed = xs.map((x) => Float64Array.from(x))
   const nsArray = nsPerCall((i) => m.predict(xs[i % 1000]), 100_000)
   const nsTyped = nsPerCall((i) => m.predict(typed[i % 1000]), 100_000)
+  const nsLinArray = nsPerCall((i) => linear.predict(xs[i % 1000]), 100_000)
+  const nsLinTyped = nsPerCall((i) => linear.predict(typed[i % 1000]), 100_000)
   const nsJs = nsPerCall((i) => jsPredict(xs[i % 1000]), 20_000)
+  const nsJsFlat = nsPerCall((i) => jsFlat(typed[i % 1000]), 20_000)
+  for (let i = 0; i < 1000; i++) {
+    if (Math.abs(jsFlat(typed[i]) - m.predict(typed[i])) > 1e-9) throw new Error(`flat JS walk disagrees on row ${i}`)
+  }
   const batch = nsPerCall(() => m.predictBatch(X, 4000), 50) / 4000
   // CPU time too: on a shared, loaded machine wall time also counts the time we wait.
   const cpuNs = (fn, n) => {
@@ -326,8 +352,48 @@ async function predictCost(dir) {
   console.log(`predict(array)        ${(nsArray / 1000).toFixed(2)} µs wall, ${(cpuArray / 1000).toFixed(2)} µs CPU   (target ≤ 5 µs)`)
   console.log(`predict(Float64Array) ${(nsTyped / 1000).toFixed(2)} µs wall, ${(cpuTyped / 1000).toFixed(2)} µs CPU`)
   console.log(`predictBatch          ${(batch / 1000).toFixed(3)} µs per row`)
+  console.log(`linear Model.predict  ${(nsLinArray / 1000).toFixed(2)} µs (array), ${(nsLinTyped / 1000).toFixed(2)} µs (Float64Array): the crossing alone`)
   console.log(`plain-JS walk of the same file ${(nsJs / 1000).toFixed(2)} µs (${(nsJs / nsArray).toFixed(1)}× native predict)`)
-  return { nsArray, nsTyped, nsJs, batch, cpuArray, cpuTyped }
+  console.log(`plain-JS walk of flat typed arrays ${(nsJsFlat / 1000).toFixed(2)} µs (${(nsJsFlat / nsTyped).toFixed(1)}× native predict(Float64Array))`)
+  return { nsArray, nsTyped, nsJs, nsJsFlat, nsLinArray, nsLinTyped, batch, cpuArray, cpuTyped }
+}
+
+/** smartcore's nested boosted trees as flat arrays; a leaf has left = -1; right = left + 1. */
+function flatten(regressors) {
+  const thr = []
+  const feat = []
+  const left = []
+  const val = []
+  const roots = []
+  for (const root of regressors) {
+    roots.push(thr.length)
+    const stack = [[root, thr.length]]
+    thr.push(0), feat.push(0), left.push(-1), val.push(0)
+    while (stack.length) {
+      const [n, at] = stack.pop()
+      if (n.left === null || typeof n.left !== 'object') {
+        val[at] = n.value
+        continue
+      }
+      const l = thr.length
+      thr.push(0, 0), feat.push(0, 0), left.push(-1, -1), val.push(0, 0)
+      thr[at] = n.threshold
+      feat[at] = n.split_feature_idx
+      left[at] = l
+      stack.push([n.left, l], [n.right, l + 1])
+    }
+  }
+  return { thr: Float64Array.from(thr), feat: Int32Array.from(feat), left: Int32Array.from(left), val: Float64Array.from(val), roots: Int32Array.from(roots) }
+}
+
+/** `node scripts/bench/run.js model-predict`: Model.predict alone (fits one 200 × depth-6 gbm). */
+async function runPredict() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlops-bench-predict-'))
+  try {
+    return await predictCost(dir)
+  } finally {
+    fs.rmSync(dir, { recursive: true })
+  }
 }
 
 async function runHard() {
@@ -346,5 +412,5 @@ async function runAll() {
   return { ...speed, hard }
 }
 
-module.exports = { run: runAll, runSpeed: run, runHard, predictCost, jsSgd, oldStyleSgd, data, ROWS, D, OPTS }
+module.exports = { run: runAll, runSpeed: run, runHard, runPredict, predictCost, jsSgd, oldStyleSgd, data, ROWS, D, OPTS }
 if (require.main === module) runAll()

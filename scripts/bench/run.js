@@ -8,6 +8,7 @@ const suites = {
   ensemble: () => require('./ensemble.js').run(),
   'cardinality-ensemble': () => require('./cardinality-ensemble.js').run(),
   finetune: () => require('./finetune.js').run(),
+  'model-predict': () => require('./finetune.js').runPredict(),
   online: () => require('./online.js').run(),
   predictions: () => require('./predictions.js').run(),
   'cardinality-predictions': () => require('./cardinality-predictions.js').run(),

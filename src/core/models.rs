@@ -145,6 +145,8 @@ pub struct FlatTree {
     values: Vec<f64>,
     /// Longest root-to-leaf path: steps that reach a leaf from anywhere.
     depth: usize,
+    /// 1 + the largest feature index a split reads: the unchecked walk needs `x` this long.
+    need: usize,
 }
 
 impl FlatTree {
@@ -152,6 +154,25 @@ impl FlatTree {
     fn step(&self, i: usize, x: &[f64]) -> usize {
         let n = self.nodes[i];
         n.left as usize + (x[n.feat as usize] > n.thr) as usize
+    }
+
+    /// Whether [`Self::step_unchecked`] may walk this tree over an `x` of `n` values.
+    #[inline]
+    fn walkable(&self, n: usize) -> bool {
+        !self.nodes.is_empty() && self.need <= n
+    }
+
+    /// [`Self::step`] without bounds checks: the lockstep walk's inner loop, where the two
+    /// checks per step cost as much as the walk. Sound because every tree is built only by
+    /// `set_leaf`/`set_split` (each `left + 1` indexes a pushed node, a leaf points at
+    /// itself) and `need` covers every `feat`; [`TreeModel::predict`] checks
+    /// [`Self::walkable`] for each tree before walking it.
+    #[inline(always)]
+    unsafe fn step_unchecked(&self, i: usize, x: &[f64]) -> usize {
+        // SAFETY: see above; `i` starts at 0 (the root exists: walkable) and only ever takes
+        // values `left` or `left + 1` of a node, which index nodes.
+        let n = unsafe { *self.nodes.get_unchecked(i) };
+        n.left as usize + (unsafe { *x.get_unchecked(n.feat as usize) } > n.thr) as usize
     }
 
     /// `x` must hold at least as many values as the model has features (checked by callers;
@@ -170,6 +191,7 @@ impl FlatTree {
             nodes: vec![Self::leaf(0)],
             values: vec![0.0],
             depth: 0,
+            need: 0,
         }
     }
 
@@ -189,6 +211,7 @@ impl FlatTree {
     /// Makes `at` a split and returns the index of its left child (the right one follows).
     fn set_split(&mut self, at: usize, feat: u32, thr: f64) -> usize {
         let left = self.nodes.len();
+        self.need = self.need.max(feat as usize + 1);
         self.nodes.extend([Self::leaf(left), Self::leaf(left + 1)]);
         self.values.extend([0.0, 0.0]);
         self.nodes[at] = Node {
@@ -323,8 +346,49 @@ pub struct TreeModel {
 }
 
 impl TreeModel {
+    /// `x` must hold at least `d` values; an `x` shorter than a tree reads predicts NaN
+    /// (callers check the length and name the field first).
     pub fn predict(&self, x: &[f64]) -> f64 {
-        // Eight trees in lockstep: eight independent load chains in flight at once.
+        self.predict_lockstep::<16>(x)
+    }
+
+    /// `K` trees in lockstep: K independent load chains in flight at once. Sums in tree
+    /// order, so the result does not depend on `K`.
+    #[doc(hidden)]
+    pub fn predict_lockstep<const K: usize>(&self, x: &[f64]) -> f64 {
+        let mut s = 0.0;
+        let chunks = self.trees.chunks_exact(K);
+        let rest = chunks.remainder();
+        for c in chunks {
+            if !c.iter().all(|t| t.walkable(x.len())) {
+                return f64::NAN;
+            }
+            let steps = c.iter().map(|t| t.depth).max().unwrap_or(0);
+            let mut i = [0usize; K];
+            for _ in 0..steps {
+                for k in 0..K {
+                    // SAFETY: every tree of the chunk is walkable over x (checked above).
+                    i[k] = unsafe { c[k].step_unchecked(i[k], x) };
+                }
+            }
+            for k in 0..K {
+                // SAFETY: `i[k]` indexes nodes, and values has one entry per node.
+                s += unsafe { *c[k].values.get_unchecked(i[k]) };
+            }
+        }
+        for t in rest {
+            if !t.walkable(x.len()) {
+                return f64::NAN;
+            }
+            s += t.predict(x);
+        }
+        self.base + self.scale * s
+    }
+
+    /// The walk as it was before the unchecked lockstep (bounds-checked steps), kept for
+    /// the profiling example's comparison.
+    #[doc(hidden)]
+    pub fn predict_checked(&self, x: &[f64]) -> f64 {
         const K: usize = 8;
         let mut s = 0.0;
         let chunks = self.trees.chunks_exact(K);
@@ -621,6 +685,25 @@ pub fn gather(x: &[f64], y: &[f64], d: usize, idx: &[usize]) -> (Array2<f64>, Ar
     (xm, ym)
 }
 
+/// [`gather`] into a column-major (Fortran-order) matrix: the same values, so smartcore fits
+/// the same trees, but one feature's values are contiguous. smartcore's exact-greedy boosted
+/// trees sort each node's rows by one feature at a time through `get((row, feature))`;
+/// row-major, every comparison touches two rows 8·d bytes apart (3,200 × 8 rows: 200 KB,
+/// beyond L1); column-major, a feature's 25 KB stay in L1.
+pub fn gather_columns(x: &[f64], y: &[f64], d: usize, idx: &[usize]) -> (Array2<f64>, Array1<f64>) {
+    use ndarray::ShapeBuilder;
+    let n = idx.len();
+    let mut flat = vec![0.0; n * d];
+    for (k, &r) in idx.iter().enumerate() {
+        for j in 0..d {
+            flat[j * n + k] = x[r * d + j];
+        }
+    }
+    let xm = Array2::from_shape_vec((n, d).f(), flat).expect("rows × d values");
+    let ym = Array1::from_iter(idx.iter().map(|&r| y[r]));
+    (xm, ym)
+}
+
 /// Fits a tree family on the `train` rows. gbm adds trees while the validation loss keeps
 /// improving (smartcore has no callback, so all trees are fitted and the best prefix is
 /// kept: the same model early stopping gives).
@@ -642,7 +725,11 @@ pub fn fit_trees(
     if p.trees == 0 {
         return Err("trees must be ≥ 1".into());
     }
-    let (xm, ym) = gather(x, y, d, train);
+    let (xm, ym) = if family == Family::Gbm {
+        gather_columns(x, y, d, train)
+    } else {
+        gather(x, y, d, train)
+    };
     let native = match family {
         Family::Gbm => {
             let mean = ym.mean().unwrap_or(0.0);
@@ -773,6 +860,40 @@ mod tests {
                 se / 200.0
             );
         }
+    }
+
+    #[test]
+    fn the_unchecked_lockstep_walk_agrees_bit_for_bit_and_refuses_short_rows() {
+        let (x, y) = data(500, 4);
+        let idx: Vec<usize> = (0..500).collect();
+        let p = TreeParams {
+            trees: Some(37), // not a multiple of any lockstep width: the remainder is walked too
+            max_depth: Some(6),
+            ..Default::default()
+        };
+        for family in TREE_FAMILIES {
+            let t = fit_trees(family, &x, &y, 3, &idx, &[], &p).unwrap();
+            for r in 0..100 {
+                let row = &x[r * 3..r * 3 + 3];
+                let want = t.predict_checked(row);
+                for got in [
+                    t.predict(row),
+                    t.predict_lockstep::<1>(row),
+                    t.predict_lockstep::<4>(row),
+                    t.predict_lockstep::<8>(row),
+                ] {
+                    assert_eq!(got.to_bits(), want.to_bits(), "{family:?} row {r}");
+                }
+            }
+            // A row shorter than the features the trees read is NaN, never an
+            // out-of-bounds read.
+            assert!(t.predict(&x[..1]).is_nan());
+            assert!(t.predict(&[]).is_nan());
+        }
+        // The column-major matrix holds the same values: the same boosted trees.
+        let (a, _) = gather(&x, &y, 3, &idx[..50]);
+        let (b, _) = gather_columns(&x, &y, 3, &idx[..50]);
+        assert_eq!(a, b);
     }
 
     #[test]
