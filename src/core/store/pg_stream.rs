@@ -540,6 +540,26 @@ const MAX_MERGED_EVENTS: usize = 65_536;
 pub struct PipelinedWriter {
     tx: tokio::sync::mpsc::UnboundedSender<Cmd>,
     task: Option<tokio::task::JoinHandle<()>>,
+    backlog: Arc<Backlog>,
+}
+
+/// Events submitted and not yet reported. Past [`MAX_BACKLOG`] a submission waits, so a
+/// database slower than the producers pushes back on the caller's queue (which then
+/// refuses events, as it did when every write was waited for) instead of growing memory.
+#[derive(Default)]
+struct Backlog {
+    events: parking_lot::Mutex<u64>,
+    settled: parking_lot::Condvar,
+}
+
+const MAX_BACKLOG: u64 = 4 * MAX_MERGED_EVENTS as u64;
+
+impl Backlog {
+    fn settle(&self, n: u64) {
+        let mut e = self.events.lock();
+        *e = e.saturating_sub(n);
+        self.settled.notify_all();
+    }
 }
 
 impl PipelinedWriter {
@@ -549,15 +569,28 @@ impl PipelinedWriter {
         on: impl Fn(WriterEvent, WriterFigures) + Send + Sync + 'static,
     ) -> Result<Self, String> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = runtime::spawn(pipeline(writer, depth.max(1), rx, on))?;
+        let backlog = Arc::new(Backlog::default());
+        let task = runtime::spawn(pipeline(writer, depth.max(1), rx, backlog.clone(), on))?;
         Ok(Self {
             tx,
             task: Some(task),
+            backlog,
         })
     }
 
-    /// Hands a group over (never waits). `Err` gives it back when the writer is gone.
+    /// Hands a group over; waits only while [`MAX_BACKLOG`] events are unsettled. `Err`
+    /// gives it back when the writer is gone.
     pub fn submit(&self, batch: FeedbackBatch, max_ticket: u64) -> Result<(), FeedbackBatch> {
+        let wait = || {
+            let mut e = self.backlog.events.lock();
+            while *e >= MAX_BACKLOG && !self.tx.is_closed() {
+                self.backlog
+                    .settled
+                    .wait_for(&mut e, Duration::from_millis(100));
+            }
+            *e += batch.len() as u64;
+        };
+        blocking(wait);
         self.tx
             .send(Cmd::Group(batch, max_ticket))
             .map_err(|e| match e.0 {
@@ -630,6 +663,7 @@ async fn pipeline(
     mut w: PgFeedbackWriter,
     depth: usize,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Cmd>,
+    backlog: Arc<Backlog>,
     on: impl Fn(WriterEvent, WriterFigures) + Send + Sync + 'static,
 ) {
     use std::collections::VecDeque;
@@ -655,6 +689,7 @@ async fn pipeline(
             },
             w.figures(),
         );
+        backlog.settle(batch.len() as u64);
     };
     loop {
         while w.online() && inflight.len() < depth && !queue.is_empty() {
