@@ -952,17 +952,25 @@ impl PgStore {
         }
         let data = encode_copy(model_key, instance_id, batch);
         let q = self.inner.sql.copy_in.as_str();
+        // In an explicit transaction: `COPY` answers CommandComplete *before* the implicit
+        // transaction of the extended protocol commits (at Sync), so its answer alone is
+        // not an acknowledgement; COMMIT's is.
         let copied = on_client!(self, "appending feedback", true, c => async {
             use futures_util::SinkExt;
-            let sink = c.copy_in::<_, bytes::Bytes>(q).await?;
-            futures_util::pin_mut!(sink);
+            let tx = c.transaction().await?;
             let sent = async {
+                let sink = tx.copy_in::<_, bytes::Bytes>(q).await?;
+                futures_util::pin_mut!(sink);
                 sink.send(data.clone()).await?;
                 sink.as_mut().finish().await
             }
             .await;
             match sent {
-                Ok(n) => Ok(Some(n)),
+                Ok(n) => {
+                    tx.commit().await?;
+                    Ok(Some(n))
+                }
+                // Dropping the transaction rolls it back.
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
                 Err(e) => Err(e),
             }
