@@ -254,7 +254,13 @@ export interface FineTuneConfig {
   adamLearningRate: number
 }
 
-/** Connection options shared by every class that can keep its state in PostgreSQL. */
+/**
+ * Connection options shared by every class that can keep its state in PostgreSQL. TLS is
+ * chosen in the connection string, as with libpq: `?sslmode=disable|prefer|require|verify-ca|verify-full`
+ * (default `prefer`: encrypted when the server offers it, certificate not checked) and
+ * `sslrootcert=<PEM file>` (or `system`: the built-in Mozilla roots, also the default for
+ * `verify-ca`/`verify-full`).
+ */
 export interface PostgresOptions {
   /** Schema holding the tables (default `mlops`; lower-case letters, digits, `_`). */
   schema?: string
@@ -500,6 +506,13 @@ export declare class ModelFineTuning implements MetricsSource {
    */
   loadModel(path: string): Promise<LinearModelFile | null>
   saveModel(model: LinearModelFile | Record<string, unknown>, baseModelPath: string, version: string): Promise<string>
+  /**
+   * The version the next run of this base will get, as `v<N>`. With a PostgreSQL registry
+   * it never waits for the database: it answers from a per-process cache of the version
+   * counters, filled by initialize() (throws before it resolved true), updated at once by
+   * this process's registrations and re-read every second in the background, so a version
+   * registered by another process shows within about a second.
+   */
   getNextVersion(baseModelPath?: string): string
   getFineTuningHistory(baseModelPath?: string): Promise<ModelVersionEntry[]>
   promoteVersion(baseModelPath: string, version: number | string): Promise<ModelVersionEntry>
@@ -1000,6 +1013,11 @@ export declare class ModelFineTuningCore {
    * which the JS layer turns into `{success: false, error}`).
    */
   fineTune(basePath: string, x: Float64Array, y: Float64Array, features: number, options: NativeFineTuneOptions, onProgress?: ((info: FineTuneProgress) => void) | undefined | null): Promise<Record<string, unknown>>
+  /**
+   * Synchronous, and on PostgreSQL it never waits for the database: it answers from
+   * the store's counter cache (filled by `connect()`, re-read every second in the
+   * background; see `PgStore::cached_next_version`).
+   */
   nextVersion(basePath: string): number
   history(basePath: string): Promise<Array<Record<string, unknown>>>
   promote(basePath: string, version: number): Promise<Record<string, unknown>>

@@ -10,7 +10,7 @@ const os = require('node:os')
 const net = require('node:net')
 const path = require('node:path')
 const { fork } = require('node:child_process')
-const { startCluster } = require('../scripts/lib/pg-cluster.js')
+const { startCluster, makeCa } = require('../scripts/lib/pg-cluster.js')
 const { RealTimeModelUpdates, ModelFineTuning } = require('../mlops.js')
 
 let pg
@@ -120,6 +120,59 @@ test('a bad URL, wrong credentials or an unreachable host: initialize() resolves
   fs.rmSync(dir, { recursive: true, force: true })
 })
 
+test('TLS: require encrypts, verify-ca/verify-full check the CA (and the name), failures are clear and carry no password', async () => {
+  // Its own cluster with ssl=on; the certificate names only "localhost".
+  const tls = await startCluster({ tls: 'DNS:localhost' })
+  const dir = modelsDir()
+  try {
+    const wrong = makeCa(tls.dir, 'wrong')
+    const at = (host, query) => `${tls.url.replace('127.0.0.1', host)}?${query}`
+    const ca = `sslrootcert=${encodeURIComponent(tls.caFile)}`
+    const open = async (url, schema) => {
+      const rt = new RealTimeModelUpdates({ store: url, schema, modelsDir: dir, modelPath: 'base.json', connectTimeoutMs: 3000, train: false })
+      const ok = await rt.initialize()
+      return { rt, ok, err: rt.getStatistics().lastError }
+    }
+    // require: encrypted (the server says so), no certificate check.
+    const a = await open(at('127.0.0.1', 'sslmode=require'), 'tls_a')
+    assert.equal(a.ok, true, a.err)
+    assert.equal(await a.rt.addFeedback({ features: [1, 2], prediction: 0, actual: 1 }), true)
+    const encrypted = tls.psql("SELECT count(*) FILTER (WHERE s.ssl) || '/' || count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'mlops-native'")
+    const [enc, all] = encrypted.split('/').map(Number)
+    assert.ok(all > 0 && enc === all, `encrypted connections: ${encrypted}`)
+    assert.equal(tls.psql('SELECT count(*) FROM tls_a.feedback'), '1')
+    await a.rt.cleanup()
+    // verify-full with the CA, by the name in the certificate; verify-ca by IP (the chain only).
+    for (const [url, schema] of [[at('localhost', `sslmode=verify-full&${ca}`), 'tls_b'], [at('127.0.0.1', `sslmode=verify-ca&${ca}`), 'tls_c']]) {
+      const r = await open(url, schema)
+      assert.equal(r.ok, true, `${schema}: ${r.err}`)
+      assert.equal(await r.rt.addFeedback({ features: [1, 2], prediction: 0, actual: 1 }), true)
+      await r.rt.cleanup()
+    }
+    const mft = new ModelFineTuning({ registry: at('localhost', `sslmode=verify-full&${ca}`), schema: 'tls_d', modelsDir: dir, connectTimeoutMs: 3000 })
+    assert.equal(await mft.initialize(), true, mft.lastError)
+    // Refused: a CA that did not sign it; a name the certificate does not carry; TLS
+    // required from a server without it.
+    const refusals = [
+      [at('localhost', `sslmode=verify-full&sslrootcert=${encodeURIComponent(wrong.caFile)}`), /certificate.*(UnknownIssuer|unknown issuer)/i],
+      [at('127.0.0.1', `sslmode=verify-full&${ca}`), /certificate.*(NotValidForName|not valid for name)/i],
+      [`${pg.url}?sslmode=require`, /TLS/],
+      [at('localhost', 'sslmode=verify-full&sslrootcert=/nonexistent/ca.pem'), /\/nonexistent\/ca\.pem/],
+    ]
+    for (const [url, why] of refusals) {
+      const r = await open(url, 'tls_x')
+      assert.equal(r.ok, false, url)
+      assert.match(r.err, why)
+      assert.ok(!r.err.includes(tls.password), r.err)
+      assert.match(r.err, /postgres:\*\*\*@/)
+      await r.rt.cleanup()
+    }
+  } finally {
+    tls.stop()
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
 test('initialize() while the database is down resolves false and refuses feedback; a later initialize() connects', async () => {
   const dir = modelsDir()
   const rt = new RealTimeModelUpdates({ store: pg.url, schema: 'retry', modelsDir: dir, modelPath: 'base.json', connectTimeoutMs: 1000 })
@@ -203,6 +256,26 @@ test('ModelFineTuning keeps versions and the production pointer in PostgreSQL, v
   assert.equal(q("SELECT fingerprint FROM reg.versions WHERE model_key = 'base'"), r.data.hash, 'the data fingerprint has its own column')
   assert.equal(await b.rollback('base.json'), null)
   assert.equal(await a.getProductionVersion('base.json'), null)
+
+  // getNextVersion() never waits for the database. Another store (its own pool and cache,
+  // as in another process) answers from its counter cache, which follows registrations
+  // made elsewhere within about a second, and answers at once while the counters are locked.
+  const c = new ModelFineTuning({ registry: `${pg.url}?application_name=mlops-other`, schema: 'reg', modelsDir: dirB })
+  assert.throws(() => c.getNextVersion('base.json'), /initialize\(\)/)
+  assert.equal(await c.initialize(), true)
+  assert.equal(c.getNextVersion('base.json'), 'v2')
+  assert.equal(c.getNextVersion('never-trained.json'), 'v1')
+  const r2 = await a.fineTuneModel('base.json', rows, { save: 'always', minSamples: 10, epochs: 5, optimizer: 'ridge' })
+  assert.equal(r2.versionNumber, 2, r2.error)
+  assert.equal(a.getNextVersion('base.json'), 'v3', 'its own registration moves the cache at once')
+  await until('the other store sees v3', () => c.getNextVersion('base.json') === 'v3', 5000)
+  const { spawn } = require('node:child_process')
+  const locker = spawn(path.join(pg.bin, 'psql'), ['-h', '127.0.0.1', '-p', String(pg.port), '-U', 'postgres', '-d', 'postgres', '-c', 'BEGIN; LOCK TABLE reg.models IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2); COMMIT;'], { env: { ...process.env, PGPASSWORD: pg.password }, stdio: 'ignore' })
+  await until('the lock', () => q("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'models' AND l.mode = 'AccessExclusiveLock' AND l.granted") === '1')
+  const t0 = Date.now()
+  assert.equal(c.getNextVersion('base.json'), 'v3')
+  assert.ok(Date.now() - t0 < 1000, `answered in ${Date.now() - t0} ms while the counters are locked`)
+  await new Promise((r) => locker.on('exit', r))
   fs.rmSync(dirA, { recursive: true, force: true })
   fs.rmSync(dirB, { recursive: true, force: true })
 })

@@ -90,11 +90,39 @@ function hookExit() {
 }
 
 /**
+ * A throwaway certificate authority in `dir` (openssl): `{ caFile, caKey }`.
+ */
+function makeCa(dir, name = 'ca') {
+  const caKey = path.join(dir, `${name}.key`)
+  const caFile = path.join(dir, `${name}.crt`)
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', caKey, '-out', caFile, '-days', '2', '-subj', `/CN=mlops test ${name}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], { stdio: 'ignore' })
+  return { caFile, caKey }
+}
+
+/**
+ * A server certificate signed by a new CA, for `ssl=on`; valid for the names in `san`
+ * (openssl subjectAltName syntax). `{ caFile, certFile, keyFile }`.
+ */
+function makeServerCert(dir, san) {
+  const { caFile, caKey } = makeCa(dir)
+  const keyFile = path.join(dir, 'server.key')
+  const certFile = path.join(dir, 'server.crt')
+  const csr = path.join(dir, 'server.csr')
+  const ext = path.join(dir, 'server.ext')
+  execFileSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', keyFile, '-out', csr, '-subj', '/CN=mlops test server'], { stdio: 'ignore' })
+  fs.writeFileSync(ext, `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n`)
+  execFileSync('openssl', ['x509', '-req', '-in', csr, '-CA', caFile, '-CAkey', caKey, '-CAcreateserial', '-out', certFile, '-days', '2', '-extfile', ext], { stdio: 'ignore' })
+  fs.chmodSync(keyFile, 0o600)
+  return { caFile, certFile, keyFile }
+}
+
+/**
  * Starts a cluster. Resolves `{ url, port, dir, bin, password, stop(), restart(mode),
  * stopServer(mode), startServer(), psql(sql) }`; `url` is a postgres:// URL with the
- * password in it (for tests only).
+ * password in it (for tests only). `tls: 'DNS:localhost'` (a subjectAltName) turns
+ * `ssl=on` with a certificate from a throwaway CA; then `caFile` is that CA.
  */
-async function startCluster({ maxConnections = 100, settings = {} } = {}) {
+async function startCluster({ maxConnections = 100, settings = {}, tls = null } = {}) {
   const bin = ensureInstalled()
   const asPostgres = isRoot()
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlops-pg-'))
@@ -130,6 +158,12 @@ async function startCluster({ maxConnections = 100, settings = {} } = {}) {
   hookExit()
   try {
     run('initdb', ['-D', data, '-U', 'postgres', '--auth=scram-sha-256', `--pwfile=${path.join(dir, 'pwfile')}`, '--no-sync', '-E', 'UTF8', '--locale=C'])
+    if (tls) {
+      const certs = makeServerCert(dir, tls)
+      if (asPostgres) execFileSync('chown', ['postgres:postgres', certs.certFile, certs.keyFile])
+      cluster.caFile = certs.caFile
+      settings = { ...settings, ssl: 'on', ssl_cert_file: certs.certFile, ssl_key_file: certs.keyFile }
+    }
     const extra = Object.entries({ max_connections: maxConnections, ...settings })
       .map(([k, v]) => `-c ${k}=${v}`)
       .join(' ')
@@ -167,7 +201,7 @@ async function startCluster({ maxConnections = 100, settings = {} } = {}) {
   }
 }
 
-module.exports = { startCluster, ensureInstalled, findBin, PASSWORD }
+module.exports = { startCluster, ensureInstalled, findBin, makeCa, PASSWORD }
 
 if (require.main === module) {
   const args = process.argv.slice(2)

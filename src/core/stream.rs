@@ -1197,22 +1197,10 @@ impl Worker {
         }
         self.high_water = self.high_water.max(base + max_ticket);
         if self.pg.is_some() {
-            return match self.pg_log(msgs, base, n) {
-                Ok(()) => {
-                    c.durable_ticket.fetch_max(max_ticket, Ordering::AcqRel);
-                    self.notifier.notify("durable", max_ticket, Value::Null);
-                    u64::MAX
-                }
-                Err(e) => {
-                    c.log_failed.fetch_add(n, Ordering::Relaxed);
-                    self.error(format!(
-                        "postgres: {e}; {n} event(s) are not durable anywhere (answered false, not used)"
-                    ));
-                    self.notifier
-                        .notify("durable-failed", max_ticket, Value::Null);
-                    0
-                }
-            };
+            // Answered by the PostgreSQL writer once the group is committed or spooled
+            // (stream_pg.rs); local events are not learned from on PostgreSQL.
+            self.pg_log(msgs, base, n, max_ticket);
+            return u64::MAX;
         }
         if !logging {
             c.durable_ticket.fetch_max(max_ticket, Ordering::AcqRel);
@@ -1525,6 +1513,7 @@ impl Worker {
                 Ok(json!(on))
             }
             Request::Flush => {
+                self.pg_drain();
                 let healthy = self.probe_log();
                 self.fsync();
                 self.write_watermark();

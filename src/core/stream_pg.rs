@@ -22,12 +22,13 @@ use super::super::linear::LinearModel;
 use super::super::store::connect_shared;
 use super::super::store::pg_registry::PgRegistry;
 use super::super::store::pg_stream::{
-    new_instance_id, Durable, LeaseChange, PgFeedbackWriter, PgTrainer,
+    new_instance_id, Durable, LeaseChange, PgFeedbackWriter, PgTrainer, PipelinedWriter,
+    WriterEvent, WriterFigures,
 };
 use super::super::store::postgres::{
-    FeedbackBatch, Listener, NewVersion, Notice, PgOptions, Publish,
+    FeedbackBatch, Listener, NewVersion, Notice, PgOptions, PgStore, Publish,
 };
-use super::{now_ms, Msg, Worker};
+use super::{now_ms, Msg, Notifier, Shared, Worker};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -53,7 +54,10 @@ pub struct PgStreamConfig {
 
 pub(super) struct PgSide {
     cfg: PgStreamConfig,
-    writer: PgFeedbackWriter,
+    store: PgStore,
+    writer: PipelinedWriter,
+    /// The writer's counters and the events it acknowledged (for statistics).
+    figures: Arc<Mutex<(WriterFigures, u64)>>,
     trainer: PgTrainer,
     registry: PgRegistry,
     _listener: Option<Listener>,
@@ -63,8 +67,96 @@ pub(super) struct PgSide {
     listener_errors: Arc<Mutex<Vec<String>>>,
     next_poll: Instant,
     next_sync: Instant,
-    handed_off: u64,
     last_swap_ms: Option<f64>,
+}
+
+/// Groups written at once: one commits (WAL flush) while the next is being sent.
+const WRITES_IN_FLIGHT: usize = 2;
+
+fn report_error(shared: &Shared, notifier: &dyn Notifier, msg: String) {
+    *shared.last_error.lock() = Some(msg.clone());
+    notifier.notify("error", 0, json!({ "message": msg }));
+}
+
+/// The writer's report on a group or a forward, on a runtime thread: statistics first
+/// (a caller that reads them after its await sees its events counted), then the answer.
+fn on_writer_event(
+    shared: &Shared,
+    notifier: &dyn Notifier,
+    figures: &Mutex<(WriterFigures, u64)>,
+    ev: WriterEvent,
+    fig: WriterFigures,
+) {
+    let handed_off = {
+        let mut f = figures.lock();
+        f.0 = fig;
+        if let WriterEvent::Group {
+            events,
+            result: Ok(_),
+            ..
+        } = &ev
+        {
+            f.1 += events;
+        }
+        f.1
+    };
+    if let Some(v) = shared.pg_stats.lock().as_mut() {
+        v["online"] = fig.online.into();
+        v["handedOff"] = handed_off.into();
+        v["writtenToDatabase"] = fig.db_total.into();
+        v["spooled"] = fig.spooled_total.into();
+        v["spoolPending"] = fig.spool_pending.into();
+        v["forwarded"] = fig.forwarded_total.into();
+    }
+    let c = &shared.counters;
+    match ev {
+        WriterEvent::Group {
+            max_ticket,
+            events,
+            result,
+            db_error,
+        } => match result {
+            Ok(d) => {
+                if let Some(e) = db_error {
+                    let spooled = d == Durable::Spool;
+                    report_error(
+                        shared,
+                        notifier,
+                        format!(
+                            "{e}{}",
+                            if spooled {
+                                "; feedback is spooled locally and forwarded when the database is back"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                }
+                c.durable_ticket.fetch_max(max_ticket, Ordering::AcqRel);
+                notifier.notify("durable", max_ticket, Value::Null);
+            }
+            Err(e) => {
+                c.log_failed.fetch_add(events, Ordering::Relaxed);
+                report_error(
+                    shared,
+                    notifier,
+                    format!("postgres: {e}; {events} event(s) are not durable anywhere (answered false, not used)"),
+                );
+                notifier.notify("durable-failed", max_ticket, Value::Null);
+            }
+        },
+        WriterEvent::Forwarded(Ok(n)) if n > 0 => notifier.notify(
+            "forwarded",
+            n,
+            json!({ "forwarded": n, "message": format!("{n} spooled event(s) forwarded to PostgreSQL") }),
+        ),
+        WriterEvent::Forwarded(Ok(_)) => {}
+        WriterEvent::Forwarded(Err(e)) => report_error(
+            shared,
+            notifier,
+            format!("postgres: spool not forwarded yet ({e})"),
+        ),
+    }
 }
 
 impl Worker {
@@ -91,6 +183,12 @@ impl Worker {
             Duration::from_millis(cfg.lease_ms.max(100)),
             timeout,
         );
+        let figures = Arc::new(Mutex::new((WriterFigures::default(), 0u64)));
+        let (shared, notifier, figs) =
+            (self.shared.clone(), self.notifier.clone(), figures.clone());
+        let writer = PipelinedWriter::start(writer, WRITES_IN_FLIGHT, move |ev, fig| {
+            on_writer_event(&shared, &*notifier, &figs, ev, fig)
+        })?;
         let registry = PgRegistry::new(store.clone(), &cfg.cache_dir, &self.cfg.model_path);
         let sync_flag = Arc::new(AtomicBool::new(true));
         let listener_errors = Arc::new(Mutex::new(Vec::new()));
@@ -109,7 +207,9 @@ impl Worker {
         })?;
         self.pg = Some(PgSide {
             cfg,
+            store: store.clone(),
             writer,
+            figures,
             trainer,
             registry,
             _listener: Some(listener),
@@ -118,43 +218,39 @@ impl Worker {
             listener_errors,
             next_poll: Instant::now(),
             next_sync: Instant::now(),
-            handed_off: 0,
             last_swap_ms: None,
         });
         self.pg_stats();
         Ok(())
     }
 
-    /// Writes a group to PostgreSQL (or the spool). Returns whether it is durable.
-    pub(super) fn pg_log(&mut self, msgs: &[Msg], base: u64, n: u64) -> Result<(), String> {
-        let Some(pg) = self.pg.as_mut() else {
-            return Ok(());
-        };
+    /// Hands a group to the PostgreSQL writer; its events are answered (durable or
+    /// false) when the writer reports the group, in order (see `PipelinedWriter`).
+    pub(super) fn pg_log(&mut self, msgs: &[Msg], base: u64, n: u64, max_ticket: u64) {
+        let Some(pg) = self.pg.as_mut() else { return };
         let mut batch = FeedbackBatch::default();
         let t = now_ms();
         for m in msgs {
             m.for_each_event(|ticket, x, p, y| batch.push(base + ticket, t, x, p, y));
         }
-        match pg.writer.write(batch) {
-            Ok((where_, db_err)) => {
-                pg.handed_off += n;
-                if let Some(e) = db_err {
-                    let spooled = where_ == Durable::Spool;
-                    self.error(format!(
-                        "{e}{}",
-                        if spooled {
-                            "; feedback is spooled locally and forwarded when the database is back"
-                        } else {
-                            ""
-                        }
-                    ));
-                }
-                // Before the acknowledgement: a caller that reads statistics after its
-                // await sees its event counted.
-                self.pg_stats();
-                Ok(())
-            }
-            Err(e) => Err(e),
+        if pg.writer.submit(batch, max_ticket).is_err() {
+            self.shared
+                .counters
+                .log_failed
+                .fetch_add(n, Ordering::Relaxed);
+            self.error(format!(
+                "postgres: the feedback writer stopped; {n} event(s) are not durable anywhere (answered false, not used)"
+            ));
+            self.notifier
+                .notify("durable-failed", max_ticket, Value::Null);
+        }
+    }
+
+    /// Waits until every group handed to the writer is answered (a flush request).
+    pub(super) fn pg_drain(&mut self) {
+        if let Some(pg) = self.pg.as_ref() {
+            let t = pg.cfg.options.connect_timeout + pg.cfg.options.statement_timeout;
+            pg.writer.drain(t * 2, false);
         }
     }
 
@@ -232,18 +328,6 @@ impl Worker {
         }
         if sync {
             self.pg_sync();
-        }
-        let Some(pg) = self.pg.as_mut() else { return };
-        if let Some(r) = pg.writer.tick() {
-            match r {
-                Ok(n) if n > 0 => self.notifier.notify(
-                    "forwarded",
-                    n,
-                    json!({ "forwarded": n, "message": format!("{n} spooled event(s) forwarded to PostgreSQL") }),
-                ),
-                Ok(_) => {}
-                Err(e) => self.error(format!("postgres: spool not forwarded yet ({e})")),
-            }
         }
         let Some(pg) = self.pg.as_mut() else { return };
         if now < pg.next_poll {
@@ -375,7 +459,9 @@ impl Worker {
     pub(super) fn pg_finish(&mut self) {
         if let Some(pg) = self.pg.as_mut() {
             pg.trainer.release();
-            let _ = pg.writer.tick();
+            // Every group answered, then one attempt to forward the spool.
+            let t = pg.cfg.options.connect_timeout + pg.cfg.options.statement_timeout;
+            pg.writer.drain(t * 2, true);
         }
         self.pg_stats();
         self.pg = None;
@@ -383,23 +469,27 @@ impl Worker {
 
     pub(super) fn pg_stats(&self) {
         let Some(pg) = &self.pg else { return };
+        // Held while the writer's figures are read: the writer updates them, then these
+        // statistics, so a figure written here is never older than one it wrote.
+        let mut out = self.shared.pg_stats.lock();
+        let (fig, handed_off) = *pg.figures.lock();
         let v = json!({
-            "url": pg.writer.store.display_url(),
-            "schema": pg.writer.store.schema(),
+            "url": pg.store.display_url(),
+            "schema": pg.store.schema(),
             "instanceId": pg.instance_id,
             "modelKey": pg.trainer.model_key,
             "leader": pg.trainer.leading(),
-            "online": pg.writer.online(),
-            "handedOff": pg.handed_off,
-            "writtenToDatabase": pg.writer.db_total,
-            "spooled": pg.writer.spooled_total,
-            "spoolPending": pg.writer.spool.pending,
-            "forwarded": pg.writer.forwarded_total,
+            "online": fig.online,
+            "handedOff": handed_off,
+            "writtenToDatabase": fig.db_total,
+            "spooled": fig.spooled_total,
+            "spoolPending": fig.spool_pending,
+            "forwarded": fig.forwarded_total,
             "consumed": pg.trainer.committed_consumed,
             "uncommitted": pg.trainer.uncommitted(),
             "productionVersion": self.registry_version.filter(|v| *v != u32::MAX),
             "lastSwapFetchMs": pg.last_swap_ms,
         });
-        *self.shared.pg_stats.lock() = Some(v);
+        *out = Some(v);
     }
 }

@@ -7,9 +7,10 @@ use crate::core::finetune::{fine_tune, EpochInfo, FineTuneOptions, Optimizer};
 use crate::core::fsutil::write_atomic;
 use crate::core::models::{Family, Model, ModelKind, TreeParams};
 use crate::core::registry::{stem_of, version_of, NewVersion, Registry, VersionEntry};
+use crate::core::runtime;
 use crate::core::store::pg_registry::PgRegistry;
 use crate::core::store::postgres::PgOptions;
-use crate::core::store::{connect_shared, redact_conn_str};
+use crate::core::store::{connect_shared, existing_shared, redact_conn_str};
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -178,13 +179,6 @@ impl Reg {
             Reg::Pg(r) => r.history(),
         }
     }
-
-    fn next_version(&self) -> std::result::Result<u32, String> {
-        match self {
-            Reg::Files(r) => r.next_version(),
-            Reg::Pg(r) => r.next_version(),
-        }
-    }
 }
 
 #[napi(js_name = "ModelFineTuningCore")]
@@ -303,11 +297,27 @@ impl ModelFineTuningCore {
         }))
     }
 
+    /// Synchronous, and on PostgreSQL it never waits for the database: it answers from
+    /// the store's counter cache (filled by `connect()`, re-read every second in the
+    /// background; see `PgStore::cached_next_version`).
     #[napi(catch_unwind)]
     pub fn next_version(&self, base_path: String) -> Result<u32> {
-        registry_for(&self.target, Path::new(&base_path))?
-            .next_version()
-            .map_err(plain)
+        let base = Path::new(&base_path);
+        let Some((url, opts)) = &self.target.pg else {
+            return Registry::new(&self.target.dir, base)
+                .next_version()
+                .map_err(plain);
+        };
+        let not_ready = || {
+            plain(format!(
+                "PostgreSQL registry {}: getNextVersion() answers without waiting for the database, so it needs initialize() to have resolved true first",
+                redact_conn_str(url)
+            ))
+        };
+        let store = existing_shared(url, &opts.schema).ok_or_else(not_ready)?;
+        PgRegistry::new(store, &self.target.dir, base)
+            .cached_next_version()
+            .ok_or_else(not_ready)
     }
 
     #[napi(
@@ -615,7 +625,20 @@ impl Task for RegistryTask {
         if let Some(RegistryOp::Connect) = self.op {
             self.op = None;
             self.out = match Reg::open(&self.target, Path::new("x.json")) {
-                Ok(_) => Value::Null,
+                // Fills the counter cache getNextVersion() answers from.
+                Ok(Reg::Pg(r)) => match r.store.cached_next_version("") {
+                    Some(_) => Value::Null,
+                    None => {
+                        let store = r.store.clone();
+                        match runtime::block_on(async move { store.refresh_next_versions().await })
+                        {
+                            Ok(Ok(())) => Value::Null,
+                            Ok(Err(e)) => e.message.into(),
+                            Err(e) => e.into(),
+                        }
+                    }
+                },
+                Ok(Reg::Files(_)) => Value::Null,
                 Err(e) => e.into(),
             };
             return Ok(());

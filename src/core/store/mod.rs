@@ -6,6 +6,7 @@
 
 pub mod pg_registry;
 pub mod pg_stream;
+pub mod pg_tls;
 pub mod postgres;
 #[cfg(test)]
 pub(crate) mod testpg;
@@ -23,9 +24,8 @@ pub const DATABASE_URL_ENV: &str = "MLOPS_DATABASE_URL";
 /// Blocks the calling thread (never the JS thread: callers are workers) for at most
 /// `connect_timeout`. A failed connect is not cached; the next call tries again.
 pub fn connect_shared(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
-    static STORES: OnceLock<Mutex<HashMap<(String, String), PgStore>>> = OnceLock::new();
     let key = (url.to_owned(), opts.schema.clone());
-    let map = STORES.get_or_init(|| Mutex::new(HashMap::new()));
+    let map = stores();
     if let Some(s) = map.lock().get(&key) {
         return Ok(s.clone());
     }
@@ -38,6 +38,20 @@ pub fn connect_shared(url: &str, opts: PgOptions) -> Result<PgStore, StoreError>
                 message: format!("PostgreSQL {}: {e}", redact_conn_str(url)),
             })??;
     Ok(map.lock().entry(key).or_insert(store).clone())
+}
+
+/// The store [`connect_shared`] made for this connection string and schema, if any;
+/// never connects (for callers that must not wait).
+pub fn existing_shared(url: &str, schema: &str) -> Option<PgStore> {
+    stores()
+        .lock()
+        .get(&(url.to_owned(), schema.to_owned()))
+        .cloned()
+}
+
+fn stores() -> &'static Mutex<HashMap<(String, String), PgStore>> {
+    static STORES: OnceLock<Mutex<HashMap<(String, String), PgStore>>> = OnceLock::new();
+    STORES.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 /// Replaces the password of a connection string (URL or `key=value` form) with `***`.

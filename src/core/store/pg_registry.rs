@@ -168,6 +168,12 @@ impl PgRegistry {
             .collect()
     }
 
+    /// Never waits for the database: see [`PgStore::cached_next_version`]. `None` before
+    /// the first read of the counters completed.
+    pub fn cached_next_version(&self) -> Option<u32> {
+        self.store.cached_next_version(&self.model_key)
+    }
+
     pub fn next_version(&self) -> Result<u32, String> {
         let store = self.store.clone();
         let key = self.model_key.clone();

@@ -358,16 +358,24 @@ impl PgFeedbackWriter {
         self.offline_until.is_none()
     }
 
-    fn append(&self, instance: &str, batch: &Arc<FeedbackBatch>) -> Result<u64, String> {
+    /// A first write of a new group (binary COPY, see [`PgStore::append_new_feedback`]),
+    /// bounded by `write_timeout`. Runs anywhere: it owns what it needs.
+    pub fn append_new(
+        &self,
+        batch: Arc<FeedbackBatch>,
+    ) -> impl std::future::Future<Output = Result<u64, String>> + Send + 'static {
         let store = self.store.clone();
         let key = self.model_key.clone();
-        let inst = instance.to_owned();
-        let b = batch.clone();
-        runtime::block_on_timeout(
-            async move { store.append_feedback(&key, &inst, &b).await },
-            self.write_timeout,
-        )
-        .and_then(|r| r.map_err(|e: StoreError| e.message))
+        let inst = self.instance_id.clone();
+        let timeout = self.write_timeout;
+        async move {
+            match tokio::time::timeout(timeout, store.append_new_feedback(&key, &inst, &batch))
+                .await
+            {
+                Ok(r) => r.map_err(|e| e.message),
+                Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
+            }
+        }
     }
 
     /// Makes a group durable: in PostgreSQL when it answers, else in the spool. `Err`
@@ -379,20 +387,36 @@ impl PgFeedbackWriter {
         }
         // Shared with the database task, not copied: groups are thousands of events.
         let batch = Arc::new(batch);
-        let mut db_error = None;
-        if self.offline_until.is_none() {
-            match self.append(&self.instance_id, &batch) {
-                Ok(_) => {
-                    self.db_total += batch.len() as u64;
-                    return Ok((Durable::Database, None));
-                }
-                Err(e) => {
-                    self.offline_until = Some(Instant::now() + self.backoff);
-                    db_error = Some(e);
-                }
+        let db = if self.online() {
+            Some(runtime::block_on(self.append_new(batch.clone())).and_then(|r| r))
+        } else {
+            None
+        };
+        self.settle(&batch, db)
+    }
+
+    /// Settles a group after its database write (`db`; `None`: not tried, the database is
+    /// known to be down): counted as stored, or spooled. A failed write takes the writer
+    /// offline until the next retry is due.
+    pub fn settle(
+        &mut self,
+        batch: &FeedbackBatch,
+        db: Option<Result<u64, String>>,
+    ) -> Result<(Durable, Option<String>), String> {
+        let db_error = match db {
+            Some(Ok(_)) => {
+                self.db_total += batch.len() as u64;
+                return Ok((Durable::Database, None));
             }
-        }
-        match self.spool.append(&batch) {
+            Some(Err(e)) => {
+                if self.offline_until.is_none() {
+                    self.offline_until = Some(Instant::now() + self.backoff);
+                }
+                Some(e)
+            }
+            None => None,
+        };
+        match self.spool.append(batch) {
             Ok(()) => {
                 self.spooled_total += batch.len() as u64;
                 Ok((Durable::Spool, db_error))
@@ -453,6 +477,283 @@ impl PgFeedbackWriter {
     }
 }
 
+// ------------------------------------------------------------------ pipelined writer
+
+/// What became of groups handed to [`PipelinedWriter::submit`]; groups are reported in
+/// the order they were submitted, so "durable up to ticket N" stays true.
+#[derive(Debug)]
+pub enum WriterEvent {
+    Group {
+        /// The highest ticket of the group (its events are answered together).
+        max_ticket: u64,
+        events: u64,
+        /// Where it is durable, or why it is nowhere (answer false).
+        result: Result<Durable, String>,
+        /// The database error that sent it to the spool.
+        db_error: Option<String>,
+    },
+    /// A retry forwarded the spool (`Ok(n)`), or the database still fails.
+    Forwarded(Result<u64, String>),
+}
+
+/// The writer's counters after an event (read by statistics).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterFigures {
+    pub online: bool,
+    pub db_total: u64,
+    pub spooled_total: u64,
+    pub spool_pending: u64,
+    pub forwarded_total: u64,
+}
+
+impl PgFeedbackWriter {
+    fn figures(&self) -> WriterFigures {
+        WriterFigures {
+            online: self.online(),
+            db_total: self.db_total,
+            spooled_total: self.spooled_total,
+            spool_pending: self.spool.pending,
+            forwarded_total: self.forwarded_total,
+        }
+    }
+}
+
+enum Cmd {
+    Group(FeedbackBatch, u64),
+    /// Answered once everything submitted before it is settled; `true`: and after one
+    /// attempt to forward the spool.
+    Drain(std::sync::mpsc::SyncSender<()>, bool),
+}
+
+/// Groups that queue while `depth` writes are in flight are merged, up to this many
+/// events: the slower the database, the bigger (and fewer) the commits.
+const MAX_MERGED_EVENTS: usize = 65_536;
+
+/// [`PgFeedbackWriter`] as a task on the addon's runtime, so that the caller never waits
+/// for the database: it submits groups and hears about each one in order through `on`.
+/// Up to `depth` groups are written at once, each in its own transaction on its own
+/// pooled connection: the next group is already being sent while the previous one
+/// commits (its WAL flush). Acknowledgements stay "after COMMIT" and in order: a group is
+/// reported only when it and every group before it are settled. When a write fails the
+/// writer goes offline: groups still in flight settle one by one (stored, or spooled with
+/// the error), and what queues meanwhile goes to the spool, as with one group at a time.
+pub struct PipelinedWriter {
+    tx: tokio::sync::mpsc::UnboundedSender<Cmd>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    backlog: Arc<Backlog>,
+}
+
+/// Events submitted and not yet reported. Past [`MAX_BACKLOG`] a submission waits, so a
+/// database slower than the producers pushes back on the caller's queue (which then
+/// refuses events, as it did when every write was waited for) instead of growing memory.
+#[derive(Default)]
+struct Backlog {
+    events: parking_lot::Mutex<u64>,
+    settled: parking_lot::Condvar,
+}
+
+const MAX_BACKLOG: u64 = 4 * MAX_MERGED_EVENTS as u64;
+
+impl Backlog {
+    fn settle(&self, n: u64) {
+        let mut e = self.events.lock();
+        *e = e.saturating_sub(n);
+        self.settled.notify_all();
+    }
+}
+
+impl PipelinedWriter {
+    pub fn start(
+        writer: PgFeedbackWriter,
+        depth: usize,
+        on: impl Fn(WriterEvent, WriterFigures) + Send + Sync + 'static,
+    ) -> Result<Self, String> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
+        let task = runtime::spawn(pipeline(writer, depth.max(1), rx, backlog.clone(), on))?;
+        Ok(Self {
+            tx,
+            task: Some(task),
+            backlog,
+        })
+    }
+
+    /// Hands a group over; waits only while [`MAX_BACKLOG`] events are unsettled. `Err`
+    /// gives it back when the writer is gone.
+    pub fn submit(&self, batch: FeedbackBatch, max_ticket: u64) -> Result<(), FeedbackBatch> {
+        let wait = || {
+            let mut e = self.backlog.events.lock();
+            while *e >= MAX_BACKLOG && !self.tx.is_closed() {
+                self.backlog
+                    .settled
+                    .wait_for(&mut e, Duration::from_millis(100));
+            }
+            *e += batch.len() as u64;
+        };
+        blocking(wait);
+        self.tx
+            .send(Cmd::Group(batch, max_ticket))
+            .map_err(|e| match e.0 {
+                Cmd::Group(b, _) => b,
+                Cmd::Drain(..) => unreachable!(),
+            })
+    }
+
+    /// Waits (at most `timeout`) until every group submitted so far is reported
+    /// (`forward`: then tries once to forward the spool, as a clean stop does).
+    pub fn drain(&self, timeout: Duration, forward: bool) -> bool {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(Cmd::Drain(tx, forward)).is_err() {
+            return true;
+        }
+        let wait = || rx.recv_timeout(timeout).is_ok();
+        // On a runtime worker, let the pool run the writer meanwhile.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+}
+
+impl Drop for PipelinedWriter {
+    fn drop(&mut self) {
+        // Closing the channel lets the task settle what it holds, then end by itself:
+        // aborting it could leave a submitted group unanswered.
+        drop(self.task.take());
+    }
+}
+
+type InFlight = (
+    tokio::task::JoinHandle<Result<u64, String>>,
+    Arc<FeedbackBatch>,
+    u64,
+);
+
+/// Takes queued groups, merged, up to [`MAX_MERGED_EVENTS`] (at least one group).
+fn merge(queue: &mut std::collections::VecDeque<(FeedbackBatch, u64)>) -> (FeedbackBatch, u64) {
+    let (mut out, mut max) = queue.pop_front().expect("a queued group");
+    while let Some((b, _)) = queue.front() {
+        if out.len() + b.len() > MAX_MERGED_EVENTS {
+            break;
+        }
+        let (b, m) = queue.pop_front().expect("a queued group");
+        out.seqs.extend(b.seqs);
+        out.times_ms.extend(b.times_ms);
+        out.features.extend(b.features);
+        out.predictions.extend(b.predictions);
+        out.actuals.extend(b.actuals);
+        max = max.max(m);
+    }
+    (out, max)
+}
+
+/// Blocking file work (spool fsync, forwarding) from inside the runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+async fn pipeline(
+    mut w: PgFeedbackWriter,
+    depth: usize,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Cmd>,
+    backlog: Arc<Backlog>,
+    on: impl Fn(WriterEvent, WriterFigures) + Send + Sync + 'static,
+) {
+    use std::collections::VecDeque;
+    let mut queue: VecDeque<(FeedbackBatch, u64)> = VecDeque::new();
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let mut drains: Vec<(std::sync::mpsc::SyncSender<()>, bool)> = Vec::new();
+    let mut open = true;
+    // Spool retries and orphan scans are due-checked this often (tick() is cheap when
+    // nothing is due).
+    let mut retry = tokio::time::interval(Duration::from_millis(50));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let report = |w: &PgFeedbackWriter, batch: &FeedbackBatch, max_ticket, r| {
+        let (result, db_error) = match r {
+            Ok((d, e)) => (Ok(d), e),
+            Err(e) => (Err(e), None),
+        };
+        on(
+            WriterEvent::Group {
+                max_ticket,
+                events: batch.len() as u64,
+                result,
+                db_error,
+            },
+            w.figures(),
+        );
+        backlog.settle(batch.len() as u64);
+    };
+    loop {
+        while w.online() && inflight.len() < depth && !queue.is_empty() {
+            let (batch, max) = merge(&mut queue);
+            let batch = Arc::new(batch);
+            let write = tokio::spawn(w.append_new(batch.clone()));
+            inflight.push_back((write, batch, max));
+        }
+        if !w.online() && inflight.is_empty() {
+            // Offline: straight to the spool, one fsync per merged group.
+            while !queue.is_empty() {
+                let (batch, max) = merge(&mut queue);
+                let r = blocking(|| w.settle(&batch, None));
+                report(&w, &batch, max, r);
+            }
+        }
+        if inflight.is_empty() && queue.is_empty() && !drains.is_empty() {
+            if drains.iter().any(|d| d.1) {
+                if let Some(r) = blocking(|| w.tick()) {
+                    on(WriterEvent::Forwarded(r), w.figures());
+                }
+            }
+            for (d, _) in drains.drain(..) {
+                let _ = d.send(());
+            }
+        }
+        if !open && inflight.is_empty() && queue.is_empty() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            done = async { (&mut inflight.front_mut().expect("in flight").0).await }, if !inflight.is_empty() => {
+                let (_, batch, max) = inflight.pop_front().expect("in flight");
+                let db = done.unwrap_or_else(|e| Err(format!("internal error: {e}")));
+                let r = blocking(|| w.settle(&batch, Some(db)));
+                report(&w, &batch, max, r);
+            }
+            // While every write slot is busy the channel is left alone: submissions then
+            // cost the caller no wake-up of this task, and they are merged when a slot frees.
+            cmd = rx.recv(), if open && (inflight.len() < depth || !w.online()) => match cmd {
+                Some(Cmd::Group(b, max)) => {
+                    queue.push_back((b, max));
+                    // Take whatever else is waiting, so one wake-up merges it all.
+                    while let Ok(c) = rx.try_recv() {
+                        match c {
+                            Cmd::Group(b, max) => queue.push_back((b, max)),
+                            Cmd::Drain(d, f) => drains.push((d, f)),
+                        }
+                    }
+                }
+                Some(Cmd::Drain(d, f)) => drains.push((d, f)),
+                None => open = false,
+            },
+            _ = retry.tick() => {
+                if inflight.is_empty() {
+                    if let Some(r) = blocking(|| w.tick()) {
+                        on(WriterEvent::Forwarded(r), w.figures());
+                    }
+                }
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------ trainer
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -480,6 +781,10 @@ pub struct PgTrainer {
     last_renew: Option<Instant>,
     /// Total consumed (as committed) when the lease was last read.
     pub committed_consumed: u64,
+    /// A commit whose outcome is unknown (the connection dropped around COMMIT): its
+    /// target and count. Settled against the stored watermark before the next commit, so
+    /// a commit that did go through is not counted again.
+    in_doubt: Option<(Watermark, u64)>,
 }
 
 impl PgTrainer {
@@ -502,6 +807,7 @@ impl PgTrainer {
             uncommitted: 0,
             last_renew: None,
             committed_consumed: 0,
+            in_doubt: None,
         }
     }
 
@@ -523,6 +829,7 @@ impl PgTrainer {
     }
 
     fn drop_lease(&mut self) {
+        self.in_doubt = None;
         self.lease = None;
         self.cursor = None;
         self.uncommitted = 0;
@@ -607,6 +914,20 @@ impl PgTrainer {
     /// version, if any) in one transaction. `Ok(None)` with nothing to commit. A lost lease
     /// is `Err` and leadership ends; a transient failure keeps the count for next time.
     pub fn commit(&mut self, publish: Option<Publish>) -> Result<Option<VersionRow>, String> {
+        if let Some((tried, n)) = self.in_doubt.clone() {
+            let store = self.store.clone();
+            let key = self.model_key.clone();
+            let (stored, _) = self
+                .run(async move { store.watermark(&key).await })
+                .map_err(|e| e.message)?;
+            self.in_doubt = None;
+            // Only the lease holder moves the watermark: at or past what was tried, the
+            // earlier commit went through.
+            if stored >= tried {
+                self.committed_consumed += n;
+                self.uncommitted -= n.min(self.uncommitted);
+            }
+        }
         let (Some(lease), Some(to)) = (self.lease.clone(), self.cursor.clone()) else {
             return Ok(None);
         };
@@ -624,7 +945,10 @@ impl PgTrainer {
                 self.drop_lease();
                 Err(e.message)
             }
-            Err(e) => Err(e.message),
+            Err(e) => {
+                self.in_doubt = Some((self.cursor.clone().unwrap_or_default(), n));
+                Err(e.message)
+            }
         }
     }
 

@@ -131,3 +131,145 @@ fn batch(r: std::ops::Range<u64>) -> FeedbackBatch {
     }
     b
 }
+
+#[test]
+fn pipelined_groups_are_answered_in_order_after_commit_and_spooled_when_down() {
+    let pg = TestCluster::start();
+    let url = pg.url();
+    let o = PgOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let store = runtime::block_on(async move { PgStore::connect(&url, o).await })
+        .unwrap()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("mlops-pgp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let w = PgFeedbackWriter::new(store.clone(), "p", "inst-p", &dir, Duration::from_secs(2));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = parking_lot::Mutex::new(tx);
+    let p = PipelinedWriter::start(w, 2, move |ev, fig| {
+        let _ = tx.lock().send((ev, fig));
+    })
+    .unwrap();
+    let count = |s: &PgStore| {
+        let s = s.clone();
+        runtime::block_on(async move { s.count_feedback("p").await })
+            .unwrap()
+            .unwrap()
+    };
+    // Many groups at once: answered in submission order, each only once it is stored.
+    for g in 0..20u64 {
+        p.submit(batch(g * 100 + 1..g * 100 + 101), g * 100 + 100)
+            .unwrap();
+    }
+    let mut last = 0;
+    let mut events = 0;
+    while events < 2000 {
+        let (ev, fig) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        if let WriterEvent::Group {
+            max_ticket,
+            events: n,
+            result,
+            ..
+        } = ev
+        {
+            assert!(max_ticket > last, "in order: {max_ticket} after {last}");
+            assert_eq!(result.unwrap(), Durable::Database);
+            last = max_ticket;
+            events += n;
+            assert!(fig.db_total >= events);
+            assert!(count(&store) >= events, "answered after COMMIT");
+        }
+    }
+    assert_eq!(last, 2000);
+    assert!(p.drain(Duration::from_secs(5), false));
+    assert_eq!(count(&store), 2000);
+
+    // Down: the groups are spooled (still answered in order), forwarded once it is back.
+    pg.stop_server("immediate");
+    for g in 20..25u64 {
+        p.submit(batch(g * 100 + 1..g * 100 + 101), g * 100 + 100)
+            .unwrap();
+    }
+    let mut spooled = 0;
+    while spooled < 500 {
+        let (ev, _) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        if let WriterEvent::Group {
+            max_ticket,
+            events: n,
+            result,
+            ..
+        } = ev
+        {
+            assert!(max_ticket > last);
+            last = max_ticket;
+            assert_eq!(result.unwrap(), Durable::Spool);
+            spooled += n;
+        }
+    }
+    assert!(pg.start_server());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok((WriterEvent::Forwarded(Ok(n)), fig)) = rx.recv_timeout(Duration::from_secs(1)) {
+            if n > 0 {
+                assert_eq!(n, 500);
+                assert!(fig.online);
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the spool was not forwarded");
+    }
+    assert_eq!(count(&store), 2500, "every event once");
+    drop(p);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_commit_that_went_through_unseen_is_not_counted_twice() {
+    let pg = TestCluster::start();
+    let url = pg.url();
+    let store =
+        runtime::block_on(async move { PgStore::connect(&url, PgOptions::default()).await })
+            .unwrap()
+            .unwrap();
+    let dir = std::env::temp_dir().join(format!("mlops-pgd-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let mut w = PgFeedbackWriter::new(store.clone(), "d", "inst-d", &dir, Duration::from_secs(2));
+    w.write(batch(1..31)).unwrap();
+    let mut t = PgTrainer::new(
+        store.clone(),
+        "d",
+        "T",
+        Duration::from_secs(5),
+        Duration::from_secs(3),
+    );
+    assert_eq!(t.tick().unwrap(), LeaseChange::Acquired);
+    let rows = t.poll(20).unwrap();
+    for r in &rows {
+        t.taken(&r.pos);
+    }
+    // The commit reaches the database, but its answer is lost (a connection dropped
+    // after COMMIT): the trainer records it as in doubt and keeps its count.
+    let (lease, to) = (t.lease.clone().unwrap(), t.cursor().cloned().unwrap());
+    let s = store.clone();
+    runtime::block_on(async move {
+        s.commit_cycle(&lease, Duration::from_secs(5), &to, 20, None)
+            .await
+    })
+    .unwrap()
+    .unwrap();
+    t.in_doubt = Some((t.cursor().cloned().unwrap(), 20));
+    for r in &t.poll(20).unwrap() {
+        t.taken(&r.pos);
+    }
+    t.commit(None).unwrap();
+    let s = store.clone();
+    let (_, consumed) = runtime::block_on(async move { s.watermark("d").await })
+        .unwrap()
+        .unwrap();
+    assert_eq!(consumed, 30, "20 + 10, not 20 + 30");
+    assert_eq!(t.committed_consumed, 30);
+    drop(w);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -37,7 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -54,6 +55,9 @@ pub enum ErrorKind {
     Timeout,
     /// The connection dropped while a request was in flight (its outcome is unknown).
     Closed,
+    /// TLS was required but the server does not offer it, or its certificate was not
+    /// accepted (`sslmode=verify-ca|verify-full`).
+    Tls,
     /// The database schema is newer than this build, or the schema name is not usable.
     Schema,
     /// The training lease was taken over: nothing was written.
@@ -154,6 +158,33 @@ impl FeedbackBatch {
         self.predictions.clear();
         self.actuals.clear();
     }
+}
+
+/// A group in `COPY … (FORMAT binary)` form: signature, flags, header extension, then per
+/// row the field count and each field as (length, big-endian value), then the trailer.
+fn encode_copy(model_key: &str, instance_id: &str, b: &FeedbackBatch) -> bytes::Bytes {
+    let per_row = 2 + 7 * 4 + model_key.len() + instance_id.len() + 4 * 8;
+    let feats: usize = b.features.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(19 + b.len() * per_row + feats + 2);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for i in 0..b.len() {
+        out.extend_from_slice(&7i16.to_be_bytes());
+        field(&mut out, model_key.as_bytes());
+        field(&mut out, instance_id.as_bytes());
+        field(&mut out, &b.seqs[i].to_be_bytes());
+        field(&mut out, &b.times_ms[i].to_be_bytes());
+        field(&mut out, &b.features[i]);
+        field(&mut out, &b.predictions[i].to_be_bytes());
+        field(&mut out, &b.actuals[i].to_be_bytes());
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out.into()
 }
 
 pub fn encode_features(x: &[f64]) -> Vec<u8> {
@@ -263,6 +294,7 @@ struct Sql {
     schema: String,
     channel: String,
     append: String,
+    copy_in: String,
     read: String,
     acquire: String,
     renew: String,
@@ -282,6 +314,7 @@ struct Sql {
     history: String,
     version: String,
     next_version: String,
+    all_next_versions: String,
     count_feedback: String,
 }
 
@@ -302,6 +335,10 @@ impl Sql {
                  SELECT $1, $2, u.seq, u.t, u.f, u.p, u.a \
                  FROM unnest($3::int8[], $4::float8[], $5::bytea[], $6::float8[], $7::float8[]) AS u(seq, t, f, p, a) \
                  ON CONFLICT (instance_id, seq) DO NOTHING"
+            ),
+            copy_in: format!(
+                "COPY {s}.feedback (model_key, instance_id, seq, created_ms, features, prediction, actual) \
+                 FROM STDIN (FORMAT binary)"
             ),
             // One statement, one snapshot: the bound is the oldest transaction still
             // running when the statement started, so every row below it is final.
@@ -385,6 +422,7 @@ impl Sql {
                 "SELECT {VERSION_COLS}, v.model FROM {s}.versions v WHERE v.model_key = $1 AND v.version = $2"
             ),
             next_version: format!("SELECT next_version FROM {s}.models WHERE model_key = $1"),
+            all_next_versions: format!("SELECT model_key, next_version FROM {s}.models"),
             count_feedback: format!("SELECT count(*) FROM {s}.feedback WHERE model_key = $1"),
         }
     }
@@ -452,6 +490,8 @@ impl Sql {
 
 struct Inner {
     pg: Config,
+    /// Used only when `sslmode` asks for TLS (see `pg_tls`).
+    tls: MakeRustlsConnect,
     opts: PgOptions,
     /// The connection string with its password replaced, for messages.
     shown: String,
@@ -459,7 +499,29 @@ struct Inner {
     idle: Mutex<Vec<Client>>,
     sem: Arc<Semaphore>,
     sql: Sql,
+    next_versions: Mutex<NextVersions>,
 }
+
+/// The version counters as last read, for callers that must not wait (see
+/// [`PgStore::cached_next_version`]).
+#[derive(Default)]
+struct NextVersions {
+    by_key: std::collections::HashMap<String, u32>,
+    /// A full read has completed (a key missing from it has no version yet).
+    loaded: bool,
+    refreshing: bool,
+}
+
+impl NextVersions {
+    /// Counters only grow: a read that started before a registration never moves one back.
+    fn raise(&mut self, key: &str, next: u32) {
+        let e = self.by_key.entry(key.to_owned()).or_insert(next);
+        *e = (*e).max(next);
+    }
+}
+
+/// How often the version counters are re-read once someone asked for one.
+pub const NEXT_VERSION_REFRESH: Duration = Duration::from_secs(1);
 
 /// A connection pool plus everything the package keeps in PostgreSQL. Cheap to clone.
 #[derive(Clone)]
@@ -575,6 +637,8 @@ impl Inner {
                 } else if s.starts_with("error connecting") || s.starts_with("error communicating")
                 {
                     ErrorKind::Unreachable
+                } else if s.starts_with("error performing TLS handshake") {
+                    ErrorKind::Tls
                 } else if s.starts_with("timeout") {
                     ErrorKind::Timeout
                 } else if s.starts_with("authentication") {
@@ -597,7 +661,7 @@ impl Inner {
 
     async fn connect_one(self: &Arc<Self>) -> Result<Client, StoreError> {
         let t = self.opts.connect_timeout;
-        match tokio::time::timeout(t, self.pg.connect(NoTls)).await {
+        match tokio::time::timeout(t, self.pg.connect(self.tls.clone())).await {
             Ok(Ok((client, conn))) => {
                 // The connection task ends when the server or the network goes away;
                 // the client then reports is_closed() and the pool drops it.
@@ -699,7 +763,15 @@ impl PgStore {
             ));
         }
         let shown = redact_conn_str(url);
-        let mut pg: Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        let bad = |e: String| {
+            StoreError::new(
+                ErrorKind::BadUrl,
+                redact_conn_str(&format!("PostgreSQL {shown}: {e}")),
+            )
+        };
+        let (conn_str, tls) = super::pg_tls::split_params(url).map_err(bad)?;
+        let tls = super::pg_tls::connector(&tls).map_err(bad)?;
+        let mut pg: Config = conn_str.parse().map_err(|e: tokio_postgres::Error| {
             StoreError::new(
                 ErrorKind::BadUrl,
                 redact_conn_str(&format!(
@@ -734,12 +806,14 @@ impl PgStore {
         let store = PgStore {
             inner: Arc::new(Inner {
                 pg,
+                tls,
                 sem: Arc::new(Semaphore::new(opts.pool_size.max(1))),
                 opts,
                 shown,
                 password,
                 idle: Mutex::new(Vec::new()),
                 sql,
+                next_versions: Mutex::new(NextVersions::default()),
             }),
         };
         store.migrate().await?;
@@ -859,6 +933,53 @@ impl PgStore {
                     ],
                 )
                 .await }.await)
+    }
+
+    /// Appends a group that was never sent before with a binary `COPY` (one commit; the
+    /// server does about a third less work per row than the de-duplicating `INSERT`).
+    /// `COPY` cannot skip rows already stored, so when some are (an earlier attempt
+    /// committed after all, e.g. the connection dropped after COMMIT), the whole `COPY` is
+    /// refused and the group is sent again through [`PgStore::append_feedback`], which
+    /// skips them. Same contract: `Ok` means committed, nothing is stored twice.
+    pub async fn append_new_feedback(
+        &self,
+        model_key: &str,
+        instance_id: &str,
+        batch: &FeedbackBatch,
+    ) -> Result<u64, StoreError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let data = encode_copy(model_key, instance_id, batch);
+        let q = self.inner.sql.copy_in.as_str();
+        // In an explicit transaction: `COPY` answers CommandComplete *before* the implicit
+        // transaction of the extended protocol commits (at Sync), so its answer alone is
+        // not an acknowledgement; COMMIT's is.
+        let copied = on_client!(self, "appending feedback", true, c => async {
+            use futures_util::SinkExt;
+            let tx = c.transaction().await?;
+            let sent = async {
+                let sink = tx.copy_in::<_, bytes::Bytes>(q).await?;
+                futures_util::pin_mut!(sink);
+                sink.send(data.clone()).await?;
+                sink.as_mut().finish().await
+            }
+            .await;
+            match sent {
+                Ok(n) => {
+                    tx.commit().await?;
+                    Ok(Some(n))
+                }
+                // Dropping the transaction rolls it back.
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        .await)?;
+        match copied {
+            Some(n) => Ok(n),
+            None => self.append_feedback(model_key, instance_id, batch).await,
+        }
     }
 
     /// Up to `limit` events after `after`, in consumption order, among those that can no
@@ -1034,10 +1155,17 @@ impl PgStore {
             Ok(Ok(out))
         }
         .await;
-        match res {
+        let out = match res {
             Ok(r) => r,
             Err(e) => Err(inner.err("publishing a training cycle", &e)),
+        }?;
+        if let Some(v) = &out {
+            inner
+                .next_versions
+                .lock()
+                .raise(&v.model_key, v.version + 1);
         }
+        Ok(out)
     }
 
     // ---------------------------------------------------------------- registry
@@ -1058,7 +1186,9 @@ impl PgStore {
             Ok(v)
         }
         .await;
-        res.map_err(|e| inner.err("registering a version", &e))
+        let v = res.map_err(|e| inner.err("registering a version", &e))?;
+        inner.next_versions.lock().raise(model_key, v.version + 1);
+        Ok(v)
     }
 
     /// Makes `version` production (the previous one is archived) and notifies every
@@ -1159,7 +1289,50 @@ impl PgStore {
     pub async fn next_version(&self, model_key: &str) -> Result<u32, StoreError> {
         let q = self.inner.sql.next_version.as_str();
         let row = on_client!(self, "reading the version counter", true, c => async { c.query_opt(q, &[&model_key]).await }.await)?;
-        Ok(row.map_or(1, |r| r.get::<_, i32>(0) as u32))
+        let n = row.map_or(1, |r| r.get::<_, i32>(0) as u32);
+        self.inner.next_versions.lock().raise(model_key, n);
+        Ok(n)
+    }
+
+    /// Reads every model key's version counter into the cache.
+    pub async fn refresh_next_versions(&self) -> Result<(), StoreError> {
+        let q = self.inner.sql.all_next_versions.as_str();
+        let rows = on_client!(self, "reading the version counters", true, c => async { c.query(q, &[]).await }.await)?;
+        let mut cache = self.inner.next_versions.lock();
+        for r in rows {
+            let key: String = r.get(0);
+            cache.raise(&key, r.get::<_, i32>(1) as u32);
+        }
+        cache.loaded = true;
+        Ok(())
+    }
+
+    /// The number the next registered version of `model_key` will get, without waiting:
+    /// from a cache that a background task re-reads every [`NEXT_VERSION_REFRESH`] (started
+    /// by the first call, for the life of the store) and that this process's own
+    /// registrations move at once. So a registration by another process shows after at
+    /// most about that long. `None` until the first read has completed. (The number a
+    /// registration gets is allocated in its own transaction; this is a preview.)
+    pub fn cached_next_version(&self, model_key: &str) -> Option<u32> {
+        let mut cache = self.inner.next_versions.lock();
+        if !cache.refreshing {
+            let weak = Arc::downgrade(&self.inner);
+            let started = super::super::runtime::spawn(async move {
+                let mut tick = tokio::time::interval(NEXT_VERSION_REFRESH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    // A failed read keeps the last figures; the next tick tries again.
+                    let _ = PgStore { inner }.refresh_next_versions().await;
+                }
+            });
+            cache.refreshing = started.is_ok();
+        }
+        if !cache.loaded {
+            return None;
+        }
+        Some(cache.by_key.get(model_key).copied().unwrap_or(1))
     }
 
     // ---------------------------------------------------------------- listening
@@ -1216,17 +1389,18 @@ async fn listen_once(
     backoff: &mut Duration,
 ) -> String {
     let t = inner.opts.connect_timeout;
-    let (client, mut conn) = match tokio::time::timeout(t, inner.pg.connect(NoTls)).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return inner.err("listen: connect", &e).message,
-        Err(_) => {
-            return format!(
-                "PostgreSQL {}: listen: no answer within connectTimeoutMs ({} ms)",
-                inner.shown,
-                t.as_millis()
-            )
-        }
-    };
+    let (client, mut conn) =
+        match tokio::time::timeout(t, inner.pg.connect(inner.tls.clone())).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return inner.err("listen: connect", &e).message,
+            Err(_) => {
+                return format!(
+                    "PostgreSQL {}: listen: no answer within connectTimeoutMs ({} ms)",
+                    inner.shown,
+                    t.as_millis()
+                )
+            }
+        };
     let (msg_tx, mut msg_rx) = tokio::sync::mpsc::unbounded_channel();
     // Drives the connection and forwards notifications; ends when the connection does.
     let driver = tokio::spawn(async move {

@@ -5,6 +5,7 @@ use super::*;
 use crate::core::runtime::block_on;
 use std::sync::mpsc;
 use std::time::Instant;
+use tokio_postgres::NoTls;
 
 fn opts(schema: &str) -> PgOptions {
     PgOptions {
