@@ -125,6 +125,17 @@ where
     .await
 }
 
+/// Starts a long blocking job (a refit, a fine-tune) on the runtime's blocking side,
+/// outside the [`blocking_slots`], so it cannot hold up the streams' short jobs. Callable
+/// from any thread; poll `is_finished()` from a timer and take the result then.
+pub fn spawn_long<F, R>(f: F) -> Result<tokio::task::JoinHandle<R>, String>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    Ok(runtime()?.spawn_blocking(f))
+}
+
 /// Runs `fut` on the pool and waits for its result on the calling thread. Callable from
 /// any thread, including a runtime worker (it then yields that worker's slot while it
 /// waits, so the pool cannot deadlock on itself). A panic inside `fut` is an `Err`.
@@ -201,6 +212,34 @@ mod tests {
     fn block_on_from_inside_the_pool_does_not_deadlock() {
         let r = block_on(async { block_on(async { 5 }).unwrap() + 1 }).unwrap();
         assert_eq!(r, 6);
+    }
+
+    #[test]
+    fn blocking_jobs_return_results_and_panics_and_the_size_is_fixed_once_built() {
+        assert_eq!(
+            block_on(async { run_blocking(|| 7).await.ok() }).unwrap(),
+            Some(7)
+        );
+        let panicked = block_on(async {
+            run_blocking(|| {
+                if true {
+                    panic!("job");
+                }
+            })
+            .await
+            .is_err()
+        })
+        .unwrap();
+        assert!(panicked);
+        let long = spawn_long(|| 3).unwrap();
+        assert_eq!(block_on(long).unwrap().unwrap(), 3);
+        runtime().unwrap();
+        let n = worker_threads();
+        assert_eq!(set_worker_threads(if n == 1 { 2 } else { 1 }).unwrap(), n);
+        assert!(set_worker_threads(0)
+            .unwrap_err()
+            .contains("runtimeThreads"));
+        assert!(set_worker_threads(257).is_err());
     }
 
     #[test]
