@@ -1,9 +1,12 @@
 //! Streaming feedback → online learning → validated hot-swap, with a durable feedback log.
 //!
-//! One worker thread owns everything that learns or touches disk; callers talk to it over
-//! a bounded channel (full ⇒ the event is refused and counted, never unbounded memory)
-//! and read the served model through an `ArcSwap`, so a prediction never waits for
-//! learning and never sees a half-updated model.
+//! One `Worker` owns everything that learns or touches disk. It lives in a task on the
+//! addon's shared tokio runtime (`core::runtime`; a task per stream, not a thread), which
+//! logs and acknowledges, and hands learning, update cycles and timer work to the
+//! runtime's blocking side — see [`drive`]. Callers talk to it over a bounded tokio
+//! channel with `try_send` (full ⇒ the event is refused and counted, never unbounded
+//! memory) and read the served model through an `ArcSwap`, so a prediction never waits
+//! for learning and never sees a half-updated model.
 //!
 //! **What an acknowledgement promises.** The worker drains the channel in groups and
 //! appends every feedback of a group to the log in one write. A caller's event is reported
