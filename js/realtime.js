@@ -38,6 +38,7 @@ const OPTIONS = {
   pollMs: { min: 1, max: 60_000 },
   connectTimeoutMs: { min: 1, max: 600_000 },
   statementTimeoutMs: { min: 0, max: 3_600_000 },
+  runtimeThreads: { min: 1, max: 256, integer: true },
 }
 
 class RealTimeModelUpdates {
@@ -145,6 +146,7 @@ class RealTimeModelUpdates {
       fsyncIntervalMs: c.fsyncIntervalMs,
       learningRate: c.learningRate,
       timerEnabled: true,
+      runtimeThreads: n.runtimeThreads ?? undefined,
       ...(pg
         ? {
             storeUrl: store,
@@ -157,6 +159,8 @@ class RealTimeModelUpdates {
           }
         : {}),
     })
+    // The runtime is one per process, built on first use: the first setting wins.
+    this.config.runtimeThreads = this.#core._runtimeThreads()
   }
 
   #resolve(p) {
@@ -639,6 +643,7 @@ class RealTimeModelUpdates {
       lastError: base.lastError ?? this.#lastError,
       pendingAcks: this.#acks.length - this.#ackHead,
       closed: this.#closed,
+      runtimeThreads: this.#core._runtimeThreads(),
     }
   }
 }

@@ -720,6 +720,14 @@ export interface RealTimeModelUpdatesOptions {
   followRegistry?: boolean
   /** Names for features given as an object, when the serving model file has no `featureNames`. */
   featureNames?: string[]
+  /**
+   * Worker threads of the addon's one tokio runtime, which every stream (and the PostgreSQL
+   * store) shares; 1..=256. The runtime is built on first use and keeps its size: the first
+   * setting made before that wins, later ones are ignored. Default: env
+   * `MLOPS_RUNTIME_THREADS`, else the core count. `config.runtimeThreads` and
+   * `getStatistics().runtimeThreads` show the count in effect.
+   */
+  runtimeThreads?: number
 }
 
 /** PostgreSQL mode (README "Running on many machines"). */
@@ -837,6 +845,8 @@ export interface RealTimeStatistics {
   currentModelPath: string
   lastError: string | null
   closed: boolean
+  /** Worker threads of the shared runtime (the same for every instance in the process). */
+  runtimeThreads: number
   /** PostgreSQL mode only (else null). */
   postgres: PostgresStatistics | null
 }

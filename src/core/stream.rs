@@ -1,9 +1,12 @@
 //! Streaming feedback → online learning → validated hot-swap, with a durable feedback log.
 //!
-//! One worker thread owns everything that learns or touches disk; callers talk to it over
-//! a bounded channel (full ⇒ the event is refused and counted, never unbounded memory)
-//! and read the served model through an `ArcSwap`, so a prediction never waits for
-//! learning and never sees a half-updated model.
+//! One `Worker` owns everything that learns or touches disk. It lives in a task on the
+//! addon's shared tokio runtime (`core::runtime`; a task per stream, not a thread), which
+//! logs and acknowledges, and hands learning, update cycles and timer work to the
+//! runtime's blocking side — see [`drive`]. Callers talk to it over a bounded tokio
+//! channel with `try_send` (full ⇒ the event is refused and counted, never unbounded
+//! memory) and read the served model through an `ArcSwap`, so a prediction never waits
+//! for learning and never sees a half-updated model.
 //!
 //! **What an acknowledgement promises.** The worker drains the channel in groups and
 //! appends every feedback of a group to the log in one write. A caller's event is reported
@@ -57,10 +60,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 #[path = "stream_pg.rs"]
 mod pg;
@@ -271,11 +273,12 @@ pub enum SendError {
 }
 
 pub struct StreamHandle {
-    tx: SyncSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     /// Capacity in events (the channel bounds messages; a batch is one message).
     capacity: u64,
     pub shared: Arc<Shared>,
-    join: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnected when the stream's task has ended.
+    done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -473,10 +476,22 @@ fn scan_log(dir: &Path, after: u64, f: &mut dyn FnMut(LogLine)) -> LogScan {
     s
 }
 
+/// Room in the channel beyond `queueCapacity` messages, for control requests: feedback is
+/// bounded by its own event count, so a full feedback queue never makes a request wait.
+const REQUEST_ROOM: usize = 1024;
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 impl StreamHandle {
-    /// Starts the worker. Takes the log folder's lock first: when another instance holds
-    /// it, nothing starts and the error names the holder. Loading the model, the saved
-    /// learner and the log replay happen on the worker; "ready" is notified when done.
+    /// Starts the stream as a task on the shared runtime. Takes the log folder's lock
+    /// first: when another instance holds it, nothing starts and the error names the
+    /// holder. Loading the model, the saved learner and the log replay happen on the
+    /// runtime's blocking side; "ready" is notified when done.
     pub fn start(config: StreamConfig, notifier: Box<dyn Notifier + Sync>) -> Result<Self, String> {
         let mut lock_error = None;
         let lock = match &config.log_dir {
@@ -497,8 +512,9 @@ impl StreamHandle {
             },
             None => None,
         };
+        let rt = super::runtime::handle()?;
         let capacity = config.queue_capacity.max(1) as u64;
-        let (tx, rx) = sync_channel(config.queue_capacity.max(1));
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1) + REQUEST_ROOM);
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(Snapshot {
                 weights: vec![],
@@ -517,40 +533,36 @@ impl StreamHandle {
             current_path: Mutex::new(config.model_path.display().to_string()),
             pg_stats: Mutex::new(None),
         });
-        let worker_shared = shared.clone();
         let notifier: Arc<dyn Notifier + Sync> = Arc::from(notifier);
-        let join = std::thread::Builder::new()
-            .name("mlops-realtime".into())
-            .spawn(move || {
-                let fatal = notifier.clone();
-                let fatal_shared = worker_shared.clone();
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    let mut w = Worker::new(config, worker_shared, notifier, lock);
-                    w.lock_error = lock_error;
-                    w.run(rx);
-                }));
-                // A bug in the worker must not leave callers waiting forever: close the
-                // stream and tell the JS side, which settles everything still pending.
-                if let Err(p) = run {
-                    let msg = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    fatal_shared.closed.store(true, Ordering::Release);
-                    *fatal_shared.last_error.lock() = Some(format!("worker stopped: {msg}"));
-                    fatal.notify(
-                        "fatal",
-                        0,
-                        json!({ "message": format!("worker stopped: {msg}") }),
-                    );
-                }
-            })
-            .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+        let mut w = Worker::new(config, shared.clone(), notifier.clone(), lock);
+        w.lock_error = lock_error;
+        let task = rt.spawn(drive(w, rx));
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let fatal_shared = shared.clone();
+        rt.spawn(async move {
+            // A bug in the worker must not leave callers waiting forever: close the stream
+            // and tell the JS side, which settles everything still pending. (The worker was
+            // dropped while unwinding, so the log folder is already released.)
+            if let Err(e) = task.await {
+                let msg = if e.is_panic() {
+                    panic_message(e.into_panic())
+                } else {
+                    "cancelled".into()
+                };
+                fatal_shared.closed.store(true, Ordering::Release);
+                *fatal_shared.last_error.lock() = Some(format!("worker stopped: {msg}"));
+                notifier.notify(
+                    "fatal",
+                    0,
+                    json!({ "message": format!("worker stopped: {msg}") }),
+                );
+            }
+            drop(done_tx);
+        });
         Ok(Self {
             tx,
             shared,
-            join: Mutex::new(Some(join)),
+            done: Mutex::new(Some(done)),
             capacity,
         })
     }
@@ -597,7 +609,7 @@ impl StreamHandle {
                         c.dropped.fetch_add(1, Ordering::Relaxed);
                         Err(SendError::Full)
                     }
-                    TrySendError::Disconnected(_) => {
+                    TrySendError::Closed(_) => {
                         c.rejected_closed.fetch_add(1, Ordering::Relaxed);
                         Err(SendError::Closed)
                     }
@@ -643,7 +655,7 @@ impl StreamHandle {
                         c.dropped.fetch_add(n, Ordering::Relaxed);
                         Err(SendError::Full)
                     }
-                    TrySendError::Disconnected(_) => {
+                    TrySendError::Closed(_) => {
                         c.rejected_closed.fetch_add(n, Ordering::Relaxed);
                         Err(SendError::Closed)
                     }
@@ -652,7 +664,9 @@ impl StreamHandle {
         }
     }
 
-    /// Control requests wait for room (they are rare); the reply comes as a "reply" notice.
+    /// Control requests wait for room only past `REQUEST_ROOM` queued requests (they are
+    /// rare); the reply comes as a "reply" notice. Callers are never runtime threads (JS,
+    /// the environment's cleanup hook, tests), so the fallback may block.
     pub fn request(&self, id: u64, req: Request) -> Result<(), SendError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(SendError::Closed);
@@ -661,19 +675,22 @@ impl StreamHandle {
         if shutdown {
             self.shared.closed.store(true, Ordering::Release);
         }
-        self.tx
-            .send(Msg::Request { id, req })
-            .map_err(|_| SendError::Closed)
+        match self.tx.try_send(Msg::Request { id, req }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(m)) => self.tx.blocking_send(m).map_err(|_| SendError::Closed),
+        }
     }
 
     pub fn predict(&self, x: &[f64]) -> Option<f64> {
         self.shared.current.load().predict(x)
     }
 
-    /// Waits for the worker to exit (after a Shutdown request).
+    /// Waits for the stream's task to end (after a Shutdown request).
     pub fn join(&self) {
-        if let Some(j) = self.join.lock().take() {
-            let _ = j.join();
+        if let Some(done) = self.done.lock().take() {
+            // Ok or Err: either way the task is over (the sender is dropped at its end).
+            let _ = done.recv();
         }
     }
 }
@@ -1552,10 +1569,12 @@ impl Worker {
         }
     }
 
-    fn run(&mut self, rx: Receiver<Msg>) {
+    /// Before serving: the database (when configured), the model, the log replay; then
+    /// "ready". False when nothing can start (the database it was told to use is out of
+    /// reach): initialize() resolves false with the cause in lastError, and every later
+    /// call is refused.
+    fn startup(&mut self) -> bool {
         if let Err(e) = self.pg_start() {
-            // Nothing starts without the database it was told to use: initialize() resolves
-            // false with the cause in lastError, and every later call is refused.
             self.error(format!("postgres: {e}"));
             self.shared.closed.store(true, Ordering::Release);
             self.notifier.notify(
@@ -1564,7 +1583,7 @@ impl Worker {
                 json!({ "serving": false, "postgres": false, "lastError": self.shared.last_error.lock().clone() }),
             );
             self.lock = None;
-            return;
+            return false;
         }
         let serving = self.load_initial();
         self.replay();
@@ -1584,50 +1603,25 @@ impl Worker {
                 "lastError": self.shared.last_error.lock().clone(),
             }),
         );
-        let fsync_every = Duration::from_millis(self.cfg.fsync_interval_ms.max(1));
-        let tick_every = Duration::from_millis(self.cfg.update_interval_ms.max(1));
-        let mut group: Vec<Msg> = Vec::with_capacity(1024);
-        let mut lines: Vec<u8> = Vec::new();
-        let mut ends: Vec<(usize, u64)> = Vec::new();
-        loop {
-            let now = Instant::now();
-            let mut wait = if self.timer {
-                self.next_tick.saturating_duration_since(now)
-            } else {
-                Duration::from_secs(3600)
-            };
-            if self.dirty {
-                wait = wait.min((self.last_fsync + fsync_every).saturating_duration_since(now));
+        true
+    }
+
+    /// Learns from logged groups and answers their requests, in arrival order. Events whose
+    /// write failed were answered false: they are not learned from. Stops after the group
+    /// holding a Shutdown and returns its id; the groups behind it stay in `groups`.
+    fn learn(&mut self, groups: &mut VecDeque<Logged>) -> Option<u64> {
+        while let Some(g) = groups.pop_front() {
+            if g.fast {
+                self.shared
+                    .counters
+                    .dequeued
+                    .fetch_add(g.events(), Ordering::Relaxed);
             }
-            if self.pg.is_some() {
-                // Swap signals and the trainer's reads are checked at least this often.
-                wait = wait.min(Duration::from_millis(10));
-            }
-            match rx.recv_timeout(wait) {
-                Ok(m) => {
-                    group.push(m);
-                    while group.len() < 4096 {
-                        match rx.try_recv() {
-                            Ok(m) => group.push(m),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.finish(None);
-                    return;
-                }
-            }
-            // 1. Log every feedback of the group in one append, then acknowledge it.
-            let ok = self.log_events(&group, &mut lines, &mut ends);
-            // 2. Learn, and answer requests, in arrival order. Events whose write failed
-            //    were answered false: they are not learned from.
-            let base = self.seq_base;
+            let (ok, base) = (g.ok, self.seq_base);
             // On PostgreSQL, local events are learned by the fleet's trainer, not here.
             let local = self.pg.is_none();
             let mut shutdown = None;
-            for m in group.drain(..) {
+            for m in g.msgs {
                 match m {
                     Msg::Request {
                         id,
@@ -1641,49 +1635,499 @@ impl Worker {
                     }),
                 }
             }
-            if let Some(id) = shutdown {
-                // Anything that raced in behind the shutdown — single events and batches —
-                // is logged and buffered (so replayed on the next start), not lost.
-                let rest: Vec<Msg> = rx.try_iter().collect();
-                let ok = self.log_events(&rest, &mut lines, &mut ends);
-                for m in &rest {
-                    m.for_each_event(|t, x, _, y| {
-                        if local && t <= ok {
-                            self.buffer.push(Sample {
-                                seq: base + t,
-                                x: x.to_vec(),
-                                y,
-                            });
-                            self.ingested = self.ingested.max(base + t);
-                        }
-                    });
-                }
+            if shutdown.is_some() {
+                return shutdown;
+            }
+        }
+        None
+    }
+
+    /// 3. Timers: the fsync cadence, the database, the registry and the periodic cycle.
+    fn on_tick(&mut self, now: Instant) {
+        let fsync_every = Duration::from_millis(self.cfg.fsync_interval_ms.max(1));
+        let tick_every = Duration::from_millis(self.cfg.update_interval_ms.max(1));
+        if self.dirty && now >= self.last_fsync + fsync_every {
+            self.fsync();
+            // Persist the high-water mark with the log, so that numbers never go back
+            // even if the log files are lost before the next cycle writes it.
+            if self.high_water > self.high_water_written {
+                self.write_watermark();
+            }
+        }
+        self.pg_tick();
+        if self.timer && now >= self.next_tick {
+            self.next_tick = now + tick_every;
+            self.poll_registry();
+            if self.buffer.len() >= self.cfg.min_samples_for_update {
+                self.cycle("timer", false);
+            }
+        }
+    }
+
+    /// When `on_tick` has something to do next (`last_tick`: when it last ran).
+    fn next_deadline(&self, last_tick: Instant) -> Instant {
+        let mut at = Instant::now() + Duration::from_secs(3600);
+        if self.timer {
+            at = at.min(self.next_tick);
+        }
+        if self.dirty {
+            at = at.min(self.last_fsync + Duration::from_millis(self.cfg.fsync_interval_ms.max(1)));
+        }
+        if self.pg.is_some() {
+            // Swap signals and the trainer's reads are checked at least this often.
+            at = at.min(last_tick + Duration::from_millis(10));
+        }
+        at
+    }
+
+    /// After a Shutdown: anything that raced in behind it — single events and batches,
+    /// logged already (`logged`) or still queued (`rest`) — is logged and buffered (so
+    /// replayed on the next start), not learned from and not lost. Then the final state.
+    fn close(&mut self, id: u64, logged: VecDeque<Logged>, rest: Vec<Msg>) {
+        let mut lines = Vec::new();
+        let mut ends = Vec::new();
+        let ok = self.log_events(&rest, &mut lines, &mut ends);
+        let base = self.seq_base;
+        let local = self.pg.is_none();
+        let groups = logged.into_iter().chain(std::iter::once(Logged {
+            msgs: rest,
+            ok,
+            fast: false,
+        }));
+        for g in groups {
+            if g.fast {
                 self.shared
                     .counters
-                    .buffered
-                    .store(self.buffer.len() as u64, Ordering::Relaxed);
-                self.finish(Some(id));
-                return;
+                    .dequeued
+                    .fetch_add(g.events(), Ordering::Relaxed);
             }
-            // 3. Timers.
-            let now = Instant::now();
-            if self.dirty && now >= self.last_fsync + fsync_every {
-                self.fsync();
-                // Persist the high-water mark with the log, so that numbers never go back
-                // even if the log files are lost before the next cycle writes it.
-                if self.high_water > self.high_water_written {
-                    self.write_watermark();
+            for m in &g.msgs {
+                m.for_each_event(|t, x, _, y| {
+                    if local && t <= g.ok {
+                        self.buffer.push(Sample {
+                            seq: base + t,
+                            x: x.to_vec(),
+                            y,
+                        });
+                        self.ingested = self.ingested.max(base + t);
+                    }
+                });
+            }
+        }
+        self.shared
+            .counters
+            .buffered
+            .store(self.buffer.len() as u64, Ordering::Relaxed);
+        self.finish(Some(id));
+    }
+}
+
+/// Feedback already logged and acknowledged, waiting to be learned from: `ok` is the
+/// highest ticket whose record is in the log (later ones failed). `fast`: not yet counted
+/// as dequeued (the queue bound covers it until learned); false only for a group logged
+/// by `close` itself.
+struct Logged {
+    msgs: Vec<Msg>,
+    ok: u64,
+    fast: bool,
+}
+
+impl Logged {
+    fn events(&self) -> u64 {
+        let mut n = 0;
+        for m in &self.msgs {
+            m.for_each_event(|_, _, _, _| n += 1);
+        }
+        n
+    }
+}
+
+/// Moves up to 4096 messages (one group, one log write) behind `first` out of the queue.
+fn group_from(first: Msg, rx: &mut mpsc::Receiver<Msg>) -> Vec<Msg> {
+    let mut group = Vec::with_capacity(64);
+    group.push(first);
+    while group.len() < 4096 {
+        match rx.try_recv() {
+            Ok(m) => group.push(m),
+            Err(_) => break,
+        }
+    }
+    group
+}
+
+/// A job's result, or its panic carried on to the stream's task (which reports it).
+fn resumed<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => std::panic::resume_unwind(Box::new(format!("blocking job failed: {e}"))),
+    }
+}
+
+type Away = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<(Worker, VecDeque<Logged>, Option<u64>), tokio::task::JoinError>,
+            > + Send,
+    >,
+>;
+
+/// A [`FastLog`] fsync on the blocking side: when it started, and its outcome.
+type Syncing = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<(Instant, std::io::Result<()>), tokio::task::JoinError>,
+            > + Send,
+    >,
+>;
+
+/// The stream's task on the shared runtime. The worker is either *home* (owned here, idle:
+/// a new group is logged and acknowledged at once) or *away* on the blocking side,
+/// learning what was logged and running the timers — update cycles, fsyncs, registry
+/// checks. While it is away, [`FastLog`] keeps logging and acknowledging new groups, so a
+/// long cycle never delays a durable ack; they are learned, in order, when it is back.
+async fn drive(mut w: Worker, mut rx: mpsc::Receiver<Msg>) {
+    let (started, ok) = resumed(
+        super::runtime::run_blocking(move || {
+            let ok = w.startup();
+            (w, ok)
+        })
+        .await,
+    );
+    if !ok {
+        return;
+    }
+    let mut fast = FastLog::new(&started);
+    let mut home = Some(started);
+    let mut away: Option<Away> = None;
+    let mut pending: VecDeque<Logged> = VecDeque::new();
+    let (mut lines, mut ends) = (Vec::new(), Vec::new());
+    let mut shutdown: Option<u64> = None;
+    let mut closed = false;
+    let mut due = false;
+    let mut last_tick = Instant::now();
+    let mut syncing: Option<Syncing> = None;
+    loop {
+        let Some(mut w) = home.take() else {
+            let job = away.as_mut().expect("the worker is home or away");
+            tokio::select! {
+                r = job => {
+                    away = None;
+                    let (mut w, rest, sd) = resumed(r);
+                    if let Some(f) = syncing.take() {
+                        fast.fsync_done(resumed(f.await));
+                    }
+                    fast.settle(&mut w);
+                    // Groups behind a Shutdown come before anything logged since.
+                    for g in rest.into_iter().rev() {
+                        pending.push_front(g);
+                    }
+                    if sd.is_some() {
+                        shutdown = sd;
+                    } else {
+                        last_tick = Instant::now();
+                    }
+                    home = Some(w);
+                }
+                m = rx.recv(), if !closed && fast.ready() => match m {
+                    Some(m) => {
+                        let group = group_from(m, &mut rx);
+                        let ok = fast.log(&group);
+                        pending.push_back(Logged { msgs: group, ok, fast: true });
+                    }
+                    None => closed = true,
+                },
+                _ = tokio::time::sleep_until(fast.fsync_at().into()), if fast.dirty && syncing.is_none() => {
+                    syncing = fast.start_fsync();
+                }
+                r = async { syncing.as_mut().expect("guarded").await }, if syncing.is_some() => {
+                    syncing = None;
+                    fast.fsync_done(resumed(r));
                 }
             }
-            self.pg_tick();
-            if self.timer && now >= self.next_tick {
-                self.next_tick = now + tick_every;
-                self.poll_registry();
-                if self.buffer.len() >= self.cfg.min_samples_for_update {
-                    self.cycle("timer", false);
+            continue;
+        };
+        if let Some(id) = shutdown {
+            let mut rest = Vec::new();
+            while let Ok(m) = rx.try_recv() {
+                rest.push(m);
+            }
+            let logged = std::mem::take(&mut pending);
+            resumed(super::runtime::run_blocking(move || w.close(id, logged, rest)).await);
+            return;
+        }
+        if !pending.is_empty() || due {
+            due = false;
+            fast.arm(&w);
+            let mut groups = std::mem::take(&mut pending);
+            away = Some(Box::pin(super::runtime::run_blocking(move || {
+                let sd = w.learn(&mut groups);
+                if sd.is_none() {
+                    w.on_tick(Instant::now());
+                }
+                (w, groups, sd)
+            })));
+            continue;
+        }
+        if closed {
+            // Every handle is gone: no shutdown request will come.
+            resumed(super::runtime::run_blocking(move || w.finish(None)).await);
+            return;
+        }
+        let deadline = w.next_deadline(last_tick);
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => {
+                    let group = group_from(m, &mut rx);
+                    // A write to the page cache, made here: under `block_in_place` (which
+                    // hands this thread's other tasks to another thread on every call) 50
+                    // busy streams grew by +35 threads instead of +10. On PostgreSQL the
+                    // store's `block_on` leaves the worker by itself.
+                    let ok = w.log_events(&group, &mut lines, &mut ends);
+                    let g = Logged { msgs: group, ok, fast: true };
+                    // Counted as dequeued when learned, as FastLog's groups: until then the
+                    // queue bound covers them and queueDepth shows them.
+                    w.shared.counters.dequeued.fetch_sub(g.events(), Ordering::Relaxed);
+                    pending.push_back(g);
+                }
+                None => closed = true,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => due = true,
+        }
+        home = Some(w);
+    }
+}
+
+/// Logs and acknowledges feedback while the worker is away, so that a long update cycle
+/// never holds up durable acks. It writes through a second handle on the worker's open
+/// log file (same open file, same offset), only while the worker cannot write, and hands
+/// what it did back when the worker returns ([`FastLog::settle`]). It follows the
+/// worker's rules — a record is acknowledged once completely written, a failed write
+/// answers the rest false and closes the file for good — and never opens or rotates a
+/// file: when the worker has no open file, or on PostgreSQL, new events wait in the queue
+/// for the worker.
+struct FastLog {
+    shared: Arc<Shared>,
+    notifier: Arc<dyn Notifier + Sync>,
+    logging: bool,
+    fsync_every: Duration,
+    enabled: bool,
+    file: Option<(PathBuf, File)>,
+    base: u64,
+    high_water: u64,
+    bytes: u64,
+    dirty: bool,
+    last_fsync: Instant,
+    synced: Option<Instant>,
+    broken: bool,
+    lines: Vec<u8>,
+    ends: Vec<(usize, u64)>,
+}
+
+impl FastLog {
+    fn new(w: &Worker) -> Self {
+        Self {
+            shared: w.shared.clone(),
+            notifier: w.notifier.clone(),
+            logging: w.cfg.log_dir.is_some(),
+            fsync_every: Duration::from_millis(w.cfg.fsync_interval_ms.max(1)),
+            enabled: false,
+            file: None,
+            base: 0,
+            high_water: 0,
+            bytes: 0,
+            dirty: false,
+            last_fsync: Instant::now(),
+            synced: None,
+            broken: false,
+            lines: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// Takes over logging while `w` goes away.
+    fn arm(&mut self, w: &Worker) {
+        self.base = w.seq_base;
+        self.high_water = w.high_water;
+        self.bytes = 0;
+        self.dirty = false;
+        self.synced = None;
+        self.broken = false;
+        self.last_fsync = w.last_fsync;
+        self.enabled = w.pg.is_none()
+            && (!self.logging
+                || match (&w.log, &w.log_path) {
+                    (Some(f), Some(p)) => {
+                        if self.file.as_ref().map(|(q, _)| q) != Some(p) {
+                            self.file = f.try_clone().ok().map(|c| (p.clone(), c));
+                        }
+                        self.file.is_some()
+                    }
+                    _ => {
+                        self.file = None;
+                        false
+                    }
+                });
+    }
+
+    fn ready(&self) -> bool {
+        self.enabled
+            && !self.broken
+            && (!self.logging || self.shared.log_healthy.load(Ordering::Acquire))
+    }
+
+    fn fsync_at(&self) -> Instant {
+        self.last_fsync + self.fsync_every
+    }
+
+    /// Hands the writes back to the returned worker.
+    fn settle(&mut self, w: &mut Worker) {
+        self.enabled = false;
+        w.high_water = w.high_water.max(self.high_water);
+        let Some((path, file)) = &self.file else {
+            return;
+        };
+        if w.log.is_some() && w.log_path.as_ref() == Some(path) {
+            w.log_bytes += self.bytes;
+            if let Some(t) = self.synced.filter(|t| *t > w.last_fsync) {
+                w.last_fsync = t;
+                w.dirty = false;
+            }
+            w.dirty |= self.dirty;
+            if self.broken {
+                // As after the worker's own failed write: the next record starts a new file.
+                if let Some(f) = w.log.take() {
+                    let _ = f.sync_data();
+                }
+            }
+        } else if self.dirty {
+            // The worker moved to another file meanwhile: this one is done, make it durable.
+            let _ = file.sync_data();
+        }
+        if self.broken || w.log.is_none() {
+            self.file = None;
+        }
+    }
+
+    /// Starts an fsync of what was written so far on the blocking side (an fsync can take
+    /// milliseconds; the runtime's threads must not wait for it). Writes made meanwhile
+    /// count as unsynced again.
+    fn start_fsync(&mut self) -> Option<Syncing> {
+        let file = self.file.as_ref()?.1.try_clone().ok()?;
+        let at = Instant::now();
+        self.dirty = false;
+        self.last_fsync = at;
+        Some(Box::pin(super::runtime::run_blocking(move || {
+            (at, file.sync_data())
+        })))
+    }
+
+    fn fsync_done(&mut self, (at, r): (Instant, std::io::Result<()>)) {
+        match r {
+            Ok(()) => self.synced = Some(at),
+            Err(e) => {
+                self.shared.log_healthy.store(false, Ordering::Release);
+                self.error(format!("feedback log fsync failed: {e}"));
+                self.broken = true;
+            }
+        }
+    }
+
+    fn error(&self, msg: String) {
+        *self.shared.last_error.lock() = Some(msg.clone());
+        self.notifier.notify("error", 0, json!({ "message": msg }));
+    }
+
+    /// `Worker::log_events` for a group that arrives while the worker is away.
+    fn log(&mut self, msgs: &[Msg]) -> u64 {
+        let (lines, ends) = (&mut self.lines, &mut self.ends);
+        lines.clear();
+        ends.clear();
+        let (mut max_ticket, mut n) = (0u64, 0u64);
+        let t = now_ms();
+        let base = self.base;
+        let logging = self.logging;
+        for m in msgs {
+            m.for_each_event(|ticket, features, prediction, actual| {
+                n += 1;
+                max_ticket = max_ticket.max(ticket);
+                if logging {
+                    push_record(
+                        lines,
+                        &LogLineRef {
+                            seq: base + ticket,
+                            t,
+                            features,
+                            prediction,
+                            actual,
+                        },
+                    );
+                    ends.push((lines.len(), ticket));
+                }
+            });
+        }
+        if n == 0 {
+            return 0;
+        }
+        self.high_water = self.high_water.max(base + max_ticket);
+        let c = &self.shared.counters;
+        if !logging {
+            c.durable_ticket.fetch_max(max_ticket, Ordering::AcqRel);
+            self.notifier.notify("durable", max_ticket, Value::Null);
+            return u64::MAX;
+        }
+        let Some((path, file)) = &self.file else {
+            return 0; // not reached: ready() is false without a file
+        };
+        let buf = &self.lines;
+        let mut written = 0;
+        let mut err = None;
+        while written < buf.len() {
+            match (&*file).write(&buf[written..]) {
+                Ok(0) => {
+                    err = Some("the file accepted no more bytes".to_string());
+                    break;
+                }
+                Ok(k) => written += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    err = Some(e.to_string());
+                    break;
                 }
             }
         }
+        self.bytes += written as u64;
+        if written > 0 {
+            self.dirty = true;
+        }
+        let ends = &self.ends;
+        let done = ends.partition_point(|&(end, _)| end <= written);
+        let ok_through = if done > 0 { ends[done - 1].1 } else { 0 };
+        if done > 0 {
+            c.durable_ticket.fetch_max(ok_through, Ordering::AcqRel);
+            c.durable_seq.fetch_max(base + ok_through, Ordering::AcqRel);
+            self.notifier.notify("durable", ok_through, Value::Null);
+        }
+        match err {
+            None => self.shared.log_healthy.store(true, Ordering::Release),
+            Some(e) => {
+                let e = format!(
+                    "write to {} failed after {written} of {} bytes: {e}",
+                    path.display(),
+                    buf.len()
+                );
+                let failed = (ends.len() - done) as u64;
+                self.shared.log_healthy.store(false, Ordering::Release);
+                c.log_failed.fetch_add(failed, Ordering::Relaxed);
+                self.broken = true;
+                self.error(format!(
+                    "feedback log: {e}; {done} event(s) of this write are logged, {failed} are not (answered false, not learned from)"
+                ));
+                self.notifier
+                    .notify("durable-failed", max_ticket, Value::Null);
+            }
+        }
+        ok_through
     }
 }
 
@@ -1782,9 +2226,9 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
             // In one process the worker must exit before the folder's lock is free.
-            let StreamHandle { tx, join, .. } = h;
+            let StreamHandle { tx, done, .. } = h;
             drop(tx);
-            join.lock().take().unwrap().join().unwrap();
+            let _ = done.lock().take().unwrap().recv();
         }
         let (tx, rx) = channel();
         let h = StreamHandle::start(cfg, Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
@@ -1836,7 +2280,7 @@ mod tests {
         let h = StreamHandle::start(cfg.clone(), Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
         wait_for(&rx, "ready");
         // Bypass the closed flag, as a send racing with cleanup() can.
-        h.tx.send(Msg::Request {
+        h.tx.blocking_send(Msg::Request {
             id: 1,
             req: Request::Shutdown,
         })
@@ -1848,7 +2292,7 @@ mod tests {
             predictions: vec![0.0; 3],
             actuals: vec![1.0, 2.0, 3.0],
         };
-        h.tx.send(batch).unwrap();
+        h.tx.blocking_send(batch).unwrap();
         h.join();
         let (tx2, rx2) = channel();
         let again = StreamHandle::start(cfg, Box::new(ChanNotifier(Mutex::new(tx2)))).unwrap();

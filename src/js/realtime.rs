@@ -80,6 +80,9 @@ pub struct RealtimeNativeConfig {
     pub spool_dir: Option<String>,
     /// Where production models are cached as files.
     pub cache_dir: Option<String>,
+    /// Worker threads of the addon's one runtime; only the first setting before the
+    /// runtime starts counts.
+    pub runtime_threads: Option<u32>,
 }
 
 #[napi(js_name = "RealTimeModelUpdatesCore")]
@@ -104,6 +107,10 @@ impl RealTimeModelUpdatesCore {
         online
             .validate()
             .map_err(|m| range(&env, format!("options.{m}")))?;
+        if let Some(n) = c.runtime_threads {
+            crate::core::runtime::set_worker_threads(n as usize)
+                .map_err(|m| range(&env, format!("options.{m}")))?;
+        }
         let config = StreamConfig {
             buffer_size: c.buffer_size.max(1) as usize,
             update_interval_ms: c.update_interval_ms.max(1.0) as u64,
@@ -169,6 +176,12 @@ impl RealTimeModelUpdatesCore {
             }
         });
         Ok(true)
+    }
+
+    /// Worker threads of the addon's runtime: the count it has, or will have when it starts.
+    #[napi(js_name = "_runtimeThreads", skip_typescript)]
+    pub fn runtime_threads(&self) -> u32 {
+        crate::core::runtime::worker_threads() as u32
     }
 
     /// Hot path: the first `n` values of the registered buffer are the features.
