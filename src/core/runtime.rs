@@ -58,6 +58,16 @@ where
     Ok(runtime()?.spawn(fut))
 }
 
+/// Runs blocking work (a model fit) on the pool's blocking threads, never on a worker
+/// that drives async tasks, without waiting for it.
+pub fn spawn_blocking<F, R>(f: F) -> Result<tokio::task::JoinHandle<R>, String>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    Ok(runtime()?.spawn_blocking(f))
+}
+
 /// Runs `fut` on the pool and waits for its result on the calling thread. Callable from
 /// any thread, including a runtime worker (it then yields that worker's slot while it
 /// waits, so the pool cannot deadlock on itself). A panic inside `fut` is an `Err`.
