@@ -42,6 +42,13 @@
 //! Update cycle: candidate = current learner + the older part of the buffer; current and
 //! candidate are scored on the newest part, which neither has seen; the candidate is
 //! published when its relative MSE improvement reaches the threshold.
+//!
+//! **Tree families** serve `trees(x) + corrector(x)`: the learner above is then a residual
+//! corrector, learning `actual − trees(x)` through the same cycles and gate. Every
+//! `refit_every` events (or `refit_interval_ms`) the trees are refit on the newest
+//! `refit_window` events on the runtime's blocking pool; the worker only collects the
+//! result, scores it against what serves on feedback that arrives afterwards (which
+//! neither has seen), and swaps it in (saved under the state folder) when it wins.
 
 use super::drift::RobustCusum;
 use super::fsutil::{crc32c, read_bytes, read_text, write_atomic, FileLock};
