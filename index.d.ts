@@ -728,6 +728,15 @@ export interface RealTimeModelUpdatesOptions {
    * `getStatistics().runtimeThreads` show the count in effect.
    */
   runtimeThreads?: number
+  /**
+   * Tree families only: refit the trees in the background after this many feedback events
+   * (default 5000; 0: never by count). A linear model is its own online learner and is never refit.
+   */
+  refitEvery?: number
+  /** Tree families only: refit at least this often while feedback arrives (default 600000 = 10 min; 0: never by time). */
+  refitIntervalMs?: number
+  /** Tree families only: a refit trains on this many of the newest feedback events (default 10000, at least 50). */
+  refitWindow?: number
 }
 
 /** PostgreSQL mode (README "Running on many machines"). */
@@ -778,8 +787,11 @@ export interface FeedbackEvent {
 }
 
 export interface UpdateReport {
-  reason: 'buffer-full' | 'timer' | 'drift' | 'forced' | 'requested' | 'registry'
+  /** `refit`: a background refit of the trees (see `refitEvery`); the others: an online update cycle or a registry swap. */
+  reason: 'buffer-full' | 'timer' | 'drift' | 'forced' | 'requested' | 'registry' | 'refit'
   accepted: boolean
+  /** Family of the model serving (for a refit: of the refit trees). For tree families an online cycle updates the residual corrector. */
+  family: ModelFamily
   samples: number
   trainSamples: number
   validationSamples: number
@@ -798,9 +810,33 @@ export interface UpdateReport {
   modelPath: string
   /** `v<modelVersion>` serving after the cycle. */
   version: string
+  /** Refits only: milliseconds the fit took on the runtime's blocking pool. */
+  fitMs?: number
+  /** Refits only: why an accepted refit could not be swapped in (its file could not be saved). */
+  error?: string
+}
+
+/** What `RealTimeModelUpdates.getModelInfo()` returns. */
+export interface RealTimeModelInfo {
+  /** null until a model serves. */
+  family: ModelFamily | null
+  modelPath: string
+  modelVersion: number
+  /** Feature count of the serving model (null until one serves). */
+  features: number | null
+  /** What named features map through (the model's names, else the featureNames option). */
+  featureNames: string[] | null
 }
 
 export interface RealTimeStatistics {
+  /** Family of the serving model (null before the stream started). */
+  family: ModelFamily | null
+  /** Tree refits decided, swapped in, and rejected by the gate (or not saved). */
+  refits: number
+  refitsAccepted: number
+  refitsRejected: number
+  /** A refit is being fitted or validated now. */
+  refitting: boolean
   bufferSize: number
   bufferCapacity: number
   isUpdating: boolean
@@ -884,6 +920,8 @@ export declare class RealTimeModelUpdates implements MetricsSource {
   hotSwapModel(path: string): Promise<boolean>
   rollback(): Promise<boolean>
   getCurrentModelPath(): string
+  /** Family, path, version and features of the model serving now. */
+  getModelInfo(): RealTimeModelInfo
   predictSync(features: Array<number | string> | Float64Array | NamedFeatures): number
   predict(features: Array<number | string> | Float64Array | NamedFeatures): Promise<number>
   startUpdateTimer(): void
@@ -1231,6 +1269,12 @@ export interface RealtimeNativeConfig {
    * runtime starts counts.
    */
   runtimeThreads?: number
+  /** Tree families: refit after this many feedback events (0: never by count). */
+  refitEvery?: number
+  /** Tree families: refit at least this often while feedback arrives (0: never by time). */
+  refitIntervalMs?: number
+  /** Tree families: the newest feedback events a refit trains on. */
+  refitWindow?: number
 }
 
 /**

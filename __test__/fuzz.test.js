@@ -236,6 +236,8 @@ test('RealTimeModelUpdates and OnlineLinearModel: every entry point against host
     assert.equal(s.received, s.accepted + s.rejected.total + s.dropped)
   }
   await check(property('new RealTimeModelUpdates', [junk], (o) => new mlops.RealTimeModelUpdates(o), valid))
+  await check(property('new RealTimeModelUpdates (refit options)', [fc.record({ refitEvery: fc.oneof(special, junk), refitIntervalMs: fc.oneof(special, junk), refitWindow: fc.oneof(special, junk) }, { requiredKeys: [] })], (o) => new mlops.RealTimeModelUpdates({ modelsDir: DIR, feedbackLogDir: false, ...o }), valid))
+  await check(property('getModelInfo', [junk], () => rt.getModelInfo(), valid, { result: (r) => assert.equal(r.family, 'linear') }))
   await check(property('addFeedbackSync', [feedback], (f) => rt.addFeedbackSync(f), valid, { result: (r) => assert.equal(typeof r, 'boolean') }))
   await check(property('addFeedback', [feedback], (f) => rt.addFeedback(f), valid, { result: (r) => assert.equal(typeof r, 'boolean') }))
   await check(property('addFeedbackBatch', [fc.oneof(typed, junk), fc.oneof(typed, junk), fc.oneof(typed, junk)], (a, b, c) => rt.addFeedbackBatch(a, b, c), valid))

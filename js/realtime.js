@@ -39,6 +39,9 @@ const OPTIONS = {
   connectTimeoutMs: { min: 1, max: 600_000 },
   statementTimeoutMs: { min: 0, max: 3_600_000 },
   runtimeThreads: { min: 1, max: 256, integer: true },
+  refitEvery: { min: 0, max: 1_000_000_000, integer: true },
+  refitIntervalMs: { min: 0, max: 2_147_483_647 },
+  refitWindow: { min: 50, max: 10_000_000, integer: true },
 }
 
 class RealTimeModelUpdates {
@@ -105,6 +108,10 @@ class RealTimeModelUpdates {
       keepLogFiles: n.keepLogFiles ?? 8,
       fsyncIntervalMs: n.fsyncIntervalMs ?? 100,
       learningRate: n.learningRate ?? 0.1,
+      // Tree families only (a linear model is its own online learner and is never refit).
+      refitEvery: n.refitEvery ?? 5000,
+      refitIntervalMs: n.refitIntervalMs ?? 600_000,
+      refitWindow: n.refitWindow ?? 10_000,
       followRegistry: v.optionalBoolean(o.followRegistry, 'options.followRegistry', true),
       // Old defaults, kept for callers that read them.
       learningRateIncremental: 0.0005,
@@ -145,6 +152,9 @@ class RealTimeModelUpdates {
       keepLogFiles: c.keepLogFiles,
       fsyncIntervalMs: c.fsyncIntervalMs,
       learningRate: c.learningRate,
+      refitEvery: c.refitEvery,
+      refitIntervalMs: c.refitIntervalMs,
+      refitWindow: c.refitWindow,
       timerEnabled: true,
       runtimeThreads: n.runtimeThreads ?? undefined,
       ...(pg
@@ -548,6 +558,25 @@ class RealTimeModelUpdates {
     return s && s.currentModelPath ? s.currentModelPath : this.modelPath
   }
 
+  /**
+   * What serves now: `{family, modelPath, modelVersion, features, featureNames}` (family
+   * and features are null before initialize() has loaded a model).
+   */
+  getModelInfo() {
+    if (!this.#started || this.#closed) {
+      return { family: null, modelPath: this.getCurrentModelPath(), modelVersion: 0, features: null, featureNames: this.#featureNames }
+    }
+    const s = this.#core._stats()
+    const [version, d] = this.#core._modelInfo()
+    return {
+      family: d > 0 ? s.family : null,
+      modelPath: s.currentModelPath || this.modelPath,
+      modelVersion: version,
+      features: d > 0 ? d : null,
+      featureNames: this.#currentNames(),
+    }
+  }
+
   /** Prediction of the model serving now (never waits for training). */
   predictSync(features) {
     if (this.#closed) throw new Error('RealTimeModelUpdates is cleaned up')
@@ -626,6 +655,7 @@ class RealTimeModelUpdates {
     const s = this.#started ? this.#core._stats() : null
     const rej = this.#rejected
     const base = s ?? {
+      family: null, refits: 0, refitsAccepted: 0, refitsRejected: 0, refitting: false,
       bufferSize: 0, isUpdating: false, lastUpdateTime: null, updateCount: 0, recentUpdates: [], received: 0, accepted: 0,
       rejected: { closed: 0 }, dropped: 0, processed: 0, queueDepth: 0, modelVersion: 0, swaps: 0, rollbacks: 0, drifts: 0,
       replayed: 0, updatesAccepted: 0, updatesRejected: 0, updateCycles: 0, durableSeq: 0, durableTicket: 0,

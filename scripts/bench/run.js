@@ -14,6 +14,7 @@ const suites = {
   'cardinality-predictions': () => require('./cardinality-predictions.js').run(),
   postgres: () => require('./postgres.js').run(),
   realtime: () => require('./realtime.js').run(),
+  refit: () => require('./refit.js').run(),
   training: () => require('./training.js').run(),
 }
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(suites)

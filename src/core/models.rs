@@ -108,6 +108,36 @@ impl TreeParams {
     }
 }
 
+impl TreeParams {
+    /// The parameters a saved model was fitted with (its `hyperparameters`, as
+    /// [`Resolved::to_json`] wrote them), so a refit grows the same kind of ensemble. gbm
+    /// asks for the trees it fitted before early stopping cut them (`treesFitted`): the
+    /// refit stops early on its own validation rows. Missing or odd fields take defaults.
+    pub fn from_hyperparameters(h: &Value) -> Self {
+        let num = |k: &str| h.get(k).and_then(Value::as_f64).filter(|v| v.is_finite());
+        let count = |k: &str| {
+            num(k)
+                .filter(|v| *v >= 1.0 && *v <= 1e6)
+                .map(|v| v as usize)
+        };
+        TreeParams {
+            trees: count("treesFitted").or_else(|| count("trees")),
+            max_depth: num("maxDepth")
+                .filter(|v| *v >= 1.0 && *v <= 64.0)
+                .map(|v| v as u16),
+            learning_rate: num("learningRate").filter(|v| *v > 0.0),
+            min_samples_leaf: count("minChildWeight").or_else(|| count("minSamplesLeaf")),
+            mtry: count("mtry"),
+            lambda: num("lambda").filter(|v| *v >= 0.0),
+            subsample: num("subsample").filter(|v| *v > 0.0 && *v <= 1.0),
+            early_stopping_rounds: num("earlyStoppingRounds")
+                .filter(|v| *v >= 0.0)
+                .map(|v| v as usize),
+            seed: h.get("seed").and_then(Value::as_u64).unwrap_or(0),
+        }
+    }
+}
+
 impl Resolved {
     pub fn to_json(&self, family: Family) -> Value {
         match family {

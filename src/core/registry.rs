@@ -470,7 +470,8 @@ impl Registry {
         rest.sort_by_key(|e| std::cmp::Reverse(e.version));
         order.extend(rest);
         for e in order {
-            match LinearModel::load(Path::new(&e.model_path)) {
+            // Any family serves (tree versions included), so any family is readable here.
+            match super::models::Model::load(Path::new(&e.model_path)) {
                 Ok(_) => return Ok(Some((e.clone(), notes))),
                 Err(err) => notes.push(format!("v{} is unreadable: {err}", e.version)),
             }

@@ -45,10 +45,18 @@
 //! Update cycle: candidate = current learner + the older part of the buffer; current and
 //! candidate are scored on the newest part, which neither has seen; the candidate is
 //! published when its relative MSE improvement reaches the threshold.
+//!
+//! **Tree families** serve `trees(x) + corrector(x)`: the learner above is then a residual
+//! corrector, learning `actual − trees(x)` through the same cycles and gate. Every
+//! `refit_every` events (or `refit_interval_ms`) the trees are refit on the newest
+//! `refit_window` events on the runtime's blocking pool; the worker only collects the
+//! result, scores it against what serves on feedback that arrives afterwards (which
+//! neither has seen), and swaps it in (saved under the state folder) when it wins.
 
 use super::drift::RobustCusum;
 use super::fsutil::{crc32c, read_bytes, read_text, write_atomic, FileLock};
 use super::linear::LinearModel;
+use super::models::{fit_trees, Family, Model, ModelKind, TreeModel, TreeParams};
 use super::online::{OnlineConfig, OnlineLinear};
 use super::registry::Registry;
 use arc_swap::ArcSwap;
@@ -93,6 +101,12 @@ pub struct StreamConfig {
     pub timer_enabled: bool,
     /// Feedback, training lease and registry in PostgreSQL (None: local files only).
     pub postgres: Option<PgStreamConfig>,
+    /// Tree families: refit the trees after this many feedback events (0: never by count).
+    pub refit_every: usize,
+    /// Tree families: refit at least this often while feedback arrives (0: never by time).
+    pub refit_interval_ms: u64,
+    /// Tree families: how many of the newest feedback events a refit trains on.
+    pub refit_window: usize,
 }
 
 impl Default for StreamConfig {
@@ -116,20 +130,28 @@ impl Default for StreamConfig {
             online: OnlineConfig::default(),
             timer_enabled: true,
             postgres: None,
+            refit_every: 5000,
+            refit_interval_ms: 600_000,
+            refit_window: 10_000,
         }
     }
 }
 
 /// What serves predictions. Immutable once published.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Linear family: `bias + w·x` is the model. Tree families: `trees(x) + bias + w·x`, where
+/// the linear part is the residual corrector learned online (zero when the trees arrive).
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     pub weights: Vec<f64>,
     pub bias: f64,
     pub version: u64,
     pub source: String,
-    /// The model file's top-level `featureNames`, when it has them (named features map
-    /// through them).
+    /// Named features map through these: a linear file's top-level `featureNames`, a tree
+    /// envelope's `features`.
     pub feature_names: Option<Arc<Vec<String>>>,
+    /// The tree ensemble (tree families only); it has `weights.len()` features.
+    pub trees: Option<Arc<TreeModel>>,
 }
 
 impl Snapshot {
@@ -137,7 +159,15 @@ impl Snapshot {
         if x.len() != self.weights.len() || self.weights.is_empty() {
             return None;
         }
-        Some(self.bias + self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f64>())
+        let linear = self.bias + self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f64>();
+        Some(match &self.trees {
+            Some(t) => t.predict(x) + linear,
+            None => linear,
+        })
+    }
+
+    pub fn family(&self) -> Family {
+        self.trees.as_ref().map_or(Family::Linear, |t| t.family)
     }
 }
 
@@ -171,6 +201,10 @@ pub struct Counters {
     pub torn_log_records: AtomicU64,
     /// Events whose log write failed: answered `false`, not learned from.
     pub log_failed: AtomicU64,
+    /// Tree refits decided (accepted + rejected), and how many were swapped in.
+    pub refits: AtomicU64,
+    pub refits_accepted: AtomicU64,
+    pub refits_rejected: AtomicU64,
 }
 
 pub struct Shared {
@@ -179,6 +213,8 @@ pub struct Shared {
     /// Next ticket handed to a caller (1, 2, … per start).
     pub next_ticket: AtomicU64,
     pub is_updating: AtomicBool,
+    /// A tree refit is being fitted or validated.
+    pub refitting: AtomicBool,
     pub closed: AtomicBool,
     /// False while the log cannot be written (from the last attempt).
     pub log_healthy: AtomicBool,
@@ -298,7 +334,15 @@ struct OnlineState {
     /// The model file this learner started from (resumed only while it still serves).
     base: String,
     version: u64,
+    /// Linear: the model. Tree families: the residual corrector added to the trees.
     learner: OnlineLinear,
+    /// The family of `base` (absent in states from before tree serving: linear).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    family: Option<String>,
+    /// When `base` is a refit: the model it was refit from. The refit serves after a
+    /// restart only while that model is still the one chosen to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
 }
 
 /// A log record borrowed from a queued event: serialised without copying its features.
@@ -522,10 +566,12 @@ impl StreamHandle {
                 version: 0,
                 source: String::new(),
                 feature_names: None,
+                trees: None,
             }),
             counters: Counters::default(),
             next_ticket: AtomicU64::new(1),
             is_updating: AtomicBool::new(false),
+            refitting: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             log_healthy: AtomicBool::new(true),
             last_error: Mutex::new(None),
@@ -708,6 +754,32 @@ struct Previous {
     snap: Arc<Snapshot>,
     base_path: PathBuf,
     names: Option<Arc<Vec<String>>>,
+    trees: Option<Arc<TreeModel>>,
+    origin: PathBuf,
+}
+
+/// Fewest feedback rows a tree refit trains on.
+const MIN_REFIT_ROWS: usize = 50;
+
+/// A tree refit in flight. It is fitted on the runtime's blocking pool (the worker keeps
+/// logging and acknowledging meanwhile), then scored against what serves on feedback that
+/// arrives after its window was taken — rows neither model has seen — before it may swap in.
+enum Refit {
+    Fitting {
+        rx: std::sync::mpsc::Receiver<Result<TreeModel, String>>,
+        started: Instant,
+        rows: usize,
+    },
+    Validating {
+        model: Arc<TreeModel>,
+        rows: usize,
+        fit_ms: f64,
+        /// Rows to score before deciding, and the squared errors so far.
+        need: usize,
+        n: usize,
+        cur_se: f64,
+        cand_se: f64,
+    },
 }
 
 struct Worker {
@@ -742,6 +814,17 @@ struct Worker {
     version: u64,
     replaying: bool,
     pg: Option<pg::PgSide>,
+    /// Tree families: the ensemble that serves (the learner is then its residual corrector).
+    trees: Option<Arc<TreeModel>>,
+    /// The model chosen to serve (registry, file, hot swap); `base_path` differs from it
+    /// only while a refit of it serves.
+    origin: PathBuf,
+    /// Tree families: the newest feedback (features, actual), what a refit trains on.
+    window: VecDeque<(Vec<f64>, f64)>,
+    refit: Option<Refit>,
+    /// Feedback rows since the last refit started, and when it started.
+    since_refit: u64,
+    last_refit: Instant,
 }
 
 fn names_of(m: &LinearModel) -> Option<Arc<Vec<String>>> {
@@ -785,6 +868,12 @@ impl Worker {
             version: 0,
             replaying: false,
             pg: None,
+            trees: None,
+            origin: PathBuf::new(),
+            window: VecDeque::new(),
+            refit: None,
+            since_refit: 0,
+            last_refit: Instant::now(),
         }
     }
 
@@ -823,6 +912,7 @@ impl Worker {
             version: self.version,
             source,
             feature_names: self.names.clone(),
+            trees: self.trees.clone(),
         };
         self.shared.current.store(Arc::new(snap));
     }
@@ -857,26 +947,35 @@ impl Worker {
         candidates.push(self.cfg.model_path.clone());
         for path in candidates {
             self.base_path = path.clone();
-            match LinearModel::load(&path) {
+            match Model::load(&path) {
                 Ok(m) => {
-                    self.names = names_of(&m);
-                    self.learner = Some(OnlineLinear::from_model(&m, self.cfg.online.clone()));
+                    self.install(m);
                     break;
                 }
                 Err(e) => self.error(format!("model: {e}")),
             }
         }
         let path = self.base_path.clone();
+        self.origin = path.clone();
+        let here = path.display().to_string();
         if let Ok(text) = read_text(&self.state_path(), 256 << 20) {
             match serde_json::from_str::<OnlineState>(&text) {
-                Ok(s) if s.base == path.display().to_string() && s.learner.check().is_ok() => {
-                    if self
-                        .learner
-                        .as_ref()
-                        .is_none_or(|l| l.features() == s.learner.features())
-                    {
-                        self.version = s.version;
-                        self.learner = Some(s.learner);
+                // A corrector never serves alone, nor a linear learner beside trees.
+                Ok(s)
+                    if s.learner.check().is_ok()
+                        && s.family.as_deref().unwrap_or("linear") == self.family().name() =>
+                {
+                    if s.base == here {
+                        if self
+                            .learner
+                            .as_ref()
+                            .is_none_or(|l| l.features() == s.learner.features())
+                        {
+                            self.version = s.version;
+                            self.learner = Some(s.learner);
+                        }
+                    } else if s.origin.as_deref() == Some(here.as_str()) {
+                        self.resume_refit(s);
                     }
                 }
                 Ok(_) => {}
@@ -887,8 +986,9 @@ impl Worker {
             }
         }
         if self.learner.is_some() {
-            *self.shared.current_path.lock() = path.display().to_string();
-            self.publish(path.display().to_string());
+            let serving = self.base_path.display().to_string();
+            *self.shared.current_path.lock() = serving.clone();
+            self.publish(serving);
             true
         } else {
             self.error(format!(
@@ -899,6 +999,66 @@ impl Worker {
         }
     }
 
+    fn family(&self) -> Family {
+        self.trees.as_ref().map_or(Family::Linear, |t| t.family)
+    }
+
+    /// Makes a loaded model the one that learns and serves (published by the caller): a
+    /// linear model is its own online learner; trees get a fresh, zero residual corrector.
+    fn install(&mut self, m: Model) {
+        let Model { kind, features, .. } = m;
+        let named = |d: usize| features.filter(|n| n.len() == d).map(Arc::new);
+        match kind {
+            ModelKind::Linear(l) => {
+                self.names = names_of(&l).or_else(|| named(l.weights.len()));
+                self.learner = Some(OnlineLinear::from_model(&l, self.cfg.online.clone()));
+                self.trees = None;
+            }
+            ModelKind::Trees(t) => {
+                self.names = named(t.d);
+                self.learner = Some(OnlineLinear::new(t.d, self.cfg.online.clone()));
+                self.trees = Some(Arc::new(t));
+            }
+        }
+        // A refit of the model this replaces would be moot.
+        self.refit = None;
+        self.shared.refitting.store(false, Ordering::Release);
+        self.since_refit = 0;
+        self.last_refit = Instant::now();
+    }
+
+    /// At start: the saved state says a refit of the model chosen to serve was serving.
+    fn resume_refit(&mut self, s: OnlineState) {
+        let path = PathBuf::from(&s.base);
+        let family = self.family();
+        match Model::load(&path) {
+            Ok(Model {
+                kind: ModelKind::Trees(t),
+                features,
+                ..
+            }) if t.family == family && t.d == s.learner.features() => {
+                if let Some(n) = features.filter(|n| n.len() == t.d) {
+                    self.names = Some(Arc::new(n));
+                }
+                self.trees = Some(Arc::new(t));
+                self.base_path = path;
+                self.version = s.version;
+                self.learner = Some(s.learner);
+            }
+            Ok(_) => self.error(format!(
+                "{}: not a {} refit with {} features; serving {} with a fresh corrector",
+                path.display(),
+                family.name(),
+                s.learner.features(),
+                self.origin.display()
+            )),
+            Err(e) => self.error(format!(
+                "refit model {e}; serving {} with a fresh corrector",
+                self.origin.display()
+            )),
+        }
+    }
+
     fn save_learner(&self) {
         // On PostgreSQL what serves comes from the registry; local learner state is never
         // resumed (see stream_pg.rs), so it is not written either.
@@ -906,11 +1066,15 @@ impl Worker {
             return;
         }
         let Some(l) = &self.learner else { return };
+        let family = self.family();
         let s = OnlineState {
             format: "mlops-native/online-state@1".into(),
             base: self.base_path.display().to_string(),
             version: self.version,
             learner: l.clone(),
+            family: (family != Family::Linear).then(|| family.name().to_string()),
+            origin: (self.origin != self.base_path && !self.origin.as_os_str().is_empty())
+                .then(|| self.origin.display().to_string()),
         };
         match serde_json::to_vec(&s) {
             Ok(b) => {
@@ -1265,6 +1429,9 @@ impl Worker {
             if self.learner.is_none() {
                 self.learner = Some(OnlineLinear::new(features.len(), self.cfg.online.clone()));
             }
+            if self.trees.is_some() {
+                self.observe_for_refit(features, served.unwrap_or(prediction), actual);
+            }
             self.buffer.push(Sample {
                 seq,
                 x: features.to_vec(),
@@ -1292,6 +1459,7 @@ impl Worker {
         } else if self.buffer.len() >= self.cfg.buffer_size {
             self.cycle("buffer-full", false);
         }
+        self.maybe_refit();
     }
 
     /// One update cycle; returns its report (None when there was nothing to learn from).
@@ -1311,14 +1479,22 @@ impl Worker {
                 let n_val = ((samples.len() as f64 * self.cfg.validation_fraction).round()
                     as usize)
                     .clamp(1, samples.len() - 1);
+                // Linear: the learner is the model. Trees: it corrects them, so it learns
+                // and is scored on what the trees leave, `actual − trees(x)`.
+                let target = |s: &Sample| match &self.trees {
+                    Some(t) => s.y - t.predict(&s.x),
+                    None => s.y,
+                };
                 let (train, val) = samples.split_at(samples.len() - n_val);
                 let mut cand = cur.clone();
                 for s in train {
-                    cand.learn(&s.x, s.y);
+                    cand.learn(&s.x, target(s));
                 }
+                let val_y: Vec<f64> = val.iter().map(target).collect();
                 let mse = |m: &OnlineLinear| {
                     val.iter()
-                        .map(|s| (m.predict(&s.x) - s.y).powi(2))
+                        .zip(&val_y)
+                        .map(|(s, y)| (m.predict(&s.x) - y).powi(2))
                         .sum::<f64>()
                         / val.len() as f64
                 };
@@ -1335,6 +1511,7 @@ impl Worker {
                 let mut report = json!({
                     "reason": reason,
                     "accepted": accepted,
+                    "family": self.family().name(),
                     "samples": keep,
                     "trainSamples": train.len(),
                     "validationSamples": val.len(),
@@ -1354,13 +1531,7 @@ impl Worker {
                     },
                 });
                 if accepted {
-                    let prev_snap = self.shared.current.load_full();
-                    self.previous = Some(Previous {
-                        learner: self.learner.take(),
-                        snap: prev_snap,
-                        base_path: self.base_path.clone(),
-                        names: self.names.clone(),
-                    });
+                    self.remember_previous();
                     self.learner = Some(cand);
                     if self.cfg.enable_hot_swap {
                         self.publish("online".into());
@@ -1415,35 +1586,51 @@ impl Worker {
         report
     }
 
-    fn hot_swap(&mut self, path: &Path, source: String) -> Result<Value, String> {
-        let m = LinearModel::load(path)?;
-        if let Some(l) = &self.learner {
-            if l.features() != m.weights.len() {
-                return Err(format!(
-                    "{} has {} weights but the serving model has {}",
-                    path.display(),
-                    m.weights.len(),
-                    l.features()
-                ));
-            }
-        }
+    /// Keeps what serves now, so that `rollback` can restore all of it.
+    fn remember_previous(&mut self) {
         let prev_snap = self.shared.current.load_full();
         self.previous = Some(Previous {
             learner: self.learner.take(),
             snap: prev_snap,
             base_path: self.base_path.clone(),
             names: self.names.clone(),
+            trees: self.trees.clone(),
+            origin: self.origin.clone(),
         });
-        self.learner = Some(OnlineLinear::from_model(&m, self.cfg.online.clone()));
-        self.names = names_of(&m);
+    }
+
+    /// Serves a model file of any family, or refuses it (naming the file and why) and
+    /// changes nothing.
+    fn hot_swap(&mut self, path: &Path, source: String) -> Result<Value, String> {
+        let m = Model::load(path)?;
+        if let Some(l) = &self.learner {
+            if l.features() != m.n_features() {
+                let what = match m.family() {
+                    Family::Linear => "weights",
+                    _ => "features",
+                };
+                return Err(format!(
+                    "{} has {} {what} but the serving model has {}",
+                    path.display(),
+                    m.n_features(),
+                    l.features()
+                ));
+            }
+        }
+        self.remember_previous();
+        self.install(m);
         self.base_path = path.to_path_buf();
+        self.origin = self.base_path.clone();
         self.publish(source);
         *self.shared.current_path.lock() = path.display().to_string();
         self.shared.counters.swaps.fetch_add(1, Ordering::Relaxed);
         self.save_learner();
-        Ok(
-            json!({ "swapped": true, "modelVersion": self.version, "path": path.display().to_string() }),
-        )
+        Ok(json!({
+            "swapped": true,
+            "modelVersion": self.version,
+            "path": path.display().to_string(),
+            "family": self.family().name(),
+        }))
     }
 
     /// Serves what the last swap or accepted update replaced — its learner, its path and
@@ -1455,6 +1642,10 @@ impl Worker {
         self.learner = p.learner;
         self.base_path = p.base_path;
         self.names = p.names;
+        self.trees = p.trees;
+        self.origin = p.origin;
+        self.refit = None;
+        self.shared.refitting.store(false, Ordering::Release);
         self.shared.current.store(p.snap);
         *self.shared.current_path.lock() = self.base_path.display().to_string();
         self.shared
@@ -1486,6 +1677,309 @@ impl Worker {
             }
             Ok(_) => {}
             Err(e) => self.error(format!("registry: {e}")),
+        }
+    }
+
+    /// Tree families, per usable feedback: keeps it for the next refit's window and, while
+    /// a fitted refit is being validated, scores it against what serves. `served` is what
+    /// the serving model predicted before learning anything from this event.
+    fn observe_for_refit(&mut self, x: &[f64], served: f64, actual: f64) {
+        if self.cfg.refit_window > 0 {
+            if self.window.len() >= self.cfg.refit_window {
+                self.window.pop_front();
+            }
+            self.window.push_back((x.to_vec(), actual));
+        }
+        self.since_refit += 1;
+        // Replayed events may predate the refit's window: only live ones validate it.
+        if self.replaying {
+            return;
+        }
+        if let Some(Refit::Validating {
+            model,
+            n,
+            cur_se,
+            cand_se,
+            ..
+        }) = &mut self.refit
+        {
+            if x.len() == model.d {
+                *cur_se += (served - actual).powi(2);
+                *cand_se += (model.predict(x) - actual).powi(2);
+                *n += 1;
+            }
+        }
+    }
+
+    /// Starts a refit of the serving trees when one is due (`refit_every` events or
+    /// `refit_interval_ms` since the last one, with at least `MIN_REFIT_ROWS` in the window).
+    fn maybe_refit(&mut self) {
+        let Some(trees) = self.trees.clone() else {
+            return;
+        };
+        // On PostgreSQL the fleet's trainer decides what serves; without hot swap nothing
+        // would serve the refit.
+        if self.refit.is_some()
+            || self.replaying
+            || self.pg.is_some()
+            || !self.cfg.enable_hot_swap
+            || self.window.len() < MIN_REFIT_ROWS
+        {
+            return;
+        }
+        let by_count = self.cfg.refit_every > 0 && self.since_refit >= self.cfg.refit_every as u64;
+        let by_time = self.cfg.refit_interval_ms > 0
+            && self.since_refit > 0
+            && self.last_refit.elapsed() >= Duration::from_millis(self.cfg.refit_interval_ms);
+        if !(by_count || by_time) {
+            return;
+        }
+        self.since_refit = 0;
+        self.last_refit = Instant::now();
+        let d = trees.d;
+        let rows: Vec<&(Vec<f64>, f64)> = self.window.iter().filter(|r| r.0.len() == d).collect();
+        let n = rows.len();
+        let mut x = Vec::with_capacity(n * d);
+        let mut y = Vec::with_capacity(n);
+        for (rx, ry) in rows {
+            x.extend_from_slice(rx);
+            y.push(*ry);
+        }
+        // gbm picks its tree count on the window's newest fifth; forests use every row.
+        let family = trees.family;
+        let n_stop = if family == Family::Gbm { n / 5 } else { 0 };
+        let train: Vec<usize> = (0..n - n_stop).collect();
+        let stop: Vec<usize> = (n - n_stop..n).collect();
+        let params = TreeParams::from_hyperparameters(&trees.hyperparameters);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = move || {
+            let fit = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fit_trees(family, &x, &y, d, &train, &stop, &params)
+            }))
+            .unwrap_or_else(|p| {
+                Err(p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the fit panicked".into()))
+            });
+            // The worker may have moved on (swap, rollback, shutdown): then nobody listens.
+            let _ = tx.send(fit);
+        };
+        match super::runtime::spawn_long(job) {
+            Ok(_) => {
+                self.refit = Some(Refit::Fitting {
+                    rx,
+                    started: Instant::now(),
+                    rows: n,
+                });
+                self.shared.refitting.store(true, Ordering::Release);
+            }
+            Err(e) => self.error(format!("refit not started: {e}")),
+        }
+    }
+
+    /// Called every loop: takes a finished fit, decides a validated one, or starts the next
+    /// refit when its interval has passed.
+    fn poll_refit(&mut self) {
+        match &mut self.refit {
+            Some(Refit::Fitting { rx, started, rows }) => {
+                let (rows, fit_ms) = (*rows, started.elapsed().as_secs_f64() * 1000.0);
+                match rx.try_recv() {
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    Ok(Ok(t)) => {
+                        let need = ((rows as f64 * self.cfg.validation_fraction).round() as usize)
+                            .clamp(20, 500);
+                        self.refit = Some(Refit::Validating {
+                            model: Arc::new(t),
+                            rows,
+                            fit_ms,
+                            need,
+                            n: 0,
+                            cur_se: 0.0,
+                            cand_se: 0.0,
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        self.refit = None;
+                        self.shared.refitting.store(false, Ordering::Release);
+                        self.error(format!(
+                            "refit failed: {e}; still serving {}",
+                            self.base_path.display()
+                        ));
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        self.refit = None;
+                        self.shared.refitting.store(false, Ordering::Release);
+                        self.error("refit stopped without a result".into());
+                    }
+                }
+            }
+            Some(Refit::Validating { n, need, .. }) if *n >= *need => self.finish_refit(),
+            Some(Refit::Validating { .. }) => {}
+            None => self.maybe_refit(),
+        }
+    }
+
+    /// Whether the worker should wake up soon to collect a fit.
+    fn refit_fitting(&self) -> bool {
+        matches!(self.refit, Some(Refit::Fitting { .. }))
+    }
+
+    /// The gate: the refit (fresh trees, zero corrector) against what serves (trees +
+    /// corrector) on the same unseen rows; it swaps in when its relative MSE improvement
+    /// reaches `update_threshold`, once its file is saved (a restart then serves it too).
+    fn finish_refit(&mut self) {
+        let Some(Refit::Validating {
+            model,
+            rows,
+            fit_ms,
+            n,
+            cur_se,
+            cand_se,
+            ..
+        }) = self.refit.take()
+        else {
+            return;
+        };
+        self.shared.refitting.store(false, Ordering::Release);
+        let started = Instant::now();
+        let (cur_mse, cand_mse) = (cur_se / n as f64, cand_se / n as f64);
+        let improvement = if cur_mse > 0.0 {
+            (cur_mse - cand_mse) / cur_mse
+        } else {
+            0.0
+        };
+        let family = model.family;
+        let mut accepted = improvement.is_finite() && improvement >= self.cfg.update_threshold;
+        let mut error = None;
+        if accepted {
+            match self.save_refit(&model, cand_mse, n) {
+                Ok(path) => {
+                    self.remember_previous();
+                    self.learner = Some(OnlineLinear::new(model.d, self.cfg.online.clone()));
+                    self.trees = Some(model);
+                    self.base_path = path;
+                    let serving = self.base_path.display().to_string();
+                    self.publish("refit".into());
+                    *self.shared.current_path.lock() = serving;
+                    self.shared.counters.swaps.fetch_add(1, Ordering::Relaxed);
+                    self.save_learner();
+                    self.prune_refits();
+                }
+                Err(e) => {
+                    accepted = false;
+                    self.error(format!("refit not swapped in: {e}"));
+                    error = Some(e);
+                }
+            }
+        }
+        let c = &self.shared.counters;
+        c.refits.fetch_add(1, Ordering::Relaxed);
+        if accepted {
+            c.refits_accepted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.refits_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        let time = now_ms();
+        let serving = self.shared.current.load().version;
+        let mut report = json!({
+            "reason": "refit",
+            "accepted": accepted,
+            "family": family.name(),
+            "samples": rows,
+            "trainSamples": rows,
+            "validationSamples": n,
+            "currentMse": cur_mse,
+            "candidateMse": cand_mse,
+            "improvement": improvement,
+            "threshold": self.cfg.update_threshold,
+            "fitMs": fit_ms,
+            "time": time,
+            "timestamp": time,
+            "metrics": {
+                "mse": if accepted { cand_mse } else { cur_mse },
+                "candidateMse": cand_mse,
+                "baselineMse": cur_mse,
+                "improvement": improvement,
+                "samples": rows,
+            },
+            "modelVersion": serving,
+            "version": format!("v{serving}"),
+            "modelPath": self.shared.current_path.lock().clone(),
+            "durationMs": fit_ms + started.elapsed().as_secs_f64() * 1000.0,
+        });
+        if let Some(e) = error {
+            report["error"] = e.into();
+        }
+        {
+            let mut recent = self.shared.recent_updates.lock();
+            recent.push_back(report.clone());
+            while recent.len() > 10 {
+                recent.pop_front();
+            }
+        }
+        self.notifier
+            .notify(if accepted { "update" } else { "rejected" }, 0, report);
+    }
+
+    /// `<stateDir>/<stem>.refit-<ms>.json`: the refit in the family's envelope.
+    fn save_refit(
+        &self,
+        t: &Arc<TreeModel>,
+        mse: f64,
+        validated: usize,
+    ) -> Result<PathBuf, String> {
+        let stem = super::registry::stem_of(&self.cfg.model_path);
+        let ms = now_ms() as u64;
+        let mut path = self.cfg.state_dir.join(format!("{stem}.refit-{ms}.json"));
+        for k in 1..1000 {
+            if !path.exists() {
+                break;
+            }
+            path = self
+                .cfg
+                .state_dir
+                .join(format!("{stem}.refit-{ms}-{k}.json"));
+        }
+        let m = Model {
+            kind: ModelKind::Trees(TreeModel::clone(t)),
+            features: self.names.as_ref().map(|n| n.as_ref().clone()),
+            metrics: json!({ "mse": mse, "validationSamples": validated, "refitOf": self.origin.display().to_string() }),
+        };
+        fs::create_dir_all(&self.cfg.state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.cfg.state_dir.display()))?;
+        write_atomic(&path, m.to_json_pretty().as_bytes())
+            .map_err(|e| format!("cannot save {}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Keeps the newest refit files, and any that serves or that a rollback would serve.
+    fn prune_refits(&self) {
+        let stem = super::registry::stem_of(&self.cfg.model_path);
+        let prefix = format!("{stem}.refit-");
+        let Ok(rd) = fs::read_dir(&self.cfg.state_dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".json"))
+            })
+            .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .collect();
+        files.sort();
+        let keep = |p: &PathBuf| {
+            *p == self.base_path || self.previous.as_ref().is_some_and(|q| q.base_path == *p)
+        };
+        let excess = files.len().saturating_sub(3);
+        for (_, p) in files.into_iter().take(excess) {
+            if !keep(&p) {
+                let _ = fs::remove_file(p);
+            }
         }
     }
 
@@ -1655,6 +2149,7 @@ impl Worker {
             }
         }
         self.pg_tick();
+        self.poll_refit();
         if self.timer && now >= self.next_tick {
             self.next_tick = now + tick_every;
             self.poll_registry();
@@ -1676,6 +2171,10 @@ impl Worker {
         if self.pg.is_some() {
             // Swap signals and the trainer's reads are checked at least this often.
             at = at.min(last_tick + Duration::from_millis(10));
+        }
+        if self.refit_fitting() {
+            // A finished fit is collected soon, not at the next event or timer.
+            at = at.min(last_tick + Duration::from_millis(20));
         }
         at
     }
@@ -2471,5 +2970,204 @@ mod tests {
         h.request(3, Request::Shutdown).unwrap();
         h.join();
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // ------------------------------------------------------------ tree families
+
+    fn before(x: &[f64]) -> f64 {
+        (if x[0] > 5.0 { 3.0 } else { 0.0 }) + 0.5 * x[1]
+    }
+    fn after(x: &[f64]) -> f64 {
+        (if x[0] < 3.0 { 4.0 } else { -1.0 }) + if x[1] > 6.0 { -3.0 } else { 2.0 }
+    }
+    fn rows(n: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut r = crate::core::finetune::SplitMix(seed);
+        let mut u = move || (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 10.0;
+        (0..n).map(|_| vec![u(), u()]).collect()
+    }
+
+    /// A small gbm file fitted on `before`; returns the stream config serving it.
+    fn tree_setup(name: &str) -> (PathBuf, StreamConfig, TreeModel) {
+        let (dir, mut cfg) = setup(name);
+        let xs = rows(600, 1);
+        let x: Vec<f64> = xs.iter().flatten().copied().collect();
+        let y: Vec<f64> = xs.iter().map(|r| before(r)).collect();
+        let train: Vec<usize> = (0..500).collect();
+        let val: Vec<usize> = (500..600).collect();
+        let params = TreeParams {
+            trees: Some(30),
+            max_depth: Some(3),
+            ..Default::default()
+        };
+        let t = fit_trees(Family::Gbm, &x, &y, 2, &train, &val, &params).unwrap();
+        let m = Model {
+            kind: ModelKind::Trees(t.clone()),
+            features: Some(vec!["a".into(), "b".into()]),
+            metrics: Value::Null,
+        };
+        let path = dir.join("gbm.json");
+        fs::write(&path, m.to_json_pretty()).unwrap();
+        cfg.model_path = path;
+        cfg.buffer_size = 100;
+        cfg.refit_every = 0;
+        cfg.refit_interval_ms = 0;
+        (dir, cfg, t)
+    }
+
+    #[test]
+    fn a_tree_stream_serves_the_trees_and_its_corrector_learns_the_residual() {
+        let (dir, cfg, t) = tree_setup("corrector");
+        let (tx, rx) = channel();
+        let h = StreamHandle::start(cfg.clone(), Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
+        wait_for(&rx, "ready");
+        for x in rows(20, 9) {
+            assert_eq!(
+                h.predict(&x),
+                Some(t.predict(&x)),
+                "the trees alone at first"
+            );
+        }
+        assert_eq!(h.shared.current.load().family(), Family::Gbm);
+        for x in rows(100, 2) {
+            let p = t.predict(&x);
+            h.send_feedback(x, p, p + 3.0).unwrap();
+        }
+        let (_, r) = wait_for(&rx, "update");
+        assert_eq!(r["family"], "gbm");
+        assert_eq!(r["accepted"], true);
+        for x in rows(20, 9) {
+            let moved = h.predict(&x).unwrap() - t.predict(&x);
+            assert!((moved - 3.0).abs() < 0.2, "served − trees = {moved}");
+        }
+        let served: Vec<f64> = rows(20, 9).iter().map(|x| h.predict(x).unwrap()).collect();
+        h.request(1, Request::Shutdown).unwrap();
+        h.join();
+        // Restart: the corrector resumes on the same trees.
+        let (tx, rx) = channel();
+        let h = StreamHandle::start(cfg, Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
+        wait_for(&rx, "ready");
+        let again: Vec<f64> = rows(20, 9).iter().map(|x| h.predict(x).unwrap()).collect();
+        assert_eq!(again, served);
+        h.request(1, Request::Shutdown).unwrap();
+        h.join();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_linear_state_saved_before_tree_serving_still_resumes_and_never_rides_on_trees() {
+        let (dir, cfg) = setup("oldstate");
+        // Today's linear state shape: no family, no origin.
+        let mut l = OnlineLinear::new(2, cfg.online.clone());
+        for i in 0..200 {
+            let x = [(i % 10) as f64, (i % 7) as f64];
+            l.learn(&x, 1.0 + 2.0 * x[0] - x[1]);
+        }
+        let old = json!({
+            "format": "mlops-native/online-state@1",
+            "base": cfg.model_path.display().to_string(),
+            "version": 7,
+            "learner": l,
+        });
+        fs::create_dir_all(&cfg.state_dir).unwrap();
+        let state = cfg.state_dir.join("m.online.json");
+        fs::write(&state, old.to_string()).unwrap();
+        let (tx, rx) = channel();
+        let h = StreamHandle::start(cfg.clone(), Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
+        wait_for(&rx, "ready");
+        let p = h.predict(&[3.0, 2.0]).unwrap();
+        assert!((p - l.predict(&[3.0, 2.0])).abs() < 1e-9, "{p}");
+        assert_eq!(h.shared.current.load().version, 8);
+        h.request(1, Request::Shutdown).unwrap();
+        h.join();
+        // The same linear state beside a tree file of that name is not resumed.
+        let (tdir, mut tcfg, t) = tree_setup("oldstate-trees");
+        fs::copy(&tcfg.model_path, &cfg.model_path).unwrap();
+        tcfg.model_path = cfg.model_path.clone();
+        tcfg.state_dir = cfg.state_dir.clone();
+        tcfg.log_dir = None;
+        let (tx, rx) = channel();
+        let h = StreamHandle::start(tcfg, Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
+        wait_for(&rx, "ready");
+        assert_eq!(h.predict(&[3.0, 2.0]), Some(t.predict(&[3.0, 2.0])));
+        h.request(1, Request::Shutdown).unwrap();
+        h.join();
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&tdir).unwrap();
+    }
+
+    #[test]
+    fn a_refit_runs_off_the_worker_is_validated_on_unseen_feedback_and_survives_a_restart() {
+        let (dir, mut cfg, t) = tree_setup("refit");
+        cfg.refit_every = 300;
+        cfg.refit_window = 300;
+        let (tx, rx) = channel();
+        let h = StreamHandle::start(cfg.clone(), Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
+        wait_for(&rx, "ready");
+        let stream = rows(3000, 5);
+        let mut sent = 0;
+        let report = 'outer: loop {
+            assert!(sent < stream.len(), "no refit was swapped in");
+            for x in &stream[sent..sent + 50] {
+                h.send_feedback(x.clone(), t.predict(x), after(x)).unwrap();
+            }
+            sent += 50;
+            h.request(sent as u64, Request::Flush).unwrap();
+            loop {
+                let (k, id, v) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+                if k == "update" && v["reason"] == "refit" {
+                    break 'outer v;
+                }
+                if k == "reply" && id == sent as u64 {
+                    break;
+                }
+            }
+        };
+        assert_eq!(report["family"], "gbm");
+        assert!(report["candidateMse"].as_f64() < report["currentMse"].as_f64());
+        assert!(report["validationSamples"].as_u64().unwrap() >= 20);
+        let path = PathBuf::from(h.shared.current_path.lock().clone());
+        assert_eq!(path.parent(), Some(cfg.state_dir.as_path()));
+        let refit = Model::load(&path).unwrap();
+        let probe = rows(200, 77);
+        let mse = |f: &dyn Fn(&[f64]) -> f64| {
+            probe.iter().map(|x| (f(x) - after(x)).powi(2)).sum::<f64>() / probe.len() as f64
+        };
+        assert!(mse(&|x| refit.predict(x)) < 0.3 * mse(&|x| t.predict(x)));
+        h.request(1, Request::Shutdown).unwrap();
+        h.join();
+        let served: Vec<f64> = {
+            let (tx, rx) = channel();
+            let h = StreamHandle::start(cfg, Box::new(ChanNotifier(Mutex::new(tx)))).unwrap();
+            wait_for(&rx, "ready");
+            assert_eq!(*h.shared.current_path.lock(), path.display().to_string());
+            let v = probe.iter().map(|x| h.predict(x).unwrap()).collect();
+            h.request(1, Request::Shutdown).unwrap();
+            h.join();
+            v
+        };
+        // The restart serves the refit trees (plus the corrector it had).
+        let refit_mse = probe
+            .iter()
+            .zip(&served)
+            .map(|(x, p)| (p - after(x)).powi(2))
+            .sum::<f64>()
+            / probe.len() as f64;
+        assert!(refit_mse < 0.3 * mse(&|x| t.predict(x)), "{refit_mse}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hyperparameters_round_trip_into_a_refit() {
+        let p = TreeParams::from_hyperparameters(&json!({
+            "trees": 12, "treesFitted": 40, "maxDepth": 3, "learningRate": 0.2,
+            "minChildWeight": 2, "lambda": 0.5, "subsample": 0.8, "earlyStoppingRounds": 5, "seed": 9
+        }));
+        assert_eq!(p.trees, Some(40));
+        assert_eq!(p.max_depth, Some(3));
+        assert_eq!(p.learning_rate, Some(0.2));
+        assert_eq!(p.min_samples_leaf, Some(2));
+        assert_eq!(p.seed, 9);
+        let junk = TreeParams::from_hyperparameters(&json!({ "trees": -1, "maxDepth": "x" }));
+        assert_eq!(junk, TreeParams::default());
     }
 }

@@ -18,7 +18,6 @@
 //!   the production model; one that loses the lease drops what it learned but did not
 //!   publish (its events are re-read by the new trainer from the watermark).
 
-use super::super::linear::LinearModel;
 use super::super::store::connect_shared;
 use super::super::store::pg_registry::PgRegistry;
 use super::super::store::pg_stream::{
@@ -309,8 +308,8 @@ impl Worker {
             // No production version: start again from the base model.
             self.registry_version = None;
             let base = self.cfg.model_path.clone();
-            if let Ok(m) = LinearModel::load(&base) {
-                self.learner = Some(super::OnlineLinear::from_model(&m, self.cfg.online.clone()));
+            if let Ok(m) = super::Model::load(&base) {
+                self.install(m);
                 self.publish(base.display().to_string());
             }
         }
@@ -402,7 +401,8 @@ impl Worker {
         if !pg.trainer.leading() {
             return;
         }
-        let publish = match (&self.learner, accepted) {
+        // A tree family's corrector is not a model on its own: it serves here, unpublished.
+        let publish = match (&self.learner, accepted && self.trees.is_none()) {
             (Some(l), true) => {
                 let (weights, bias) = l.to_raw();
                 let mut model = json!({ "weights": weights, "bias": bias, "family": "online" });

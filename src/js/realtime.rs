@@ -83,6 +83,12 @@ pub struct RealtimeNativeConfig {
     /// Worker threads of the addon's one runtime; only the first setting before the
     /// runtime starts counts.
     pub runtime_threads: Option<u32>,
+    /// Tree families: refit after this many feedback events (0: never by count).
+    pub refit_every: Option<f64>,
+    /// Tree families: refit at least this often while feedback arrives (0: never by time).
+    pub refit_interval_ms: Option<f64>,
+    /// Tree families: the newest feedback events a refit trains on.
+    pub refit_window: Option<f64>,
 }
 
 #[napi(js_name = "RealTimeModelUpdatesCore")]
@@ -111,7 +117,15 @@ impl RealTimeModelUpdatesCore {
             crate::core::runtime::set_worker_threads(n as usize)
                 .map_err(|m| range(&env, format!("options.{m}")))?;
         }
+        let d = StreamConfig::default();
         let config = StreamConfig {
+            refit_every: c.refit_every.map_or(d.refit_every, |v| v.max(0.0) as usize),
+            refit_interval_ms: c
+                .refit_interval_ms
+                .map_or(d.refit_interval_ms, |v| v.max(0.0) as u64),
+            refit_window: c
+                .refit_window
+                .map_or(d.refit_window, |v| v.max(0.0) as usize),
             buffer_size: c.buffer_size.max(1) as usize,
             update_interval_ms: c.update_interval_ms.max(1.0) as u64,
             min_samples_for_update: c.min_samples_for_update as usize,
@@ -321,7 +335,13 @@ impl RealTimeModelUpdatesCore {
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Acquire);
         let accepted = l(&c.accepted);
         let dequeued = l(&c.dequeued);
+        let snap = s.current.load();
         json!({
+            "family": snap.family().name(),
+            "refits": l(&c.refits),
+            "refitsAccepted": l(&c.refits_accepted),
+            "refitsRejected": l(&c.refits_rejected),
+            "refitting": s.refitting.load(Ordering::Acquire),
             "bufferSize": l(&c.buffered),
             "isUpdating": s.is_updating.load(Ordering::Acquire),
             "lastUpdateTime": if l(&c.last_update_time) == 0 { Value::Null } else { json!(l(&c.last_update_time)) },
@@ -335,7 +355,7 @@ impl RealTimeModelUpdatesCore {
             "dropped": l(&c.dropped),
             "processed": l(&c.processed),
             "queueDepth": accepted.saturating_sub(dequeued),
-            "modelVersion": s.current.load().version,
+            "modelVersion": snap.version,
             "swaps": l(&c.swaps),
             "rollbacks": l(&c.rollbacks),
             "drifts": l(&c.drifts),
