@@ -449,6 +449,16 @@ impl Task for FineTuneTask {
     type JsValue = Json;
 
     fn compute(&mut self) -> Result<()> {
+        on_runtime(self, Self::run)
+    }
+
+    fn resolve(&mut self, env: Env, out: ()) -> Result<Json> {
+        self.finish(env, out)
+    }
+}
+
+impl FineTuneTask {
+    fn run(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
         let base = Model::load(&self.base).map_err(|e| plain(format!("base model: {e}")))?;
         let progress = self.progress.take();
@@ -543,7 +553,7 @@ impl Task for FineTuneTask {
         Ok(())
     }
 
-    fn resolve(&mut self, _env: Env, _: ()) -> Result<Json> {
+    fn finish(&mut self, _env: Env, _: ()) -> Result<Json> {
         Ok(Json(std::mem::take(&mut self.result)))
     }
 }
@@ -562,6 +572,16 @@ impl Task for FitTask {
     type JsValue = Json;
 
     fn compute(&mut self) -> Result<()> {
+        on_runtime(self, Self::run)
+    }
+
+    fn resolve(&mut self, env: Env, out: ()) -> Result<Json> {
+        self.finish(env, out)
+    }
+}
+
+impl FitTask {
+    fn run(&mut self) -> Result<()> {
         let rows: Vec<usize> = (0..self.y.len()).collect();
         let c0 = thread_cpu_ms();
         let t0 = std::time::Instant::now();
@@ -586,7 +606,7 @@ impl Task for FitTask {
         Ok(())
     }
 
-    fn resolve(&mut self, _env: Env, _: ()) -> Result<Json> {
+    fn finish(&mut self, _env: Env, _: ()) -> Result<Json> {
         Ok(Json(std::mem::take(&mut self.out)))
     }
 }
@@ -998,5 +1018,34 @@ unsafe fn raw_predict_inner(
             return Err((Kind::Plain, "cannot return the prediction".into()));
         }
         Ok(out)
+    }
+}
+
+/// Runs a training task's work under `spawn_blocking` on the addon's one tokio runtime,
+/// the pool that also runs the streams' refits, rather than on libuv's pool (which stays
+/// free for file I/O). The libuv thread napi gave the task waits for it.
+fn on_runtime<T: 'static>(task: &mut T, run: fn(&mut T) -> Result<()>) -> Result<()> {
+    struct Ptr<T>(*mut T);
+    // SAFETY: the pointer is used only by the job below, and this function does not
+    // return before that job has finished (the runtime is never shut down, so a started
+    // blocking job always runs to its end; a panic in it ends it too).
+    unsafe impl<T> Send for Ptr<T> {}
+    impl<T> Ptr<T> {
+        fn get(&self) -> *mut T {
+            self.0
+        }
+    }
+    let p = Ptr(task as *mut T);
+    let job = move || {
+        // napi's Error holds raw handles and cannot cross threads: its status and text do.
+        run(unsafe { &mut *p.get() }).map_err(|e| (e.status, e.reason.clone()))
+    };
+    let handle = crate::core::runtime::spawn_long(job).map_err(plain)?;
+    let joined = crate::core::runtime::block_on(handle).map_err(plain)?;
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((status, reason))) => Err(Error::new(status, reason)),
+        Err(e) if e.is_panic() => Err(plain("internal error: the training job panicked")),
+        Err(_) => Err(plain("the training job was cancelled")),
     }
 }
