@@ -374,6 +374,57 @@ fn push_record(out: &mut Vec<u8>, l: &LogLineRef) {
 
 /// Checks a record line written by `push_record`: the checksum covers every byte before
 /// `,"crc":"`.
+/// Encodes every feedback of a group as log records (when `logging`), with each record's
+/// end offset and ticket in `ends`; returns (events, highest ticket). Shared by the worker
+/// and by `FastLog`, so both write the same bytes.
+fn encode_group(
+    msgs: &[Msg],
+    base: u64,
+    logging: bool,
+    lines: &mut Vec<u8>,
+    ends: &mut Vec<(usize, u64)>,
+) -> (u64, u64) {
+    lines.clear();
+    ends.clear();
+    let (mut max_ticket, mut n) = (0u64, 0u64);
+    let t = now_ms();
+    for m in msgs {
+        m.for_each_event(|ticket, features, prediction, actual| {
+            n += 1;
+            max_ticket = max_ticket.max(ticket);
+            if logging {
+                push_record(
+                    lines,
+                    &LogLineRef {
+                        seq: base + ticket,
+                        t,
+                        features,
+                        prediction,
+                        actual,
+                    },
+                );
+                ends.push((lines.len(), ticket));
+            }
+        });
+    }
+    (n, max_ticket)
+}
+
+/// Writes `buf` until done or the first error; returns the bytes written (records wholly
+/// inside them are durable-on-fsync, the rest is answered false) and the error.
+fn write_all_counted(f: &mut impl Write, buf: &[u8]) -> (usize, Option<String>) {
+    let mut written = 0;
+    while written < buf.len() {
+        match f.write(&buf[written..]) {
+            Ok(0) => return (written, Some("the file accepted no more bytes".to_string())),
+            Ok(k) => written += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (written, Some(e.to_string())),
+        }
+    }
+    (written, None)
+}
+
 fn record_ok(line: &[u8]) -> bool {
     if line.len() <= CRC_TAIL || !line.ends_with(b"\"}") {
         return false;
@@ -1293,22 +1344,7 @@ impl Worker {
         let Some(f) = self.log.as_mut() else {
             return (0, Some("log unavailable".into()));
         };
-        let mut written = 0;
-        let mut err = None;
-        while written < buf.len() {
-            match f.write(&buf[written..]) {
-                Ok(0) => {
-                    err = Some("the file accepted no more bytes".to_string());
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    err = Some(e.to_string());
-                    break;
-                }
-            }
-        }
+        let (written, err) = write_all_counted(f, buf);
         self.log_bytes += written as u64;
         if written > 0 {
             self.dirty = true;
@@ -1345,31 +1381,9 @@ impl Worker {
         lines: &mut Vec<u8>,
         ends: &mut Vec<(usize, u64)>,
     ) -> u64 {
-        lines.clear();
-        ends.clear();
-        let (mut max_ticket, mut n) = (0u64, 0u64);
-        let t = now_ms();
         let base = self.seq_base;
         let logging = self.cfg.log_dir.is_some();
-        for m in msgs {
-            m.for_each_event(|ticket, features, prediction, actual| {
-                n += 1;
-                max_ticket = max_ticket.max(ticket);
-                if logging {
-                    push_record(
-                        lines,
-                        &LogLineRef {
-                            seq: base + ticket,
-                            t,
-                            features,
-                            prediction,
-                            actual,
-                        },
-                    );
-                    ends.push((lines.len(), ticket));
-                }
-            });
-        }
+        let (n, max_ticket) = encode_group(msgs, base, logging, lines, ends);
         let shared = self.shared.clone();
         let c = &shared.counters;
         c.dequeued.fetch_add(n, Ordering::Relaxed);
@@ -2539,32 +2553,8 @@ impl FastLog {
 
     /// `Worker::log_events` for a group that arrives while the worker is away.
     fn log(&mut self, msgs: &[Msg]) -> u64 {
-        let (lines, ends) = (&mut self.lines, &mut self.ends);
-        lines.clear();
-        ends.clear();
-        let (mut max_ticket, mut n) = (0u64, 0u64);
-        let t = now_ms();
-        let base = self.base;
-        let logging = self.logging;
-        for m in msgs {
-            m.for_each_event(|ticket, features, prediction, actual| {
-                n += 1;
-                max_ticket = max_ticket.max(ticket);
-                if logging {
-                    push_record(
-                        lines,
-                        &LogLineRef {
-                            seq: base + ticket,
-                            t,
-                            features,
-                            prediction,
-                            actual,
-                        },
-                    );
-                    ends.push((lines.len(), ticket));
-                }
-            });
-        }
+        let (base, logging) = (self.base, self.logging);
+        let (n, max_ticket) = encode_group(msgs, base, logging, &mut self.lines, &mut self.ends);
         if n == 0 {
             return 0;
         }
@@ -2579,22 +2569,7 @@ impl FastLog {
             return 0; // not reached: ready() is false without a file
         };
         let buf = &self.lines;
-        let mut written = 0;
-        let mut err = None;
-        while written < buf.len() {
-            match (&*file).write(&buf[written..]) {
-                Ok(0) => {
-                    err = Some("the file accepted no more bytes".to_string());
-                    break;
-                }
-                Ok(k) => written += k,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    err = Some(e.to_string());
-                    break;
-                }
-            }
-        }
+        let (written, err) = write_all_counted(&mut &*file, buf);
         self.bytes += written as u64;
         if written > 0 {
             self.dirty = true;
