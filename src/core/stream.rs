@@ -2361,8 +2361,13 @@ async fn drive(mut w: Worker, mut rx: mpsc::Receiver<Msg>) {
             continue;
         };
         if let Some(id) = shutdown {
+            // Closed before the drain: a send racing with cleanup() is then either in
+            // `rest` (logged, replayed on the next start) or refused (answered false),
+            // never accepted and left in a queue nobody reads. `recv` ends only when no
+            // send that got in before the close is still in flight.
+            rx.close();
             let mut rest = Vec::new();
-            while let Ok(m) = rx.try_recv() {
+            while let Some(m) = rx.recv().await {
                 rest.push(m);
             }
             let logged = std::mem::take(&mut pending);
@@ -2766,15 +2771,76 @@ mod tests {
             predictions: vec![0.0; 3],
             actuals: vec![1.0, 2.0, 3.0],
         };
-        h.tx.blocking_send(batch).unwrap();
+        // The worker may take the Shutdown first; then the batch is refused, not lost.
+        let sent = h.tx.blocking_send(batch).is_ok();
         h.join();
         let (tx2, rx2) = channel();
         let again = StreamHandle::start(cfg, Box::new(ChanNotifier(Mutex::new(tx2)))).unwrap();
         let (_, ready) = wait_for(&rx2, "ready");
         assert_eq!(
-            ready["replayed"], 3,
-            "all three batch events reached the log"
+            ready["replayed"],
+            if sent { 3 } else { 0 },
+            "an accepted batch reaches the log whole (sent: {sent})"
         );
+        again.request(2, Request::Shutdown).unwrap();
+        again.join();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_send_accepted_while_cleanup_runs_is_replayed() {
+        let (dir, cfg) = setup("race");
+        let (tx, rx) = channel();
+        let h = Arc::new(
+            StreamHandle::start(cfg.clone(), Box::new(ChanNotifier(Mutex::new(tx)))).unwrap(),
+        );
+        wait_for(&rx, "ready");
+        // Straight into the channel, past the closed flag, as a caller that checked it
+        // just before cleanup() set it.
+        let sender = {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut accepted = 0u64;
+                loop {
+                    let ticket = h.shared.next_ticket.fetch_add(1, Ordering::Relaxed);
+                    h.shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    let m = Msg::Feedback {
+                        ticket,
+                        features: vec![1.0, 2.0],
+                        prediction: 0.0,
+                        actual: 1.0,
+                    };
+                    match h.tx.try_send(m) {
+                        Ok(()) => accepted += 1,
+                        Err(TrySendError::Full(_)) => {
+                            h.shared.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+                            std::thread::yield_now();
+                        }
+                        Err(TrySendError::Closed(_)) => {
+                            h.shared.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+                            return accepted;
+                        }
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        h.request(1, Request::Shutdown).unwrap();
+        h.join();
+        let accepted = sender.join().unwrap();
+        assert!(accepted > 0);
+        let c = &h.shared.counters;
+        assert_eq!(h.queued(), 0, "nothing accepted is left in a dead queue");
+        let buffered = c.buffered.load(Ordering::SeqCst);
+        assert_eq!(
+            c.processed.load(Ordering::SeqCst) + buffered,
+            accepted,
+            "every accepted send was learned or logged for replay; the rest were refused"
+        );
+        let (tx2, rx2) = channel();
+        let again = StreamHandle::start(cfg, Box::new(ChanNotifier(Mutex::new(tx2)))).unwrap();
+        let (_, ready) = wait_for(&rx2, "ready");
+        assert_eq!(ready["replayed"].as_u64().unwrap(), buffered);
         again.request(2, Request::Shutdown).unwrap();
         again.join();
         fs::remove_dir_all(&dir).unwrap();
