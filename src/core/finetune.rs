@@ -27,6 +27,7 @@ use super::kernels;
 use super::linalg::cholesky_solve;
 use super::linear::LinearModel;
 use super::models::{fit_trees, Family, Model, ModelKind, TreeParams, TREE_FAMILIES};
+use super::runtime;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +61,24 @@ pub struct FineTuneOptions {
     /// Fit every family and choose on validation.
     pub auto: bool,
     pub tree: TreeParams,
+    /// Cores one linear fit may use (1 or 2): with 2, the pass over every value, the base's
+    /// predictions, half of the row copy and the per-epoch validation losses run beside the
+    /// training loop. Default: [`training_threads`].
+    pub threads: usize,
+}
+
+/// 2 unless the machine has one core or `MLOPS_TRAIN_THREADS=1` asks for one (a service
+/// that wants each fine-tune on one core); read once.
+pub fn training_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores < 2 || std::env::var("MLOPS_TRAIN_THREADS").is_ok_and(|v| v.trim() == "1") {
+            1
+        } else {
+            2
+        }
+    })
 }
 
 impl Default for FineTuneOptions {
@@ -81,6 +100,7 @@ impl Default for FineTuneOptions {
             family: None,
             auto: false,
             tree: TreeParams::default(),
+            threads: training_threads(),
         }
     }
 }
@@ -383,6 +403,18 @@ pub fn check_data(
     base: &Model,
     opts: &FineTuneOptions,
 ) -> Result<String, String> {
+    check_shapes(x, y, d, base, opts)?;
+    check_values(x, y, d, opts)
+}
+
+/// The cheap part of [`check_data`]: sizes, against each other, the base and the options.
+fn check_shapes(
+    x: &[f64],
+    y: &[f64],
+    d: usize,
+    base: &Model,
+    opts: &FineTuneOptions,
+) -> Result<(), String> {
     if d == 0 {
         return Err("features must be at least 1".into());
     }
@@ -411,6 +443,12 @@ pub fn check_data(
             opts.min_samples
         ));
     }
+    Ok(())
+}
+
+/// The pass over every value of [`check_data`] (shapes already checked): the fingerprint,
+/// or the first value that is not finite.
+fn check_values(x: &[f64], y: &[f64], d: usize, opts: &FineTuneOptions) -> Result<String, String> {
     let start = y.len() - y.len().min(opts.max_samples);
     let (hash, finite) = fingerprint(&x[start * d..], &y[start..]);
     if finite && all_finite(&x[..start * d]) && all_finite(&y[..start]) {
@@ -620,6 +658,7 @@ fn gather(
     x: &[f64],
     y: &[f64],
     d: usize,
+    threads: usize,
     order: impl Iterator<Item = usize>,
 ) -> (Vec<f64>, Vec<f64>) {
     let mut slot = vec![u32::MAX; y.len()];
@@ -634,18 +673,26 @@ fn gather(
     // refused a repeated row), and zeroing 2 MB cost as much as the copy.
     let mut gx: Vec<f64> = Vec::with_capacity(n * d);
     let mut gy: Vec<f64> = Vec::with_capacity(n);
-    let (px, py) = (gx.spare_capacity_mut(), gy.spare_capacity_mut());
-    for (r, &s) in slot.iter().enumerate() {
-        if s != u32::MAX {
-            let s = s as usize;
-            for (dst, src) in px[s * d..(s + 1) * d]
-                .iter_mut()
-                .zip(&x[r * d..(r + 1) * d])
-            {
-                dst.write(*src);
+    let to = Dest(gx.as_mut_ptr(), gy.as_mut_ptr());
+    let copy = |from: usize, until: usize| {
+        for (r, &s) in slot.iter().enumerate().take(until).skip(from) {
+            if s != u32::MAX {
+                let s = s as usize;
+                // SAFETY: `s < n` (the capacity reserved above) and each slot belongs to
+                // one source row, so no two writes, on one thread or two, overlap.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(x.as_ptr().add(r * d), to.x().add(s * d), d);
+                    *to.y().add(s) = y[r];
+                }
             }
-            py[s].write(y[r]);
         }
+    };
+    if threads > 1 && n * d >= 1 << 16 {
+        // A few MB: the two halves of the source are copied on two cores.
+        let half = slot.len() / 2;
+        runtime::join(|| copy(0, half), || copy(half, slot.len()));
+    } else {
+        copy(0, slot.len());
     }
     // SAFETY: slots 0..n were each assigned to one row and written just above.
     unsafe {
@@ -653,6 +700,21 @@ fn gather(
         gy.set_len(n);
     }
     (gx, gy)
+}
+
+/// Where [`gather`] writes, shared by the two threads that fill disjoint slots.
+#[derive(Clone, Copy)]
+struct Dest(*mut f64, *mut f64);
+// SAFETY: only ever used for writes to disjoint slots (see `gather`).
+unsafe impl Send for Dest {}
+unsafe impl Sync for Dest {}
+impl Dest {
+    fn x(self) -> *mut f64 {
+        self.0
+    }
+    fn y(self) -> *mut f64 {
+        self.1
+    }
 }
 
 /// A linear fit from `base` on the train rows; the epoch is chosen on the val rows, with
@@ -736,7 +798,7 @@ fn fit_linear(
             let (sgd_x, sgd_y): (Vec<f64>, Vec<f64>) = if adam {
                 (Vec::new(), Vec::new())
             } else {
-                gather(x, y, d, train.iter().chain(val).copied())
+                gather(x, y, d, opts.threads, train.iter().chain(val).copied())
             };
             let sgd_rows: Vec<usize> = if adam {
                 Vec::new()
@@ -744,94 +806,147 @@ fn fit_linear(
                 (0..train.len() + val.len()).collect()
             };
             let (sgd_train, sgd_val) = sgd_rows.split_at(if adam { 0 } else { train.len() });
-            for epoch in 1..=opts.epochs {
-                if adam {
-                    // Reshuffle per epoch; the old SGD walked the rows in one fixed order.
-                    for i in (1..train.len()).rev() {
-                        let j = rng.below(i + 1);
-                        train.swap(i, j);
-                    }
+            // Plain SGD without early stopping decides nothing on a validation loss while it
+            // trains: each epoch's loss is computed on a second core from that epoch's
+            // weights while the next epoch trains, and reported, in order, as it arrives
+            // (the same numbers as computing it in line).
+            let pipelined = !adam && opts.patience.is_none() && !val.is_empty() && opts.threads > 1;
+            let (weights_tx, weights_rx) = std::sync::mpsc::channel::<(Vec<f64>, f64)>();
+            let (loss_tx, loss_rx) = std::sync::mpsc::channel::<f64>();
+            let mut weights_tx = pipelined.then_some(weights_tx);
+            let (vx, vy, n_val) = (&sgd_x[..], &sgd_y[..], val.len() as f64);
+            let val_losses = move || {
+                // Ends when the training side drops its sender (at its end, error or not).
+                for (w, b) in weights_rx {
+                    let _ = loss_tx.send(kernels::sse(&w, b, vx, vy, sgd_val) / n_val);
                 }
-                let mut train_se = 0.0;
-                for (bi, batch) in train.chunks(opts.batch_size).enumerate() {
-                    gw.iter_mut().for_each(|g| *g = 0.0);
-                    let mut gb = 0.0;
+            };
+            let mut waiting: std::collections::VecDeque<EpochInfo> = Default::default();
+            fn report(
+                waiting: &mut std::collections::VecDeque<EpochInfo>,
+                history: &mut Vec<EpochInfo>,
+                progress: &mut dyn FnMut(EpochInfo),
+                loss: f64,
+            ) {
+                if let Some(mut info) = waiting.pop_front() {
+                    info.val_loss = loss;
+                    progress(info);
+                    history.push(info);
+                }
+            }
+            let mut epochs = || -> Result<(), String> {
+                let weights_tx = weights_tx.take();
+                for epoch in 1..=opts.epochs {
                     if adam {
-                        for &r in batch {
-                            let raw = &x[r * d..(r + 1) * d];
-                            for j in 0..d {
-                                z[j] = (raw[j] - sc.mean[j]) * inv_std[j];
+                        // Reshuffle per epoch; the old SGD walked the rows in one fixed order.
+                        for i in (1..train.len()).rev() {
+                            let j = rng.below(i + 1);
+                            train.swap(i, j);
+                        }
+                    }
+                    let mut train_se = 0.0;
+                    for (bi, batch) in train.chunks(opts.batch_size).enumerate() {
+                        gw.iter_mut().for_each(|g| *g = 0.0);
+                        let mut gb = 0.0;
+                        if adam {
+                            for &r in batch {
+                                let raw = &x[r * d..(r + 1) * d];
+                                for j in 0..d {
+                                    z[j] = (raw[j] - sc.mean[j]) * inv_std[j];
+                                }
+                                let err = p.b + kernels::dot(&p.w, &z) - (y[r] - sc.ym) / sc.ys;
+                                train_se += err * err;
+                                axpy(&mut gw, err, &z);
+                                gb += err;
                             }
-                            let err = p.b + kernels::dot(&p.w, &z) - (y[r] - sc.ym) / sc.ys;
-                            train_se += err * err;
-                            axpy(&mut gw, err, &z);
-                            gb += err;
+                        } else {
+                            // Raw rows and an unscaled target (sgd is the old algorithm exactly):
+                            // the runtime-dispatched SIMD kernel (src/core/kernels.rs).
+                            debug_assert!(sc.ym == 0.0 && sc.ys == 1.0);
+                            let at = bi * opts.batch_size;
+                            let local = &sgd_train[at..at + batch.len()];
+                            let (g, se) =
+                                kernels::batch_gradient(&p.w, p.b, &sgd_x, &sgd_y, local, &mut gw);
+                            gb = g;
+                            train_se += se;
                         }
-                    } else {
-                        // Raw rows and an unscaled target (sgd is the old algorithm exactly):
-                        // the runtime-dispatched SIMD kernel (src/core/kernels.rs).
-                        debug_assert!(sc.ym == 0.0 && sc.ys == 1.0);
-                        let at = bi * opts.batch_size;
-                        let local = &sgd_train[at..at + batch.len()];
-                        let (g, se) =
-                            kernels::batch_gradient(&p.w, p.b, &sgd_x, &sgd_y, local, &mut gw);
-                        gb = g;
-                        train_se += se;
-                    }
-                    let m = batch.len() as f64;
-                    for j in 0..d {
-                        gw[j] = gw[j] / m + opts.l2 * p.w[j];
-                    }
-                    gb /= m;
-                    if adam {
-                        step += 1;
-                        let c1 = 1.0 - b1.powi(step);
-                        let c2 = 1.0 - b2.powi(step);
+                        let m = batch.len() as f64;
                         for j in 0..d {
-                            mw[j] = b1 * mw[j] + (1.0 - b1) * gw[j];
-                            vw[j] = b2 * vw[j] + (1.0 - b2) * gw[j] * gw[j];
-                            p.w[j] -=
-                                opts.learning_rate * (mw[j] / c1) / ((vw[j] / c2).sqrt() + eps);
+                            gw[j] = gw[j] / m + opts.l2 * p.w[j];
                         }
-                        mb = b1 * mb + (1.0 - b1) * gb;
-                        vb = b2 * vb + (1.0 - b2) * gb * gb;
-                        p.b -= opts.learning_rate * (mb / c1) / ((vb / c2).sqrt() + eps);
-                    } else {
-                        axpy(&mut p.w, -opts.learning_rate, &gw);
-                        p.b -= opts.learning_rate * gb;
+                        gb /= m;
+                        if adam {
+                            step += 1;
+                            let c1 = 1.0 - b1.powi(step);
+                            let c2 = 1.0 - b2.powi(step);
+                            for j in 0..d {
+                                mw[j] = b1 * mw[j] + (1.0 - b1) * gw[j];
+                                vw[j] = b2 * vw[j] + (1.0 - b2) * gw[j] * gw[j];
+                                p.w[j] -=
+                                    opts.learning_rate * (mw[j] / c1) / ((vw[j] / c2).sqrt() + eps);
+                            }
+                            mb = b1 * mb + (1.0 - b1) * gb;
+                            vb = b2 * vb + (1.0 - b2) * gb * gb;
+                            p.b -= opts.learning_rate * (mb / c1) / ((vb / c2).sqrt() + eps);
+                        } else {
+                            axpy(&mut p.w, -opts.learning_rate, &gw);
+                            p.b -= opts.learning_rate * gb;
+                        }
                     }
-                }
-                if !p.b.is_finite() || p.w.iter().any(|w| !w.is_finite()) {
-                    return Err(format!(
+                    if !p.b.is_finite() || p.w.iter().any(|w| !w.is_finite()) {
+                        return Err(format!(
                         "training diverged at epoch {epoch} (learningRate {} is too large for these features)",
                         opts.learning_rate
                     ));
-                }
-                let info = EpochInfo {
-                    epoch,
-                    epochs: opts.epochs,
-                    train_loss: train_se * sc.ys * sc.ys / train.len() as f64,
-                    // sgd's scaler is the identity, so its raw-space loss is the block's.
-                    val_loss: if adam || val.is_empty() {
-                        loss(&p, &sc, x, y, val, d)
+                    }
+                    let info = EpochInfo {
+                        epoch,
+                        epochs: opts.epochs,
+                        train_loss: train_se * sc.ys * sc.ys / train.len() as f64,
+                        // sgd's scaler is the identity, so its raw-space loss is the block's.
+                        val_loss: if pipelined {
+                            f64::NAN // filled in by `report`
+                        } else if adam || val.is_empty() {
+                            loss(&p, &sc, x, y, val, d)
+                        } else {
+                            kernels::sse(&p.w, p.b, &sgd_x, &sgd_y, sgd_val) / val.len() as f64
+                        },
+                    };
+                    if let Some(tx) = &weights_tx {
+                        let _ = tx.send((p.w.clone(), p.b));
+                        waiting.push_back(info);
+                        while let Ok(l) = loss_rx.try_recv() {
+                            report(&mut waiting, &mut history, progress, l);
+                        }
+                        continue;
+                    }
+                    progress(info);
+                    history.push(info);
+                    if info.val_loss < best.0 {
+                        best = (info.val_loss, p.w.clone(), p.b, epoch);
+                        since_best = 0;
                     } else {
-                        kernels::sse(&p.w, p.b, &sgd_x, &sgd_y, sgd_val) / val.len() as f64
-                    },
-                };
-                progress(info);
-                history.push(info);
-                if info.val_loss < best.0 {
-                    best = (info.val_loss, p.w.clone(), p.b, epoch);
-                    since_best = 0;
-                } else {
-                    since_best += 1;
-                }
-                if let Some(pat) = opts.patience {
-                    if since_best >= pat {
-                        break;
+                        since_best += 1;
+                    }
+                    if let Some(pat) = opts.patience {
+                        if since_best >= pat {
+                            break;
+                        }
                     }
                 }
+                Ok(())
+            };
+            let trained = if pipelined {
+                runtime::join(&mut epochs, val_losses).0
+            } else {
+                drop(val_losses);
+                epochs()
+            };
+            // The side is over: every loss it computed is in the channel.
+            while let Ok(l) = loss_rx.try_recv() {
+                report(&mut waiting, &mut history, progress, l);
             }
+            trained?;
             // With early stopping the best epoch is kept; plain SGD keeps its last state.
             if opts.patience.is_none() {
                 best = (0.0, p.w.clone(), p.b, history.len());
@@ -869,31 +984,32 @@ fn predict_rows(m: &Model, x: &[f64], d: usize, rows: &[usize]) -> Vec<f64> {
     }
 }
 
-/// Fine-tunes `base` on row-major `x` (`rows × d`) and `y`. `progress` is called after
-/// every epoch (the napi layer forwards it to JS without blocking).
-pub fn fine_tune(
+/// Every family asked for, fitted on `train` (epochs chosen on `val`), with its validation
+/// metrics and test predictions. Returns `(fitted, candidates, epoch history, best epoch)`;
+/// each fitted entry is `(model, validation metrics, judged against the base already, test
+/// predictions)`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn fit_families(
     base: &Model,
     x: &[f64],
     y: &[f64],
     d: usize,
+    train: &[usize],
+    val: &[usize],
+    test: &[usize],
+    yv: &[f64],
+    yt: &[f64],
     opts: &FineTuneOptions,
     progress: &mut dyn FnMut(EpochInfo),
-) -> Result<FineTuneOutcome, String> {
-    check_options(opts)?;
-    let data_hash = check_data(x, y, d, base, opts)?;
-    // maxSamples keeps the most recent rows (the end of the input).
-    let rows = y.len().min(opts.max_samples);
-    let start = y.len() - rows;
-    let Split { train, val, test } = split(rows, start, opts);
-    if train.is_empty() {
-        return Err(
-            "not enough rows left for training after the validation and test splits".into(),
-        );
-    }
-    let actual = |idx: &[usize]| idx.iter().map(|&r| y[r]).collect::<Vec<f64>>();
-    let (yv, yt) = (actual(&val), actual(&test));
-    let base_val = metrics(&predict_rows(base, x, d, &val), &yv);
-
+) -> Result<
+    (
+        Vec<(Model, Metrics, bool, Vec<f64>)>,
+        Vec<Candidate>,
+        Vec<EpochInfo>,
+        usize,
+    ),
+    String,
+> {
     let families: Vec<Family> = if opts.auto {
         std::iter::once(Family::Linear)
             .chain(TREE_FAMILIES)
@@ -903,7 +1019,6 @@ pub fn fine_tune(
     };
     let names = base.features.clone();
     let mut candidates = Vec::new();
-    // (model, validation metrics, judged against the base on validation here, test predictions)
     let mut fitted: Vec<(Model, Metrics, bool, Vec<f64>)> = Vec::new();
     let (mut history, mut best_epoch) = (Vec::new(), 0usize);
     for family in families {
@@ -927,7 +1042,7 @@ pub fn fine_tune(
                     )
                 }
             };
-            let (m, h, e) = fit_linear(&start_from, x, y, d, train.clone(), &val, &o, progress)?;
+            let (m, h, e) = fit_linear(&start_from, x, y, d, train.to_vec(), val, &o, progress)?;
             history = h;
             best_epoch = e;
             // A linear base competed as epoch 0 inside the fit already (or, for plain SGD
@@ -948,8 +1063,8 @@ pub fn fine_tune(
                 x,
                 y,
                 d,
-                &train,
-                &val,
+                train,
+                val,
                 &TreeParams {
                     seed: opts.seed,
                     ..opts.tree.clone()
@@ -962,17 +1077,74 @@ pub fn fine_tune(
             }
         };
         let train_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let vm = metrics(&predict_rows(&model, x, d, &val), &yv);
-        let test_pred = predict_rows(&model, x, d, &test);
+        let vm = metrics(&predict_rows(&model, x, d, val), yv);
+        let test_pred = predict_rows(&model, x, d, test);
         candidates.push(Candidate {
             family: family.name(),
             metrics: vm,
-            test_metrics: metrics(&test_pred, &yt),
+            test_metrics: metrics(&test_pred, yt),
             train_ms,
             hyperparameters: model.hyperparameters(),
         });
         fitted.push((model, vm, judged, test_pred));
     }
+    Ok((fitted, candidates, history, best_epoch))
+}
+
+/// Fine-tunes `base` on row-major `x` (`rows × d`) and `y`. `progress` is called after
+/// every epoch (the napi layer forwards it to JS without blocking).
+pub fn fine_tune(
+    base: &Model,
+    x: &[f64],
+    y: &[f64],
+    d: usize,
+    opts: &FineTuneOptions,
+    progress: &mut dyn FnMut(EpochInfo),
+) -> Result<FineTuneOutcome, String> {
+    check_options(opts)?;
+    check_shapes(x, y, d, base, opts)?;
+    // maxSamples keeps the most recent rows (the end of the input).
+    let rows = y.len().min(opts.max_samples);
+    let start = y.len() - rows;
+    let Split { train, val, test } = split(rows, start, opts);
+    if train.is_empty() {
+        return Err(
+            "not enough rows left for training after the validation and test splits".into(),
+        );
+    }
+    let actual = |idx: &[usize]| idx.iter().map(|&r| y[r]).collect::<Vec<f64>>();
+    let (yv, yt) = (actual(&val), actual(&test));
+    // What depends only on the data and the base: the pass over every value (fingerprint,
+    // finiteness) and the base's predictions.
+    let side = || {
+        (
+            check_values(x, y, d, opts),
+            predict_rows(base, x, d, &val),
+            predict_rows(base, x, d, &test),
+        )
+    };
+    let fit = |progress: &mut dyn FnMut(EpochInfo)| {
+        fit_families(base, x, y, d, &train, &val, &test, &yv, &yt, opts, progress)
+    };
+    let beside =
+        !opts.auto && opts.family.unwrap_or(base.family()) == Family::Linear && opts.threads > 1;
+    let (fitted, (data_hash, base_val_pred, base_pred)) = if beside {
+        // A linear fit is about a millisecond: the side work runs on a second core beside
+        // it. Data that turns out not to be finite only wastes that fit (a line cannot
+        // panic on NaN; it diverges, and the data's error is the one reported).
+        runtime::join(|| fit(progress), side)
+    } else {
+        // Trees are checked first: they must never see a NaN.
+        let s = side();
+        if s.0.is_err() {
+            (Err(String::new()), s)
+        } else {
+            (fit(progress), s)
+        }
+    };
+    let data_hash = data_hash?;
+    let (fitted, candidates, history, best_epoch) = fitted?;
+    let base_val = metrics(&base_val_pred, &yv);
     // The choice is made on validation only, and the base competes: if nothing beats it
     // there, the run returns the base unchanged.
     let (chosen, chosen_val, judged, chosen_test_pred) = fitted
@@ -986,7 +1158,6 @@ pub fn fine_tune(
     };
     let mut model = if no_change { base.clone() } else { chosen };
 
-    let base_pred = predict_rows(base, x, d, &test);
     let new_pred = if no_change {
         base_pred.clone()
     } else {
@@ -1065,7 +1236,7 @@ mod tests {
     fn gather_copies_rows_in_the_given_order() {
         let (x, y) = data(50, 3);
         let order = [7usize, 0, 49, 12, 3];
-        let (gx, gy) = gather(&x, &y, 2, order.iter().copied());
+        let (gx, gy) = gather(&x, &y, 2, 1, order.iter().copied());
         assert_eq!(gy, order.iter().map(|&r| y[r]).collect::<Vec<_>>());
         let want: Vec<f64> = order
             .iter()
@@ -1092,6 +1263,69 @@ mod tests {
             "{w:?}"
         );
         assert!(out.accepted && out.improvement > 0.9);
+    }
+
+    /// Two cores change when things are computed, never what: the same model, the same
+    /// epoch losses reported in the same order, the same fingerprint; and data that is not
+    /// finite is still refused by name (the fit beside the check is thrown away).
+    #[test]
+    fn two_cores_give_the_one_core_result_exactly() {
+        // Wide and long enough for the two-core copy (≥ 65,536 values).
+        let (n, d) = (3000, 24);
+        let mut r = SplitMix(9);
+        let mut u = || (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let x: Vec<f64> = (0..n * d).map(|_| u()).collect();
+        let y: Vec<f64> = (0..n)
+            .map(|i| (0..d).map(|j| x[i * d + j] * (j % 3) as f64).sum::<f64>() + u())
+            .collect();
+        let base = Model::linear(LinearModel::zeros(d));
+        for patience in [None, Some(2)] {
+            let run = |threads: usize| {
+                let opts = FineTuneOptions {
+                    optimizer: Optimizer::Sgd,
+                    min_samples: 1,
+                    patience,
+                    learning_rate: 0.01,
+                    threads,
+                    ..Default::default()
+                };
+                let mut seen = Vec::new();
+                let out = fine_tune(&base, &x, &y, d, &opts, &mut |e| seen.push(e)).unwrap();
+                (out, seen)
+            };
+            let (one, seen1) = run(1);
+            let (two, seen2) = run(2);
+            assert_eq!(lin(&one.model).weights, lin(&two.model).weights);
+            assert_eq!(lin(&one.model).bias, lin(&two.model).bias);
+            assert_eq!(one.data_hash, two.data_hash);
+            assert_eq!(one.metrics, two.metrics);
+            assert_eq!(one.base_metrics, two.base_metrics);
+            assert_eq!(seen1, seen2);
+            assert_eq!(one.epochs, seen2);
+            assert_eq!(
+                seen2.len(),
+                if patience.is_none() {
+                    10
+                } else {
+                    one.epochs.len()
+                }
+            );
+            assert!(seen2
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.epoch == i + 1 && e.val_loss.is_finite()));
+        }
+        let mut bad = x.clone();
+        bad[1234 * d + 5] = f64::NAN;
+        let opts = FineTuneOptions {
+            optimizer: Optimizer::Sgd,
+            min_samples: 1,
+            patience: None,
+            threads: 2,
+            ..Default::default()
+        };
+        let e = fine_tune(&base, &bad, &y, d, &opts, &mut |_| {}).unwrap_err();
+        assert_eq!(e, "newData[1234].features[5] must be a finite number");
     }
 
     #[test]

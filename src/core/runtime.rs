@@ -136,6 +136,85 @@ where
     Ok(runtime()?.spawn_blocking(f))
 }
 
+/// Runs `a` on this thread and `b` on the runtime's blocking side at the same time, and
+/// returns both results (a fork–join over two cores for one training run). `b` may borrow
+/// from the caller: this function never returns or unwinds while the pool is running `b`.
+/// Whichever thread gets to `b` first runs it, so when the pool is busy this thread runs
+/// `b` itself after `a` instead of waiting for a free pool thread (the queued job then
+/// finds nothing to do). A panic in either is resumed here, after both are over.
+pub fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA,
+    B: FnOnce() -> RB + Send,
+    RB: Send,
+{
+    type Slot<B, RB> = parking_lot::Mutex<(Option<B>, Option<std::thread::Result<RB>>)>;
+    let slot: Arc<Slot<B, RB>> = Arc::new(parking_lot::Mutex::new((Some(b), None)));
+    let done = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    /// Whoever takes `b` out of the slot runs it and leaves its result there.
+    fn take_and_run<B: FnOnce() -> RB, RB>(slot: &Slot<B, RB>) -> bool {
+        let b = slot.lock().0.take();
+        match b {
+            Some(b) => {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(b));
+                slot.lock().1 = Some(r);
+                true
+            }
+            None => false,
+        }
+    }
+    let job: Box<dyn FnOnce() + Send + '_> = {
+        let (slot, done) = (slot.clone(), done.clone());
+        Box::new(move || {
+            take_and_run(&slot);
+            drop(slot);
+            let (m, cv) = &*done;
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        })
+    };
+    // SAFETY: the job reaches `b` (and what it borrows) only through `slot`, which it
+    // shares by `Arc` (so the slot itself outlives this frame). `b` is run either here or
+    // by the job; in the second case the `Wait` guard keeps this frame alive until the job
+    // has finished running it. A job that finds the slot empty touches nothing borrowed.
+    let job: Box<dyn FnOnce() + Send + 'static> = unsafe { std::mem::transmute(job) };
+    let spawned = runtime().map(|rt| rt.spawn_blocking(job)).is_ok();
+    struct Wait<'a, B, RB> {
+        slot: &'a Slot<B, RB>,
+        done: &'a (std::sync::Mutex<bool>, std::sync::Condvar),
+        spawned: bool,
+        ran_here: bool,
+    }
+    impl<B, RB> Drop for Wait<'_, B, RB> {
+        fn drop(&mut self) {
+            // Not started yet (or `a` panicked first): take `b` back, and the job will find
+            // nothing to run.
+            let not_started = self.slot.lock().0.take().is_some();
+            if self.spawned && !not_started && !self.ran_here {
+                let (m, cv) = self.done;
+                let mut finished = m.lock().unwrap_or_else(|e| e.into_inner());
+                while !*finished {
+                    finished = cv.wait(finished).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+    let mut guard = Wait {
+        slot: &slot,
+        done: &done,
+        spawned,
+        ran_here: false,
+    };
+    let ra = a();
+    guard.ran_here = take_and_run(&slot);
+    drop(guard);
+    let rb = slot.lock().1.take().expect("b ran: here or on the pool");
+    match rb {
+        Ok(rb) => (ra, rb),
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
 /// Runs `fut` on the pool and waits for its result on the calling thread. Callable from
 /// any thread, including a runtime worker (it then yields that worker's slot while it
 /// waits, so the pool cannot deadlock on itself). A panic inside `fut` is an `Err`.
@@ -240,6 +319,31 @@ mod tests {
             .unwrap_err()
             .contains("runtimeThreads"));
         assert!(set_worker_threads(257).is_err());
+    }
+
+    #[test]
+    fn join_runs_both_with_borrowed_data_and_carries_panics() {
+        let data: Vec<u64> = (1..=1000).collect();
+        let (a, b) = join(
+            || data[..500].iter().sum::<u64>(),
+            || data[500..].iter().sum::<u64>(),
+        );
+        assert_eq!(a + b, 500_500);
+        let mut out = vec![0u64; 4];
+        let (left, right) = out.split_at_mut(2);
+        join(|| left.fill(1), || right.fill(2));
+        assert_eq!(out, [1, 1, 2, 2]);
+        let r = std::panic::catch_unwind(|| join(|| 1, || -> u32 { panic!("in b") }));
+        assert!(r.is_err());
+        let r = std::panic::catch_unwind(|| join(|| -> u32 { panic!("in a") }, || 2));
+        assert!(r.is_err());
+        // Many at once (more than the pool would start at once): none waits forever.
+        let handles: Vec<_> = (0..64)
+            .map(|i| std::thread::spawn(move || join(|| i, || i * 2)))
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap(), (i, i * 2));
+        }
     }
 
     #[test]

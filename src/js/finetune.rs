@@ -281,6 +281,7 @@ impl ModelFineTuningCore {
             family,
             auto,
             tree,
+            threads: crate::core::finetune::training_threads(),
         };
         Ok(AsyncTask::new(FineTuneTask {
             target: self.target.clone(),
