@@ -845,53 +845,53 @@ fn fit_linear(
                         }
                     }
                     let mut train_se = 0.0;
-                    for (bi, batch) in train.chunks(opts.batch_size).enumerate() {
+                    if !adam {
+                        // Raw rows and an unscaled target (sgd is the old algorithm exactly),
+                        // the training rows first in the block: the runtime-dispatched SIMD
+                        // kernel runs the epoch (src/core/kernels.rs).
+                        debug_assert!(sc.ym == 0.0 && sc.ys == 1.0);
+                        train_se = kernels::sgd_epoch(
+                            kernels::kernel(),
+                            &mut p.w,
+                            &mut p.b,
+                            &sgd_x,
+                            &sgd_y,
+                            sgd_train.len(),
+                            opts.batch_size,
+                            opts.learning_rate,
+                            opts.l2,
+                        );
+                    }
+                    for batch in train.chunks(opts.batch_size).filter(|_| adam) {
                         gw.iter_mut().for_each(|g| *g = 0.0);
                         let mut gb = 0.0;
-                        if adam {
-                            for &r in batch {
-                                let raw = &x[r * d..(r + 1) * d];
-                                for j in 0..d {
-                                    z[j] = (raw[j] - sc.mean[j]) * inv_std[j];
-                                }
-                                let err = p.b + kernels::dot(&p.w, &z) - (y[r] - sc.ym) / sc.ys;
-                                train_se += err * err;
-                                axpy(&mut gw, err, &z);
-                                gb += err;
+                        for &r in batch {
+                            let raw = &x[r * d..(r + 1) * d];
+                            for j in 0..d {
+                                z[j] = (raw[j] - sc.mean[j]) * inv_std[j];
                             }
-                        } else {
-                            // Raw rows and an unscaled target (sgd is the old algorithm exactly):
-                            // the runtime-dispatched SIMD kernel (src/core/kernels.rs).
-                            debug_assert!(sc.ym == 0.0 && sc.ys == 1.0);
-                            let at = bi * opts.batch_size;
-                            let local = &sgd_train[at..at + batch.len()];
-                            let (g, se) =
-                                kernels::batch_gradient(&p.w, p.b, &sgd_x, &sgd_y, local, &mut gw);
-                            gb = g;
-                            train_se += se;
+                            let err = p.b + kernels::dot(&p.w, &z) - (y[r] - sc.ym) / sc.ys;
+                            train_se += err * err;
+                            axpy(&mut gw, err, &z);
+                            gb += err;
                         }
                         let m = batch.len() as f64;
                         for j in 0..d {
                             gw[j] = gw[j] / m + opts.l2 * p.w[j];
                         }
                         gb /= m;
-                        if adam {
-                            step += 1;
-                            let c1 = 1.0 - b1.powi(step);
-                            let c2 = 1.0 - b2.powi(step);
-                            for j in 0..d {
-                                mw[j] = b1 * mw[j] + (1.0 - b1) * gw[j];
-                                vw[j] = b2 * vw[j] + (1.0 - b2) * gw[j] * gw[j];
-                                p.w[j] -=
-                                    opts.learning_rate * (mw[j] / c1) / ((vw[j] / c2).sqrt() + eps);
-                            }
-                            mb = b1 * mb + (1.0 - b1) * gb;
-                            vb = b2 * vb + (1.0 - b2) * gb * gb;
-                            p.b -= opts.learning_rate * (mb / c1) / ((vb / c2).sqrt() + eps);
-                        } else {
-                            axpy(&mut p.w, -opts.learning_rate, &gw);
-                            p.b -= opts.learning_rate * gb;
+                        step += 1;
+                        let c1 = 1.0 - b1.powi(step);
+                        let c2 = 1.0 - b2.powi(step);
+                        for j in 0..d {
+                            mw[j] = b1 * mw[j] + (1.0 - b1) * gw[j];
+                            vw[j] = b2 * vw[j] + (1.0 - b2) * gw[j] * gw[j];
+                            p.w[j] -=
+                                opts.learning_rate * (mw[j] / c1) / ((vw[j] / c2).sqrt() + eps);
                         }
+                        mb = b1 * mb + (1.0 - b1) * gb;
+                        vb = b2 * vb + (1.0 - b2) * gb * gb;
+                        p.b -= opts.learning_rate * (mb / c1) / ((vb / c2).sqrt() + eps);
                     }
                     if !p.b.is_finite() || p.w.iter().any(|w| !w.is_finite()) {
                         return Err(format!(
