@@ -82,6 +82,9 @@ pub struct EnsembleConfig {
     pub max_contexts: usize,
     /// Model names kept; least recently used evicted.
     pub max_models: usize,
+    /// Estimated bytes of context state kept, in MB (`Ensemble::memory_bytes`); least
+    /// recently used contexts are evicted beyond it. With `max_contexts`, the tighter wins.
+    pub max_memory_mb: f64,
 }
 
 /// Default bound on contexts: a live context that saw three models holds ~650 bytes
@@ -91,6 +94,15 @@ pub struct EnsembleConfig {
 /// cardinality-ensemble`).
 pub const DEFAULT_MAX_CONTEXTS: usize = 10_000;
 pub const DEFAULT_MAX_MODELS: usize = 20_000;
+/// Default bound on the estimated context state: what binds when contexts see many models
+/// (a context that saw 64 models in 4 sets holds ~80 KB, so 10000 of them would be
+/// 800 MB). With the model names, performance weights and the JS layer's caches it
+/// leaves out, an instance stays under 50 MB.
+pub const DEFAULT_MAX_MEMORY_MB: f64 = 32.0;
+/// Estimated bytes a context costs in the tables beside its own state: its LRU node, its
+/// slot in the LRU's index and its entry in the name index (with their hash tables'
+/// spare capacity).
+const CONTEXT_TABLE_BYTES: usize = 112;
 
 impl Default for EnsembleConfig {
     fn default() -> Self {
@@ -104,6 +116,7 @@ impl Default for EnsembleConfig {
             recent_errors: 10,
             max_contexts: DEFAULT_MAX_CONTEXTS,
             max_models: DEFAULT_MAX_MODELS,
+            max_memory_mb: DEFAULT_MAX_MEMORY_MB,
         }
     }
 }
@@ -149,6 +162,15 @@ impl EnsembleConfig {
                 self.max_contexts
             ));
         }
+        if !(self.max_memory_mb.is_finite()
+            && self.max_memory_mb > 0.0
+            && self.max_memory_mb <= 1e9)
+        {
+            return Err(format!(
+                "maxMemoryMb must be a number in (0, 1e9], got {}",
+                self.max_memory_mb
+            ));
+        }
         if self.max_models < MAX_ENTRIES || self.max_models > 100_000_000 {
             return Err(format!(
                 "maxModels must be in [{MAX_ENTRIES}, 100000000], got {}",
@@ -156,6 +178,11 @@ impl EnsembleConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `max_memory_mb` in bytes.
+    pub fn memory_budget(&self) -> usize {
+        (self.max_memory_mb * 1e6) as usize
     }
 
     /// Old `performanceWeights` keys kept (least recently updated evicted).
@@ -856,6 +883,9 @@ pub struct Ensemble {
     pub counters: Counters,
     /// Contexts with the most feedback, most first (id, samples).
     pub top: Vec<(u64, u64)>,
+    /// Estimated bytes of the live contexts (`context_bytes` summed), what `max_memory_mb`
+    /// bounds; kept up to date as contexts are created, learn and leave.
+    bytes: usize,
     next_id: u64,
     tick: u64,
 }
@@ -864,6 +894,11 @@ impl Default for Ensemble {
     fn default() -> Self {
         Ensemble::new(EnsembleConfig::default()).expect("default config is valid")
     }
+}
+
+/// What a context is estimated to cost: its own state and its table entries.
+fn context_bytes(c: &ContextState) -> usize {
+    c.approx_bytes() + CONTEXT_TABLE_BYTES
 }
 
 fn normalise(raw: &[f64]) -> Vec<f64> {
@@ -971,6 +1006,7 @@ impl Ensemble {
             feedback_count: 0,
             counters: Counters::default(),
             top: Vec::new(),
+            bytes: 0,
             next_id: 1,
             tick: 0,
             config,
@@ -1027,13 +1063,35 @@ impl Ensemble {
             name,
             ..Default::default()
         };
+        self.bytes += context_bytes(&state);
         if let Some((old, gone)) = self.contexts.insert(id, Arc::new(state)).1 {
             self.forget_context(old, &gone);
         }
+        self.enforce_budget();
         Ok(id)
     }
 
+    /// Estimated bytes of the live contexts with their table entries (what `maxMemoryMb`
+    /// bounds).
+    pub fn memory_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Evicts least recently used contexts while over the memory budget. The most
+    /// recently used one (the caller's) always stays: a single context larger than the
+    /// budget is served, not refused.
+    fn enforce_budget(&mut self) {
+        let budget = self.config.memory_budget();
+        while self.bytes > budget && self.contexts.len() > 1 {
+            match self.contexts.pop_lru() {
+                Some((id, gone)) => self.forget_context(id, &gone),
+                None => break,
+            }
+        }
+    }
+
     fn forget_context(&mut self, id: u64, gone: &ContextState) {
+        self.bytes = self.bytes.saturating_sub(context_bytes(gone));
         self.context_ids.remove(&gone.name);
         self.top.retain(|t| t.0 != id);
         self.counters.contexts_evicted += 1;
@@ -1387,6 +1445,7 @@ impl Ensemble {
         let (ids, xs) = (&set.ids[..n_ids], &set.values[..n_ids]);
         let samples = {
             let c = Arc::make_mut(self.contexts.get_mut(&ctx).expect("live"));
+            let before = context_bytes(c);
             if c.competence.capacity() == 0 {
                 c.competence
                     .reserve_exact(entries.len().min(MAX_COMPETENCE_PER_CONTEXT));
@@ -1406,6 +1465,7 @@ impl Ensemble {
             c.target.record(actual, decay);
             c.learn_set(ids, xs, actual, &cfg, tick, MAX_SETS_PER_CONTEXT);
             c.samples += 1;
+            self.bytes = (self.bytes + context_bytes(c)).saturating_sub(before);
             c.samples
         };
         {
@@ -1461,6 +1521,8 @@ impl Ensemble {
             self.recent.pop_front();
         }
         self.feedback_count += 1;
+        // Last: `ctx` is the most recently used context, so it stays.
+        self.enforce_budget();
         Ok(FeedbackOutcome {
             predictions,
             errors,
@@ -1939,21 +2001,228 @@ impl<'de> Deserialize<'de> for ContextsIn {
                 self,
                 mut seq: A,
             ) -> Result<ContextsIn, A::Error> {
-                let rd = Reader {
-                    bits: LOAD_BITS.with(|b| b.get()),
-                };
                 let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-                while let Some(raw) = seq.next_element::<CtxIn>()? {
-                    let c = ctx_in(raw, rd).map_err(|m| {
-                        if m.contains("decimal number where bits") {
-                            serde::de::Error::custom(format!("{m} ({WRONG_ENCODING})"))
-                        } else {
-                            serde::de::Error::custom(m)
-                        }
-                    })?;
-                    out.push(c);
+                while let Some(c) = seq.next_element::<CtxDirect>()? {
+                    out.push(c.0);
                 }
                 Ok(ContextsIn(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+// Loading saved contexts straight into their compact form. Measured on 100k contexts
+// (`cargo test --release --lib timing -- --ignored --nocapture`): parsing into tuples of
+// owned names and `Vec<Num>` and then converting allocated ~18 blocks per context and took
+// half the load; here each statistic is converted as it is parsed, names are borrowed from
+// the text, and a learner's vectors are written into its one data block.
+
+fn load_error<E: serde::de::Error>(m: String) -> E {
+    if m.contains("decimal number where bits") {
+        E::custom(format!("{m} ({WRONG_ENCODING})"))
+    } else {
+        E::custom(m)
+    }
+}
+
+/// A statistic, read by the float encoding of the file being loaded on this thread.
+struct Stat(f64);
+impl<'de> Deserialize<'de> for Stat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = Num::deserialize(d)?;
+        let rd = Reader {
+            bits: LOAD_BITS.with(|b| b.get()),
+        };
+        rd.f(n).map(Stat).map_err(load_error)
+    }
+}
+
+/// `[mse, mae, count]`.
+struct EsDirect(ErrorStats);
+impl<'de> Deserialize<'de> for EsDirect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (mse, mae, count) = <(Stat, Stat, u64)>::deserialize(d)?;
+        Ok(EsDirect(ErrorStats {
+            mse: mse.0,
+            mae: mae.0,
+            count,
+        }))
+    }
+}
+
+/// `[model, mse, mae, count, used]`.
+struct CompDirect(Competence);
+impl<'de> Deserialize<'de> for CompDirect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (model, mse, mae, count, used) = <(u64, Stat, Stat, u64, u64)>::deserialize(d)?;
+        Ok(CompDirect(Competence {
+            model,
+            stats: ErrorStats {
+                mse: mse.0,
+                mae: mae.0,
+                count,
+            },
+            used,
+        }))
+    }
+}
+
+/// A name, borrowed from the file's text unless it holds escapes.
+struct Name<'a>(std::borrow::Cow<'a, str>);
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Fills a slice with exactly its length of statistics.
+struct Fill<'a>(&'a mut [f64]);
+impl<'de> serde::de::DeserializeSeed<'de> for Fill<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+impl<'de> serde::de::Visitor<'de> for Fill<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "an array of {} numbers", self.0.len())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        const SIZES: &str = "meta-learner matrix sizes do not match its model list";
+        for slot in self.0.iter_mut() {
+            match seq.next_element::<Stat>()? {
+                Some(v) => *slot = v.0,
+                None => return Err(serde::de::Error::custom(SIZES)),
+            }
+        }
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(serde::de::Error::custom(SIZES));
+        }
+        Ok(())
+    }
+}
+
+fn next<'de, T: Deserialize<'de>, A: serde::de::SeqAccess<'de>>(
+    seq: &mut A,
+    what: &str,
+) -> Result<T, A::Error> {
+    seq.next_element()?
+        .ok_or_else(|| serde::de::Error::custom(format!("saved record is missing its {what}")))
+}
+
+/// A saved learner (see `SavedV2`), checked.
+struct SetDirect(MetaLearner);
+impl<'de> Deserialize<'de> for SetDirect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SetDirect;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a meta-learner record")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SetDirect, A::Error> {
+                let models: Vec<u64> = next(&mut seq, "models")?;
+                let d = models.len();
+                if d > MAX_META_MODELS {
+                    return Err(serde::de::Error::custom(
+                        "meta-learner matrix sizes do not match its model list",
+                    ));
+                }
+                let mut l = MetaLearner::with_models(models);
+                l.weight = next::<Stat, _>(&mut seq, "weight")?.0;
+                l.mean_y = next::<Stat, _>(&mut seq, "meanY")?.0;
+                l.syy = next::<Stat, _>(&mut seq, "syy")?.0;
+                l.count = next(&mut seq, "count")?;
+                l.scale = next::<Stat, _>(&mut seq, "scale")?.0;
+                l.used = next(&mut seq, "used")?;
+                l.residuals = next::<EsDirect, _>(&mut seq, "residuals")?.0;
+                let (mean_x, rest) = l.data.split_at_mut(d);
+                let (cross, rest) = rest.split_at_mut(d);
+                let upper = &mut rest[d..];
+                seq.next_element_seed(Fill(mean_x))?
+                    .ok_or_else(|| serde::de::Error::custom("saved learner lacks meanX"))?;
+                seq.next_element_seed(Fill(upper))?
+                    .ok_or_else(|| serde::de::Error::custom("saved learner lacks its matrix"))?;
+                seq.next_element_seed(Fill(cross))?
+                    .ok_or_else(|| serde::de::Error::custom("saved learner lacks cross"))?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::custom("saved learner has extra fields"));
+                }
+                l.check().map_err(serde::de::Error::custom)?;
+                Ok(SetDirect(l))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// A saved context (see `SavedV2`), checked.
+struct CtxDirect(ContextState);
+impl<'de> Deserialize<'de> for CtxDirect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CtxDirect;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a context record")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CtxDirect, A::Error> {
+                let id: u64 = next(&mut seq, "id")?;
+                let service: Name = next(&mut seq, "serviceName")?;
+                let prediction_type: Name = next(&mut seq, "predictionType")?;
+                let samples: u64 = next(&mut seq, "samples")?;
+                let (mean, var, count) = next::<(Stat, Stat, u64), _>(&mut seq, "target")?;
+                let [s0, s1, s2, s3] = next::<[EsDirect; 4], _>(&mut seq, "strategies")?;
+                let comp: Vec<CompDirect> = next(&mut seq, "competence")?;
+                let sets: Vec<SetDirect> = next(&mut seq, "learners")?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::custom("saved context has extra fields"));
+                }
+                if comp.len() > MAX_COMPETENCE_PER_CONTEXT || sets.len() > MAX_GLOBAL_SETS {
+                    return Err(serde::de::Error::custom(format!(
+                        "context {id} holds more records than allowed"
+                    )));
+                }
+                // Exact allocations: a loaded context holds no spare capacity (and so
+                // never more than the one saved).
+                let mut sets: Vec<MetaLearner> = sets.into_iter().map(|s| s.0).collect();
+                sets.shrink_to_fit();
+                let mut competence: Vec<Competence> = comp.into_iter().map(|c| c.0).collect();
+                competence.shrink_to_fit();
+                Ok(CtxDirect(ContextState {
+                    id,
+                    name: ContextName::new(&service.0, &prediction_type.0),
+                    sets,
+                    competence,
+                    target: TargetStats {
+                        mean: mean.0,
+                        var: var.0,
+                        count,
+                    },
+                    strategies: [s0.0, s1.0, s2.0, s3.0],
+                    samples,
+                }))
             }
         }
         d.deserialize_seq(V)
@@ -2158,6 +2427,7 @@ impl Ensemble {
             max_id = max_id.max(c.id);
             e.insert_loaded_context(c)?;
         }
+        e.enforce_budget();
         e.global = ctx_in(s.global, rd)?;
         for (k, w) in s.performance {
             let w = rd.f(w)?;
@@ -2172,10 +2442,8 @@ impl Ensemble {
         Ok(e)
     }
 
+    /// `c`'s learners were checked as they were parsed.
     fn insert_loaded_context(&mut self, c: ContextState) -> Result<(), String> {
-        for l in &c.sets {
-            l.check()?;
-        }
         if c.service().len() > MAX_NAME_BYTES || c.prediction_type().len() > MAX_NAME_BYTES {
             return Err("state has a context name that is too long".into());
         }
@@ -2184,6 +2452,7 @@ impl Ensemble {
         }
         self.context_ids.insert(c.name.clone(), c.id);
         let id = c.id;
+        self.bytes += context_bytes(&c);
         if let Some((old, gone)) = self.contexts.insert(id, Arc::new(c)).1 {
             self.forget_context(old, &gone);
         }
@@ -2358,6 +2627,7 @@ mod v1 {
             e.insert_loaded_context(state)?;
             ctx_ids.push(id);
         }
+        e.enforce_budget();
         let g = convert(&s.global, &mut e, 0)?;
         for c in &g.competence {
             e.global_competence.insert(c.model, c.stats);
@@ -2816,11 +3086,27 @@ mod timing {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let t_value = t.elapsed();
         drop(v);
+        // The previous path (tuples of owned names and `Vec<Num>`, then converted) against
+        // the direct one, same text, same run; neither inserts into the tables.
         let t = std::time::Instant::now();
         let raw: SavedV2<Vec<CtxIn>, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
             serde_json::from_str(&text).unwrap();
-        eprintln!("raw parse {:?}", t.elapsed());
-        drop(raw);
+        let t_raw = t.elapsed();
+        let rd = Reader { bits: true };
+        let old: Vec<ContextState> = raw
+            .contexts
+            .into_iter()
+            .map(|c| ctx_in(c, rd).unwrap())
+            .collect();
+        let t_old = t.elapsed();
+        drop(old);
+        LOAD_BITS.with(|b| b.set(true));
+        let t = std::time::Instant::now();
+        let direct: SavedV2<ContextsIn, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
+            serde_json::from_str(&text).unwrap();
+        let t_direct = t.elapsed();
+        drop(direct);
+        eprintln!("tuples {t_raw:?}, tuples+convert {t_old:?}; direct {t_direct:?}");
         let t = std::time::Instant::now();
         let back = Ensemble::from_json(&text).unwrap();
         let t_load = t.elapsed();
