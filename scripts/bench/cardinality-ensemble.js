@@ -5,7 +5,7 @@
 // call path once (stackingEnsembleSync, dynamicSelectionSync, then updateWithFeedback —
 // the Promise form for even keys, updateWithFeedbackSync for odd ones), through an
 // ensemble with the default bound (`maxContexts` 10000) — and, for the state-file target,
-// one whose bound holds all 100k keys.
+// one whose bounds (maxContexts, and maxMemoryMb set high) hold all 100k keys.
 // Reported: calls/s, RSS growth (whole process, malloc arena, and minus a control run of
 // the same traffic through a plain JS Map: see memory.js), getStatistics() cost, save/load
 // times with the longest event-loop stall during them, file size, and bytes per live key.
@@ -22,7 +22,7 @@ async function child(keys, maxContexts) {
   const path = require('node:path')
   const { monitorEventLoopDelay } = require('node:perf_hooks')
   const { AdvancedEnsemble } = require('../..')
-  const e = new AdvancedEnsemble(maxContexts ? { maxContexts } : undefined)
+  const e = new AdvancedEnsemble(maxContexts ? { maxContexts, maxMemoryMb: 10_000 } : undefined)
   const models = ['quality-v3', 'quality-lite', 'llm-judge']
   const p = (y) => models.map((m, j) => ({ value: y + 0.1 * j, confidence: 0.6 + 0.1 * j, model: m }))
   // Warm up the shared state so the baseline RSS includes the addon and JIT.
@@ -41,7 +41,7 @@ async function child(keys, maxContexts) {
     if (i === full) {
       const g = process.hrtime.bigint()
       global.gc?.()
-      atFull = { rss: process.memoryUsage().rss, heap: process.memoryUsage().heapUsed, arena: memory.arenaBytes() }
+      atFull = { rss: process.memoryUsage().rss, heap: process.memoryUsage().heapUsed, committed: process.memoryUsage().heapTotal, arena: memory.arenaBytes() }
       gcNs += process.hrtime.bigint() - g
     }
     const ctx = { serviceName: `tenant-${i}`, predictionType: 'quality' }
@@ -56,6 +56,7 @@ async function child(keys, maxContexts) {
   const rss = process.memoryUsage().rss
   const heap = process.memoryUsage().heapUsed - heap0
   const arena = memory.arenaBytes() - arena0
+  const end = { arena: memory.arenaBytes(), heap: process.memoryUsage().heapUsed, committed: process.memoryUsage().heapTotal }
   const st = e.getStatistics()
   // getStatistics: median of 200 calls, in µs.
   const times = []
@@ -75,7 +76,7 @@ async function child(keys, maxContexts) {
   const saveStall = h.max / 1e6
   h.reset()
   const size = fs.statSync(file).size
-  const f = new AdvancedEnsemble(maxContexts ? { maxContexts } : undefined)
+  const f = new AdvancedEnsemble(maxContexts ? { maxContexts, maxMemoryMb: 10_000 } : undefined)
   a = process.hrtime.bigint()
   await f.loadState(file)
   const loadMs = Number(process.hrtime.bigint() - a) / 1e6
@@ -103,8 +104,9 @@ async function child(keys, maxContexts) {
     plateau: atFull && {
       from: full,
       rssMB: (rss - atFull.rss) / 2 ** 20,
-      arenaMB: (memory.arenaBytes() - atFull.arena) / 2 ** 20,
-      jsHeapMB: (process.memoryUsage().heapUsed - atFull.heap) / 2 ** 20,
+      arenaMB: (end.arena - atFull.arena) / 2 ** 20,
+      jsHeapMB: (end.heap - atFull.heap) / 2 ** 20,
+      committedMB: (end.committed - atFull.committed) / 2 ** 20,
     },
   }
 }
@@ -151,8 +153,8 @@ async function run() {
   if (plateaus.length) {
     console.log('\nPlateau: growth from 2× the bound (the bound full of churned keys) to the end, after a full GC at both ends:\n')
     table(
-      plateaus.map((x) => [x.keys.toLocaleString('en'), x.plateau.from.toLocaleString('en'), x.plateau.rssMB.toFixed(1), x.controlPlateauMB.toFixed(1), x.plateau.arenaMB.toFixed(1), x.plateau.jsHeapMB.toFixed(1)]),
-      ['keys', 'from', 'RSS +MB', 'control +MB', 'arena +MB', 'JS heap +MB'],
+      plateaus.map((x) => [x.keys.toLocaleString('en'), x.plateau.from.toLocaleString('en'), x.plateau.rssMB.toFixed(1), x.controlPlateauMB.toFixed(1), x.plateau.arenaMB.toFixed(1), x.plateau.jsHeapMB.toFixed(1), x.plateau.committedMB.toFixed(1)]),
+      ['keys', 'from', 'RSS +MB', 'control +MB', 'arena +MB', 'JS heap +MB', 'V8 committed +MB'],
     )
   }
   console.log('Targets: getStatistics ≤ 50 µs at any count; save and load of 100k keys ≤ 1 s each; instance ≤ 50 MB at the default bound.')
