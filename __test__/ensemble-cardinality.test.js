@@ -160,7 +160,7 @@ test('saved state holds only the live keys and loads back to the same answers', 
   for (let i = 0; i < 500; i++) feed(e, { serviceName: `s${i}` }, 12)
   assert.equal(await e.saveState(file), true)
   const saved = JSON.parse(fs.readFileSync(file, 'utf8'))
-  assert.equal(saved.formatVersion, 2)
+  assert.equal(saved.formatVersion, 3)
   assert.equal(saved.contexts.length, 50, 'evicted keys are not saved')
   const f = new AdvancedEnsemble()
   assert.equal(await f.loadState(file), true)
