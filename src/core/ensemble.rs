@@ -3451,6 +3451,7 @@ mod timing {
     fn state_file_timing_100k() {
         let cfg = EnsembleConfig {
             max_contexts: 100_000,
+            max_memory_mb: 10_000.0,
             ..Default::default()
         };
         let mut e = Ensemble::new(cfg).unwrap();
