@@ -201,9 +201,11 @@ export interface EnsembleStatistics {
     contextsCreated: number
     modelsCreated: number
     performanceKeysCreated: number
+    /** Estimated bytes of the live contexts with their table entries (bounded by `limits.maxMemoryMb`). */
+    memoryBytes: number
   }
   evictions: { contexts: number; models: number; performanceKeys: number }
-  limits: { maxContexts: number; maxModels: number; maxPerformanceKeys: number; performanceWeightsShown: number }
+  limits: { maxContexts: number; maxModels: number; maxMemoryMb: number; maxPerformanceKeys: number; performanceWeightsShown: number }
 }
 
 /** A JS model that joins stacking when `context.features` is given. */
@@ -1143,6 +1145,14 @@ export interface AdvancedEnsembleOptions {
   maxContexts?: number
   /** Model names kept, least recently used evicted (default 20000, at least 10000). */
   maxModels?: number
+  /**
+   * Estimated memory the contexts may hold, in MB; least recently used contexts are
+   * evicted beyond it, and with `maxContexts` the tighter bound wins (default 32: with
+   * the model names, performance weights and JS caches it leaves out, an instance stays
+   * under 50 MB; a context that saw three models is ~750 bytes, one that saw 64 up to
+   * ~80 KB).
+   */
+  maxMemoryMb?: number
 }
 
 export interface ExpandedPredictionsOptions {

@@ -46,6 +46,41 @@ test('an evicted context falls back to the global learner and returns neutral', 
   assert.equal(e.dynamicSelectionSync(preds(6), { serviceName: 'tenant-1' }).selectedCount, 1)
 })
 
+test('maxMemoryMb bounds the estimated context state: evicts, never refuses, counters add up', async () => {
+  // Contexts that see 12 models hold a few KB each: 0.05 MB keeps a handful, far fewer
+  // than maxContexts, so the memory bound is the tighter one and binds.
+  const e = new AdvancedEnsemble({ maxContexts: 10_000, maxMemoryMb: 0.05 })
+  const wide = (i) => Array.from({ length: 12 }, (_, j) => ({ value: (i % 5) + j / 10, confidence: 0.7, model: `m${j}` }))
+  let peak = 0
+  for (let i = 0; i < 400; i++) {
+    const ctx = { serviceName: `tenant-${i}` }
+    assert.equal(e.stackingEnsembleSync(wide(i), ctx).strategy, 'stacking')
+    assert.equal(await e.updateWithFeedback(wide(i), i % 5, ctx), true)
+    const t = e.getStatistics().totals
+    peak = Math.max(peak, t.memoryBytes)
+  }
+  const st = e.getStatistics()
+  assert.equal(st.limits.maxMemoryMb, 0.05)
+  assert.ok(peak <= 0.05e6, `estimate ${peak} B stays under the bound`)
+  assert.ok(st.totals.contexts > 1 && st.totals.contexts < 100, `memory binds before maxContexts: ${st.totals.contexts} live`)
+  assert.ok(st.evictions.contexts >= 300)
+  assert.equal(st.totals.contextsCreated, st.totals.contexts + st.evictions.contexts)
+  assert.ok(e.getContextStatistics('tenant-399'), 'the latest context is live')
+  assert.equal(e.getContextStatistics('tenant-0'), null, 'the oldest was evicted')
+  // With the tighter count bound, the count wins.
+  const f = new AdvancedEnsemble({ maxContexts: 3, maxMemoryMb: 1000 })
+  for (let i = 0; i < 10; i++) f.updateWithFeedbackSync(wide(i), 1, { serviceName: `s${i}` })
+  assert.equal(f.getStatistics().totals.contexts, 3)
+  assert.ok(f.getStatistics().totals.memoryBytes > 0)
+  // A single context larger than the whole budget is still served and learns.
+  const g = new AdvancedEnsemble({ maxMemoryMb: 0.001 })
+  for (let i = 0; i < 20; i++) assert.equal(g.updateWithFeedbackSync(wide(i), 2, { serviceName: 'big' }), true)
+  assert.equal(g.getContextStatistics('big').samples, 20)
+  for (const bad of [0, -1, Infinity, NaN, 'lots', 2e9]) {
+    assert.throws(() => new AdvancedEnsemble({ maxMemoryMb: bad }), /maxMemoryMb/)
+  }
+})
+
 test('no refusal at 10× the bound, on every entry point, and counters that add up', async () => {
   const bound = 200
   const e = new AdvancedEnsemble({ maxContexts: bound })
@@ -125,7 +160,7 @@ test('saved state holds only the live keys and loads back to the same answers', 
   for (let i = 0; i < 500; i++) feed(e, { serviceName: `s${i}` }, 12)
   assert.equal(await e.saveState(file), true)
   const saved = JSON.parse(fs.readFileSync(file, 'utf8'))
-  assert.equal(saved.formatVersion, 2)
+  assert.equal(saved.formatVersion, 3)
   assert.equal(saved.contexts.length, 50, 'evicted keys are not saved')
   const f = new AdvancedEnsemble()
   assert.equal(await f.loadState(file), true)

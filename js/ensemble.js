@@ -50,6 +50,7 @@ const OPTIONS = {
   recentErrors: { min: 0, max: 10_000, integer: true },
   maxContexts: { min: 1, max: 100_000_000, integer: true },
   maxModels: { min: MAX_ENTRIES, max: 100_000_000, integer: true },
+  maxMemoryMb: { min: 0, minExclusive: true, max: 1e9 },
 }
 
 /**
@@ -526,6 +527,7 @@ class AdvancedEnsemble extends native.AdvancedEnsemble {
     const t = s.totals || {}
     f.gauge('mlops_ensemble_contexts', 'Contexts (serviceName × predictionType) held now.', t.contexts)
     f.gauge('mlops_ensemble_models', 'Model names held now.', t.models)
+    f.gauge('mlops_ensemble_memory_bytes', 'Estimated bytes of context state (bounded by maxMemoryMb).', t.memoryBytes)
     for (const [kind, n] of Object.entries(s.evictions || {})) f.counter('mlops_ensemble_evictions_total', 'Least-recently-used entries evicted by the bounds.', n, { kind })
     for (const c of s.topContexts || []) {
       f.gauge('mlops_ensemble_context_samples', 'Feedback samples of the busiest contexts (top 10).', c.samples, { service: c.serviceName ?? '', prediction_type: c.predictionType ?? '' })

@@ -201,9 +201,11 @@ export interface EnsembleStatistics {
     contextsCreated: number
     modelsCreated: number
     performanceKeysCreated: number
+    /** Estimated bytes of the live contexts with their table entries (bounded by `limits.maxMemoryMb`). */
+    memoryBytes: number
   }
   evictions: { contexts: number; models: number; performanceKeys: number }
-  limits: { maxContexts: number; maxModels: number; maxPerformanceKeys: number; performanceWeightsShown: number }
+  limits: { maxContexts: number; maxModels: number; maxMemoryMb: number; maxPerformanceKeys: number; performanceWeightsShown: number }
 }
 
 /** A JS model that joins stacking when `context.features` is given. */

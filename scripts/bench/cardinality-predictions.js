@@ -27,16 +27,20 @@ function gc() {
 
 async function run() {
   const max = Number(process.env.CARD_MAX || 1_000_000)
-  const checkpoints = [10_000, 100_000, 300_000, 1_000_000].filter((c) => c <= max)
   const p = new ExpandedPredictions()
   const dflt = p.getStatistics()
+  // 2× maxKeys: the bounds are full of churned keys; from there on RSS should plateau.
+  const full = 2 * dflt.maxKeys
+  const checkpoints = [...new Set([10_000, full, 100_000, 300_000, 1_000_000])].filter((c) => c <= max).sort((a, b) => a - b)
   console.log(`\n## ExpandedPredictions: many keys (default bounds: maxKeys ${dflt.maxKeys}, maxMemoryMb ${dflt.maxMemoryMb})\n`)
   const ctl = memory.child(__filename, ['--control', String(dflt.maxKeys), ...checkpoints.map(String)])
   gc()
   const rss0 = process.memoryUsage().rss
   const heap0 = process.memoryUsage().heapUsed
+  const committed0 = process.memoryUsage().heapTotal
   const arena0 = memory.arenaBytes()
   const rows = []
+  const at = {}
   let i = 0
   for (const [n, checkpoint] of checkpoints.entries()) {
     const from = i
@@ -52,10 +56,18 @@ async function run() {
     const rss = process.memoryUsage().rss - rss0
     const heap = process.memoryUsage().heapUsed - heap0
     const arena = memory.arenaBytes() - arena0
-    rows.push([checkpoint.toLocaleString('en'), Math.round((2 * (checkpoint - from)) / secs).toLocaleString('en'), mb(rss), mb(ctl[n]), mb(arena), mb(heap), mb(arena + heap), s.keys, s.evictions.keys, mb(s.memoryBytes), (s.memoryBytes / s.keys).toFixed(0), (arena / s.keys).toFixed(0)])
+    const committed = process.memoryUsage().heapTotal - committed0
+    at[checkpoint] = { rss, heap, arena, committed, ctl: ctl[n] }
+    rows.push([checkpoint.toLocaleString('en'), Math.round((2 * (checkpoint - from)) / secs).toLocaleString('en'), mb(rss), mb(ctl[n]), mb(arena), mb(heap), mb(arena + heap), mb(committed), s.keys, s.evictions.keys, mb(s.memoryBytes), (s.memoryBytes / s.keys).toFixed(0), (arena / s.keys).toFixed(0)])
   }
-  table(rows, ['distinct keys sent', 'calls/s', 'RSS +MB', 'control +MB', 'arena +MB', 'JS heap +MB', 'instance MB', 'live keys', 'keys evicted', 'estimated MB', 'est. bytes/key', 'arena bytes/key'])
-  console.log('RSS +MB: whole-process growth; control: the same traffic through a plain JS Map of maxKeys entries (V8 grows its young generation under any such traffic); arena: the malloc arena (the native state); JS heap: live V8 heap after a full GC (the JS layer\'s caches); instance = arena + JS heap.')
+  table(rows, ['distinct keys sent', 'calls/s', 'RSS +MB', 'control +MB', 'arena +MB', 'JS heap +MB', 'instance MB', 'V8 committed +MB', 'live keys', 'keys evicted', 'estimated MB', 'est. bytes/key', 'arena bytes/key'])
+  const last = checkpoints[checkpoints.length - 1]
+  if (at[full] && last > full) {
+    const a = at[full]
+    const b = at[last]
+    console.log(`\nPlateau from ${full.toLocaleString('en')} keys (2× maxKeys: the bounds full) to ${last.toLocaleString('en')}, after a full GC at both: RSS +${mb(b.rss - a.rss)} MB, control +${mb(b.ctl - a.ctl)} MB, arena +${mb(b.arena - a.arena)} MB, JS heap +${mb(b.heap - a.heap)} MB, V8 committed heap +${mb(b.committed - a.committed)} MB`)
+  }
+  console.log('RSS +MB: whole-process growth; control: the same traffic through a plain JS Map of maxKeys entries (V8 grows its young generation under any such traffic); arena: the malloc arena (the native state); JS heap: live V8 heap after a full GC (the JS layer\'s caches); instance = arena + JS heap; V8 committed: the heap V8 keeps mapped (used or not), which grows under the churn while the live JS heap does not.')
 
   // getStatistics: O(1) whatever the number of keys.
   const times = []

@@ -44,6 +44,12 @@ pub struct AdvancedEnsembleOptions {
     pub max_contexts: Option<u32>,
     /// Model names kept, least recently used evicted (default 20000, at least 10000).
     pub max_models: Option<u32>,
+    /// Estimated memory the contexts may hold, in MB; least recently used contexts are
+    /// evicted beyond it, and with `maxContexts` the tighter bound wins (default 32: with
+    /// the model names, performance weights and JS caches it leaves out, an instance stays
+    /// under 50 MB; a context that saw three models is ~750 bytes, one that saw 64 up to
+    /// ~80 KB).
+    pub max_memory_mb: Option<f64>,
 }
 
 /// Ensemble strategies over base-model predictions that learn from feedback: trained
@@ -137,6 +143,7 @@ impl AdvancedEnsemble {
             recent_errors: o.recent_errors.map_or(d.recent_errors, |v| v as usize),
             max_contexts: o.max_contexts.map_or(d.max_contexts, |v| v as usize),
             max_models: o.max_models.map_or(d.max_models, |v| v as usize),
+            max_memory_mb: o.max_memory_mb.unwrap_or(d.max_memory_mb),
         };
         let e = Ensemble::new(config).map_err(|m| range(&env, format!("options.{m}")))?;
         Ok(Self {
@@ -504,6 +511,7 @@ impl Serialize for Statistics<'_> {
                 "contextsCreated": k.contexts_created,
                 "modelsCreated": k.models_created,
                 "performanceKeysCreated": k.performance_created,
+                "memoryBytes": e.memory_bytes(),
             }),
         )?;
         st.serialize_field(
@@ -519,6 +527,7 @@ impl Serialize for Statistics<'_> {
             &serde_json::json!({
                 "maxContexts": e.config.max_contexts,
                 "maxModels": e.config.max_models,
+                "maxMemoryMb": e.config.max_memory_mb,
                 "maxPerformanceKeys": e.config.max_performance_keys(),
                 "performanceWeightsShown": PERFORMANCE_WEIGHTS_SHOWN,
             }),
