@@ -650,73 +650,6 @@ fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
     }
 }
 
-/// Rows `order` of `x`/`y` copied into one block, in that order. The copy reads `x` in its
-/// own order and writes each row to its slot: the reads are the costly side (the matrix
-/// comes from the last-level cache), and in order the prefetcher streams them, where a
-/// shuffled order paid a miss per row.
-fn gather(
-    x: &[f64],
-    y: &[f64],
-    d: usize,
-    threads: usize,
-    order: impl Iterator<Item = usize>,
-) -> (Vec<f64>, Vec<f64>) {
-    let mut slot = vec![u32::MAX; y.len()];
-    let mut n = 0usize;
-    for r in order {
-        assert!(slot[r] == u32::MAX, "row {r} gathered twice");
-        slot[r] = n as u32;
-        n += 1;
-    }
-    assert!(x.len() >= y.len() * d, "x is shorter than y × d");
-    // Not zeroed first: every slot below `n` is written exactly once (the assert above
-    // refused a repeated row), and zeroing 2 MB cost as much as the copy.
-    let mut gx: Vec<f64> = Vec::with_capacity(n * d);
-    let mut gy: Vec<f64> = Vec::with_capacity(n);
-    let to = Dest(gx.as_mut_ptr(), gy.as_mut_ptr());
-    let copy = |from: usize, until: usize| {
-        for (r, &s) in slot.iter().enumerate().take(until).skip(from) {
-            if s != u32::MAX {
-                let s = s as usize;
-                // SAFETY: `s < n` (the capacity reserved above) and each slot belongs to
-                // one source row, so no two writes, on one thread or two, overlap.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(x.as_ptr().add(r * d), to.x().add(s * d), d);
-                    *to.y().add(s) = y[r];
-                }
-            }
-        }
-    };
-    if threads > 1 && n * d >= 1 << 16 {
-        // A few MB: the two halves of the source are copied on two cores.
-        let half = slot.len() / 2;
-        runtime::join(|| copy(0, half), || copy(half, slot.len()));
-    } else {
-        copy(0, slot.len());
-    }
-    // SAFETY: slots 0..n were each assigned to one row and written just above.
-    unsafe {
-        gx.set_len(n * d);
-        gy.set_len(n);
-    }
-    (gx, gy)
-}
-
-/// Where [`gather`] writes, shared by the two threads that fill disjoint slots.
-#[derive(Clone, Copy)]
-struct Dest(*mut f64, *mut f64);
-// SAFETY: only ever used for writes to disjoint slots (see `gather`).
-unsafe impl Send for Dest {}
-unsafe impl Sync for Dest {}
-impl Dest {
-    fn x(self) -> *mut f64 {
-        self.0
-    }
-    fn y(self) -> *mut f64 {
-        self.1
-    }
-}
-
 /// A linear fit from `base` on the train rows; the epoch is chosen on the val rows, with
 /// the base as epoch 0. Returns the model, the epoch history and the chosen epoch.
 fn fit_linear(
@@ -791,21 +724,6 @@ fn fit_linear(
             let inv_std: Vec<f64> = sc.std.iter().map(|s| 1.0 / s).collect();
             let mut rng = SplitMix(opts.seed ^ 0x5eed);
             let mut since_best = 0usize;
-            // SGD walks the training rows in one fixed order every epoch: copy them once into
-            // a contiguous block in that order, with the validation rows after them, so each
-            // epoch streams one block the prefetcher can follow instead of jumping to rows
-            // scattered by the split.
-            let (sgd_x, sgd_y): (Vec<f64>, Vec<f64>) = if adam {
-                (Vec::new(), Vec::new())
-            } else {
-                gather(x, y, d, opts.threads, train.iter().chain(val).copied())
-            };
-            let sgd_rows: Vec<usize> = if adam {
-                Vec::new()
-            } else {
-                (0..train.len() + val.len()).collect()
-            };
-            let (sgd_train, sgd_val) = sgd_rows.split_at(if adam { 0 } else { train.len() });
             // Plain SGD without early stopping decides nothing on a validation loss while it
             // trains: each epoch's loss is computed on a second core from that epoch's
             // weights while the next epoch trains, and reported, in order, as it arrives
@@ -814,11 +732,11 @@ fn fit_linear(
             let (weights_tx, weights_rx) = std::sync::mpsc::channel::<(Vec<f64>, f64)>();
             let (loss_tx, loss_rx) = std::sync::mpsc::channel::<f64>();
             let mut weights_tx = pipelined.then_some(weights_tx);
-            let (vx, vy, n_val) = (&sgd_x[..], &sgd_y[..], val.len() as f64);
+            let n_val = val.len() as f64;
             let val_losses = move || {
                 // Ends when the training side drops its sender (at its end, error or not).
                 for (w, b) in weights_rx {
-                    let _ = loss_tx.send(kernels::sse(&w, b, vx, vy, sgd_val) / n_val);
+                    let _ = loss_tx.send(kernels::sse(&w, b, x, y, val) / n_val);
                 }
             };
             let mut waiting: std::collections::VecDeque<EpochInfo> = Default::default();
@@ -846,17 +764,20 @@ fn fit_linear(
                     }
                     let mut train_se = 0.0;
                     if !adam {
-                        // Raw rows and an unscaled target (sgd is the old algorithm exactly),
-                        // the training rows first in the block: the runtime-dispatched SIMD
-                        // kernel runs the epoch (src/core/kernels.rs).
+                        // Raw rows and an unscaled target (sgd is the old algorithm exactly):
+                        // the runtime-dispatched SIMD kernel runs the epoch, in the split's
+                        // fixed order (src/core/kernels.rs). It reads the rows where they
+                        // are: `x` stays in this core's L2 across epochs, and the kernel
+                        // prefetches the shuffled rows ahead, which measured faster than
+                        // first copying them into one block in that order.
                         debug_assert!(sc.ym == 0.0 && sc.ys == 1.0);
                         train_se = kernels::sgd_epoch(
                             kernels::kernel(),
                             &mut p.w,
                             &mut p.b,
-                            &sgd_x,
-                            &sgd_y,
-                            sgd_train.len(),
+                            x,
+                            y,
+                            &train,
                             opts.batch_size,
                             opts.learning_rate,
                             opts.l2,
@@ -909,7 +830,7 @@ fn fit_linear(
                         } else if adam || val.is_empty() {
                             loss(&p, &sc, x, y, val, d)
                         } else {
-                            kernels::sse(&p.w, p.b, &sgd_x, &sgd_y, sgd_val) / val.len() as f64
+                            kernels::sse(&p.w, p.b, x, y, val) / val.len() as f64
                         },
                     };
                     if let Some(tx) = &weights_tx {
@@ -1233,19 +1154,6 @@ mod tests {
     }
 
     #[test]
-    fn gather_copies_rows_in_the_given_order() {
-        let (x, y) = data(50, 3);
-        let order = [7usize, 0, 49, 12, 3];
-        let (gx, gy) = gather(&x, &y, 2, 1, order.iter().copied());
-        assert_eq!(gy, order.iter().map(|&r| y[r]).collect::<Vec<_>>());
-        let want: Vec<f64> = order
-            .iter()
-            .flat_map(|&r| [x[r * 2], x[r * 2 + 1]])
-            .collect();
-        assert_eq!(gx, want);
-    }
-
-    #[test]
     fn adam_converges_on_raw_features_of_different_scales() {
         let (x, y) = data(2000, 1);
         let base = LinearModel::zeros(2);
@@ -1270,7 +1178,7 @@ mod tests {
     /// finite is still refused by name (the fit beside the check is thrown away).
     #[test]
     fn two_cores_give_the_one_core_result_exactly() {
-        // Wide and long enough for the two-core copy (≥ 65,536 values).
+        // Enough rows for several batches and a real validation set.
         let (n, d) = (3000, 24);
         let mut r = SplitMix(9);
         let mut u = || (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;

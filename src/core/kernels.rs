@@ -114,8 +114,8 @@ pub fn batch_gradient_with(
     }
 }
 
-/// One epoch of plain mini-batch SGD on squared error over the first `n` rows of `x`/`y`
-/// (contiguous, in order), `batch` rows per step: per batch, `g = Σ err·x / m + l2·w`,
+/// One epoch of plain mini-batch SGD on squared error over `rows` of `x`/`y`, in that
+/// order, `batch` rows per step: per batch, `g = Σ err·x / m + l2·w`,
 /// `w += −lr·g`, `b −= lr·Σ err / m`. Returns `Σ err²` over the epoch (summed per batch,
 /// then over batches). Every kernel does the per-batch arithmetic of [`batch_gradient`]
 /// followed by that update, element for element (the AVX-512 one sums a batch of more than
@@ -128,20 +128,19 @@ pub fn sgd_epoch(
     b: &mut f64,
     x: &[f64],
     y: &[f64],
-    n: usize,
+    rows: &[usize],
     batch: usize,
     lr: f64,
     l2: f64,
 ) -> f64 {
     let d = w.len();
     assert!(batch > 0, "batch size");
-    assert!(n * d <= x.len() && n <= y.len(), "rows out of range");
     #[cfg(target_arch = "x86_64")]
     if k == Kernel::Avx512 && d <= 32 && batch <= 4096 && kernel_available(Kernel::Avx512) {
-        // SAFETY: AVX-512F is present, and rows 0..n are inside `x` and `y` (asserted).
-        return unsafe { avx512::sgd_epoch(w, b, x, y, n, batch, lr, l2) };
+        check_rows(d, x, y, rows);
+        // SAFETY: AVX-512F is present, and every row is inside `x` and `y` (checked).
+        return unsafe { avx512::sgd_epoch(w, b, x, y, rows, batch, lr, l2) };
     }
-    let rows: Vec<usize> = (0..n).collect();
     let mut gw = vec![0.0; d];
     let mut total = 0.0;
     for chunk in rows.chunks(batch) {
@@ -629,12 +628,14 @@ mod avx512 {
         b: &mut f64,
         x: &[f64],
         y: &[f64],
-        n: usize,
+        rows: &[usize],
         batch: usize,
         lr: f64,
         l2: f64,
     ) -> f64 {
         let d = w.len();
+        let n = rows.len();
+        let rp = rows.as_ptr();
         let m = [lanes(d, 0), lanes(d, 8), lanes(d, 16), lanes(d, 24)];
         let blocks = d.div_ceil(8);
         let (xp, yp, wp) = (x.as_ptr(), y.as_ptr(), w.as_mut_ptr());
@@ -648,15 +649,28 @@ mod avx512 {
             // Phase 1: the batch's errors, four dot products at a time, in row order.
             let mut r = s;
             while r + 4 <= e {
+                // The rows come in a shuffled order: ask for the ones 16 ahead now, so they
+                // are in L1 by the time they are needed.
+                if r + 20 <= n {
+                    for k in 16..20 {
+                        let q = xp.add(*rp.add(r + k) * d) as *const i8;
+                        let mut o = 0;
+                        while o < d * 8 {
+                            _mm_prefetch::<_MM_HINT_T0>(q.add(o));
+                            o += 64;
+                        }
+                    }
+                }
+                let idx = [*rp.add(r), *rp.add(r + 1), *rp.add(r + 2), *rp.add(r + 3)];
                 let p = [
-                    xp.add(r * d),
-                    xp.add((r + 1) * d),
-                    xp.add((r + 2) * d),
-                    xp.add((r + 3) * d),
+                    xp.add(idx[0] * d),
+                    xp.add(idx[1] * d),
+                    xp.add(idx[2] * d),
+                    xp.add(idx[3] * d),
                 ];
                 let dots = dot4(wp, d, p);
                 for k in 0..4 {
-                    let ek = bv + dots[k] - *yp.add(r + k);
+                    let ek = bv + dots[k] - *yp.add(idx[k]);
                     se += ek * ek;
                     gb += ek;
                     *err.get_unchecked_mut(r + k - s) = ek;
@@ -664,7 +678,8 @@ mod avx512 {
                 r += 4;
             }
             while r < e {
-                let ek = bv + dot1(wp, d, xp.add(r * d)) - *yp.add(r);
+                let i = *rp.add(r);
+                let ek = bv + dot1(wp, d, xp.add(i * d)) - *yp.add(i);
                 se += ek * ek;
                 gb += ek;
                 *err.get_unchecked_mut(r - s) = ek;
@@ -677,7 +692,7 @@ mod avx512 {
             while r + 2 <= e {
                 let e0 = _mm512_set1_pd(*err.get_unchecked(r - s));
                 let e1 = _mm512_set1_pd(*err.get_unchecked(r + 1 - s));
-                let (p0, p1) = (xp.add(r * d), xp.add((r + 1) * d));
+                let (p0, p1) = (xp.add(*rp.add(r) * d), xp.add(*rp.add(r + 1) * d));
                 for t in 0..4 {
                     if t < blocks {
                         a[t] =
@@ -690,7 +705,7 @@ mod avx512 {
             }
             if r < e {
                 let e0 = _mm512_set1_pd(*err.get_unchecked(r - s));
-                let p0 = xp.add(r * d);
+                let p0 = xp.add(*rp.add(r) * d);
                 for t in 0..4 {
                     if t < blocks {
                         a[t] =
@@ -913,9 +928,9 @@ mod tests {
                     let (x, y, w0) = data(203, d);
                     let (lr, l2) = (0.001, 0.01);
                     let (mut w, mut b) = (w0.clone(), 0.25);
-                    let se = sgd_epoch(k, &mut w, &mut b, &x, &y, 203, batch, lr, l2);
+                    let rows: Vec<usize> = (0..203).rev().collect();
+                    let se = sgd_epoch(k, &mut w, &mut b, &x, &y, &rows, batch, lr, l2);
                     let (mut w2, mut b2, mut se2) = (w0.clone(), 0.25, 0.0);
-                    let rows: Vec<usize> = (0..203).collect();
                     for chunk in rows.chunks(batch) {
                         let mut g = vec![0.0; d];
                         let (gb, s) = batch_gradient_with(k, &w2, b2, &x, &y, chunk, &mut g);
@@ -928,8 +943,17 @@ mod tests {
                         b2 -= lr * (gb / m);
                     }
                     let (mut w3, mut b3) = (w0.clone(), 0.25);
-                    let se3 =
-                        sgd_epoch(Kernel::Scalar, &mut w3, &mut b3, &x, &y, 203, batch, lr, l2);
+                    let se3 = sgd_epoch(
+                        Kernel::Scalar,
+                        &mut w3,
+                        &mut b3,
+                        &x,
+                        &y,
+                        &rows,
+                        batch,
+                        lr,
+                        l2,
+                    );
                     let close =
                         |p: f64, q: f64| (p - q).abs() <= 1e-12 * p.abs().max(q.abs()).max(1.0);
                     if batch <= 64 {
