@@ -62,7 +62,7 @@ pub struct FineTuneOptions {
     pub auto: bool,
     pub tree: TreeParams,
     /// Cores one linear fit may use (1 or 2): with 2, the pass over every value, the base's
-    /// predictions, half of the row copy and the per-epoch validation losses run beside the
+    /// predictions and the per-epoch validation losses run beside the
     /// training loop. Default: [`training_threads`].
     pub threads: usize,
 }
