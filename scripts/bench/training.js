@@ -18,6 +18,12 @@ const { ModelFineTuning } = require('../..')
 const { msPerRun, median, ROUNDS } = require('./harness.js')
 const { data, oldStyleSgd, ROWS, D, OPTS } = require('./finetune.js')
 
+// Medians over many rounds, so that neither side is at the mercy of a few slow rounds on
+// this shared machine (the old JS allocates heavily and swings with GC): the millisecond-
+// long runs (native, C) get 201, the 25 ms old-JS runs 21.
+const FAST_ROUNDS = Math.max(ROUNDS * 30, 201)
+const SLOW_ROUNDS = Math.max(ROUNDS * 3, 21)
+
 const C_SOURCE = String.raw`
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,7 +87,7 @@ function cLoop(dir, X, y) {
   execFileSync('gcc', ['-O3', '-march=native', '-o', exe, src])
   const bin = path.join(dir, 'data.bin')
   fs.writeFileSync(bin, Buffer.concat([Buffer.from(X.buffer), Buffer.from(y.buffer)]))
-  const out = execFileSync(exe, [bin, ROWS, D, OPTS.epochs, OPTS.batchSize, OPTS.learningRate, Math.max(ROUNDS * 3, 21)].map(String)).toString().trim().split(' ')
+  const out = execFileSync(exe, [bin, ROWS, D, OPTS.epochs, OPTS.batchSize, OPTS.learningRate, FAST_ROUNDS].map(String)).toString().trim().split(' ')
   return { ms: Number(out[0]), loss: Number(out[1]) }
 }
 
@@ -90,13 +96,15 @@ function oneCore(dir) {
   const script = `
     const { ModelFineTuning } = require(${JSON.stringify(path.join(__dirname, '..', '..'))})
     const { data, oldStyleSgd, ROWS, D, OPTS } = require(${JSON.stringify(path.join(__dirname, 'finetune.js'))})
-    const { msPerRun, ROUNDS } = require(${JSON.stringify(path.join(__dirname, 'harness.js'))})
+    const { msPerRun } = require(${JSON.stringify(path.join(__dirname, 'harness.js'))})
+    const FAST_ROUNDS = ${FAST_ROUNDS}
+    const SLOW_ROUNDS = ${SLOW_ROUNDS}
     const { X, y } = data()
     const rows = Array.from({ length: ROWS }, (_, i) => ({ features: Array.from(X.subarray(i * D, (i + 1) * D)), quality: y[i] }))
     const ft = new ModelFineTuning({ modelsDir: ${JSON.stringify(dir)} })
     ;(async () => {
-      const native = await msPerRun(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), Math.max(ROUNDS * 3, 21))
-      const old = await msPerRun(() => oldStyleSgd(rows, Array(D).fill(0), 0, OPTS))
+      const native = await msPerRun(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), FAST_ROUNDS)
+      const old = await msPerRun(() => oldStyleSgd(rows, Array(D).fill(0), 0, OPTS), SLOW_ROUNDS)
       console.log(JSON.stringify({ native, old }))
     })()`
   return JSON.parse(execFileSync(process.execPath, ['-e', script], { env: { ...process.env, MLOPS_TRAIN_THREADS: '1' } }).toString())
@@ -134,8 +142,8 @@ async function run() {
     const ft = new ModelFineTuning({ modelsDir: dir })
     const { X, y } = data()
     const rows = Array.from({ length: ROWS }, (_, i) => ({ features: Array.from(X.subarray(i * D, (i + 1) * D)), quality: y[i] }))
-    const native = await msPerRun(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), Math.max(ROUNDS * 3, 21))
-    const old = await msPerRun(() => oldStyleSgd(rows, Array(D).fill(0), 0, OPTS))
+    const native = await msPerRun(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), FAST_ROUNDS)
+    const old = await msPerRun(() => oldStyleSgd(rows, Array(D).fill(0), 0, OPTS), SLOW_ROUNDS)
     const cpu = await cpuPerRun(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), 50)
     const one = oneCore(dir)
     let c = null
