@@ -1,9 +1,12 @@
 //! Profiling harness for the linear fine-tune (the `training` bench's job without Node):
 //! 10,000 × 32 rows made by the bench's own generator, sgd, 10 epochs, batch 32.
 //!   cargo run --release --example train -- [reps]
+//!   cargo run --release --example train -- [reps] whole   (fine_tune only)
+//!   cargo run --release --example train -- [reps] kernel  (the parts only)
 //! Prints the median and minimum wall time of `fine_tune`, and of its parts measured
-//! alone (the kernel's ten epochs over a contiguous block, the data check). On a shared
-//! machine read the minimum: load only ever adds.
+//! alone (`sgd_epoch` ten times over 6,000 shuffled rows, the data check). On a shared
+//! machine read the minimum: load only ever adds. `MLOPS_KERNEL`, `MLOPS_TRAIN_THREADS`
+//! apply as in the addon.
 
 use mlops_native::core::finetune::{check_data, fine_tune, FineTuneOptions, Optimizer};
 use mlops_native::core::kernels;
@@ -89,20 +92,30 @@ fn main() {
     if std::env::args().nth(2).as_deref() == Some("whole") {
         return;
     }
-    let train: Vec<usize> = (0..6000).collect();
-    let mut gw = vec![0.0; D];
+    // The training rows of the run, in the split's shuffled order, as `fine_tune` walks them.
+    let mut train: Vec<usize> = (0..ROWS).collect();
+    let mut r = 0x9E3779B97F4A7C15u64;
+    for i in (1..train.len()).rev() {
+        r = r
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        train.swap(i, (r >> 33) as usize % (i + 1));
+    }
+    train.truncate(6000);
     let kernel = time(reps, || {
         let (mut w, mut b) = (vec![0.0; D], 0.0);
         for _ in 0..10 {
-            for batch in train.chunks(32) {
-                gw.iter_mut().for_each(|g| *g = 0.0);
-                let (gb, _) = kernels::batch_gradient(&w, b, &x, &y, batch, &mut gw);
-                let m = batch.len() as f64;
-                for j in 0..D {
-                    w[j] -= 0.001 * gw[j] / m;
-                }
-                b -= 0.001 * gb / m;
-            }
+            kernels::sgd_epoch(
+                kernels::kernel(),
+                &mut w,
+                &mut b,
+                &x,
+                &y,
+                &train,
+                32,
+                0.001,
+                0.0,
+            );
         }
         std::hint::black_box((&w, b));
     });
