@@ -31,7 +31,9 @@ async function run() {
   const dflt = p.getStatistics()
   // 2× maxKeys: the bounds are full of churned keys; from there on RSS should plateau.
   const full = 2 * dflt.maxKeys
-  const checkpoints = [...new Set([10_000, full, 100_000, 300_000, 1_000_000])].filter((c) => c <= max).sort((a, b) => a - b)
+  // CARD_MAX=3000000 adds 2M and 3M: past 1M, V8's young generation is at its maximum
+  // (32 MB of semi-spaces by default) and the whole process should stop growing.
+  const checkpoints = [...new Set([10_000, full, 100_000, 300_000, 1_000_000, 2_000_000, 3_000_000])].filter((c) => c <= max).sort((a, b) => a - b)
   console.log(`\n## ExpandedPredictions: many keys (default bounds: maxKeys ${dflt.maxKeys}, maxMemoryMb ${dflt.maxMemoryMb})\n`)
   const ctl = memory.child(__filename, ['--control', String(dflt.maxKeys), ...checkpoints.map(String)])
   gc()
@@ -66,6 +68,11 @@ async function run() {
     const a = at[full]
     const b = at[last]
     console.log(`\nPlateau from ${full.toLocaleString('en')} keys (2× maxKeys: the bounds full) to ${last.toLocaleString('en')}, after a full GC at both: RSS +${mb(b.rss - a.rss)} MB, control +${mb(b.ctl - a.ctl)} MB, arena +${mb(b.arena - a.arena)} MB, JS heap +${mb(b.heap - a.heap)} MB, V8 committed heap +${mb(b.committed - a.committed)} MB`)
+  }
+  if (at[1_000_000] && last > 1_000_000) {
+    const a = at[1_000_000]
+    const b = at[last]
+    console.log(`From 1,000,000 keys to ${last.toLocaleString('en')}: RSS +${mb(b.rss - a.rss)} MB, control +${mb(b.ctl - a.ctl)} MB, arena +${mb(b.arena - a.arena)} MB, JS heap +${mb(b.heap - a.heap)} MB, V8 committed heap +${mb(b.committed - a.committed)} MB`)
   }
   console.log('RSS +MB: whole-process growth; control: the same traffic through a plain JS Map of maxKeys entries (V8 grows its young generation under any such traffic); arena: the malloc arena (the native state); JS heap: live V8 heap after a full GC (the JS layer\'s caches); instance = arena + JS heap; V8 committed: the heap V8 keeps mapped (used or not), which grows under the churn while the live JS heap does not.')
 
