@@ -1829,19 +1829,7 @@ impl Reader {
             Err("state holds a non-finite statistic".into())
         }
     }
-    fn fs(&self, v: Vec<Num>) -> Result<Vec<f64>, String> {
-        v.into_iter().map(|n| self.f(n)).collect()
-    }
-    fn es(&self, t: EsIn) -> Result<ErrorStats, String> {
-        Ok(ErrorStats {
-            mse: self.f(t.0)?,
-            mae: self.f(t.1)?,
-            count: t.2,
-        })
-    }
 }
-
-type EsIn = (Num, Num, u64);
 
 struct CtxOut<'a>(&'a ContextState, bool);
 struct SetOut<'a>(&'a MetaLearner, bool);
@@ -1899,85 +1887,6 @@ impl Serialize for CtxOut<'_> {
         t.serialize_element(&sets)?;
         t.end()
     }
-}
-
-type SetIn = (
-    Vec<u64>,
-    Num,
-    Num,
-    Num,
-    u64,
-    Num,
-    u64,
-    EsIn,
-    Vec<Num>,
-    Vec<Num>,
-    Vec<Num>,
-);
-type CtxIn = (
-    u64,
-    String,
-    String,
-    u64,
-    (Num, Num, u64),
-    [EsIn; 4],
-    Vec<(u64, Num, Num, u64, u64)>,
-    Vec<SetIn>,
-);
-
-fn set_in(r: SetIn, rd: Reader) -> Result<MetaLearner, String> {
-    let (models, weight, mean_y, syy, count, scale, used, res, mean_x, upper, cross) = r;
-    let d = models.len();
-    if upper.len() != d * (d + 1) / 2 || d > MAX_META_MODELS {
-        return Err("meta-learner matrix sizes do not match its model list".into());
-    }
-    let mut l = MetaLearner::from_parts(models, &rd.fs(mean_x)?, &rd.fs(cross)?, &rd.fs(upper)?)?;
-    l.weight = rd.f(weight)?;
-    l.mean_y = rd.f(mean_y)?;
-    l.syy = rd.f(syy)?;
-    l.count = count;
-    l.residuals = rd.es(res)?;
-    l.scale = rd.f(scale)?;
-    l.used = used;
-    l.check()?;
-    Ok(l)
-}
-
-fn ctx_in(r: CtxIn, rd: Reader) -> Result<ContextState, String> {
-    let (id, service, prediction_type, samples, t, strategies, comp, sets) = r;
-    if comp.len() > MAX_COMPETENCE_PER_CONTEXT || sets.len() > MAX_GLOBAL_SETS {
-        return Err(format!("context {id} holds more records than allowed"));
-    }
-    let [s0, s1, s2, s3] = strategies;
-    Ok(ContextState {
-        id,
-        name: ContextName::new(&service, &prediction_type),
-        sets: sets
-            .into_iter()
-            .map(|x| set_in(x, rd))
-            .collect::<Result<_, _>>()?,
-        competence: comp
-            .into_iter()
-            .map(|(model, mse, mae, count, used)| {
-                Ok(Competence {
-                    model,
-                    stats: ErrorStats {
-                        mse: rd.f(mse)?,
-                        mae: rd.f(mae)?,
-                        count,
-                    },
-                    used,
-                })
-            })
-            .collect::<Result<_, String>>()?,
-        target: TargetStats {
-            mean: rd.f(t.0)?,
-            var: rd.f(t.1)?,
-            count: t.2,
-        },
-        strategies: [rd.es(s0)?, rd.es(s1)?, rd.es(s2)?, rd.es(s3)?],
-        samples,
-    })
 }
 
 const WRONG_ENCODING: &str = "state's float encoding differs from the one assumed";
@@ -2711,7 +2620,7 @@ impl Ensemble {
     /// Versions 2 and 3 (`C`: their contexts' layout).
     fn from_v2_as<C: SavedContexts>(text: &str, bits: bool) -> Result<Self, String> {
         LOAD_BITS.with(|b| b.set(bits));
-        let s: SavedV2<C, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
+        let s: SavedV2<C, CtxDirect, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
             serde_json::from_str(text).map_err(|e| {
                 if e.is_syntax() || e.is_eof() {
                     format!("state is not valid JSON: {e}")
@@ -2771,7 +2680,7 @@ impl Ensemble {
             e.insert_loaded_context(c)?;
         }
         e.enforce_budget();
-        e.global = ctx_in(s.global, rd)?;
+        e.global = s.global.0;
         for (k, w) in s.performance {
             let w = rd.f(w)?;
             e.performance.insert(Arc::from(k), w);
@@ -3479,27 +3388,13 @@ mod timing {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let t_value = t.elapsed();
         drop(v);
-        // The previous path (tuples of owned names and `Vec<Num>`, then converted) against
-        // the direct one, same text, same run; neither inserts into the tables.
-        let t = std::time::Instant::now();
-        let raw: SavedV2<Vec<CtxIn>, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
-            serde_json::from_str(&text).unwrap();
-        let t_raw = t.elapsed();
-        let rd = Reader { bits: true };
-        let old: Vec<ContextState> = raw
-            .contexts
-            .into_iter()
-            .map(|c| ctx_in(c, rd).unwrap())
-            .collect();
-        let t_old = t.elapsed();
-        drop(old);
         LOAD_BITS.with(|b| b.set(true));
         let t = std::time::Instant::now();
-        let direct: SavedV2<ContextsIn, CtxIn, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
+        let direct: SavedV2<ContextsIn, CtxDirect, Vec<(String, Num)>, Vec<(u64, Num, Num, u64)>> =
             serde_json::from_str(&text).unwrap();
         let t_direct = t.elapsed();
         drop(direct);
-        eprintln!("v2: tuples {t_raw:?}, tuples+convert {t_old:?}; direct {t_direct:?}");
+        eprintln!("v2: contexts parsed {t_direct:?}");
         let t = std::time::Instant::now();
         let v2 = Ensemble::from_json(&text).unwrap();
         eprintln!("v2 from_json {:?} ({} MB)", t.elapsed(), text.len() >> 20);
