@@ -296,68 +296,12 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// `Σ (b + w·x_r − y_r)²`: four rows at a time, so four independent dot products are in
-    /// flight instead of one chain.
+    /// Calls `f(i, r, w·x_r)` for every row, in order, four rows at a time, so four
+    /// independent dot products are in flight instead of one chain; each is summed in the
+    /// same association as the scalar `dot`.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn sse(w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
-        let d = w.len();
-        let full = d / 4 * 4;
-        let wp = w.as_ptr();
-        let mut total = 0.0;
-        let hsum = |v: __m256d| {
-            let lo = _mm256_castpd256_pd128(v);
-            let hi = _mm256_extractf128_pd(v, 1);
-            let pair = _mm_add_pd(lo, hi);
-            _mm_cvtsd_f64(pair) + _mm_cvtsd_f64(_mm_unpackhi_pd(pair, pair))
-        };
-        let mut quads = rows.chunks_exact(4);
-        for q in &mut quads {
-            let p = [
-                x.as_ptr().add(q[0] * d),
-                x.as_ptr().add(q[1] * d),
-                x.as_ptr().add(q[2] * d),
-                x.as_ptr().add(q[3] * d),
-            ];
-            let mut acc = [_mm256_setzero_pd(); 4];
-            let mut j = 0;
-            while j < full {
-                let wv = _mm256_loadu_pd(wp.add(j));
-                for k in 0..4 {
-                    acc[k] = _mm256_fmadd_pd(wv, _mm256_loadu_pd(p[k].add(j)), acc[k]);
-                }
-                j += 4;
-            }
-            for k in 0..4 {
-                let mut s = hsum(acc[k]);
-                for t in full..d {
-                    s += *wp.add(t) * *p[k].add(t);
-                }
-                let e = b + s - *y.get_unchecked(q[k]);
-                total += e * e;
-            }
-        }
-        for &r in quads.remainder() {
-            let xp = x.as_ptr().add(r * d);
-            let mut acc = _mm256_setzero_pd();
-            let mut j = 0;
-            while j < full {
-                acc = _mm256_fmadd_pd(_mm256_loadu_pd(wp.add(j)), _mm256_loadu_pd(xp.add(j)), acc);
-                j += 4;
-            }
-            let mut s = hsum(acc);
-            for t in full..d {
-                s += *wp.add(t) * *xp.add(t);
-            }
-            let e = b + s - *y.get_unchecked(r);
-            total += e * e;
-        }
-        total
-    }
-
-    /// `out[i] = b + w·x_rows[i]`, four rows at a time like `sse`, summed in the same
-    /// association as the scalar `dot`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn predict(w: &[f64], b: f64, x: &[f64], rows: &[usize], out: &mut [f64]) {
+    unsafe fn each_dot(w: &[f64], x: &[f64], rows: &[usize], mut f: impl FnMut(usize, usize, f64)) {
         let d = w.len();
         let full = d / 4 * 4;
         let wp = w.as_ptr();
@@ -390,7 +334,7 @@ mod avx2 {
                 for t in full..d {
                     s += *wp.add(t) * *p[k].add(t);
                 }
-                *out.get_unchecked_mut(at + k) = b + s;
+                f(at + k, q[k], s);
             }
             at += 4;
         }
@@ -406,9 +350,26 @@ mod avx2 {
             for t in full..d {
                 s += *wp.add(t) * *xp.add(t);
             }
-            *out.get_unchecked_mut(at) = b + s;
+            f(at, r, s);
             at += 1;
         }
+    }
+
+    /// `Σ (b + w·x_r − y_r)²`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn sse(w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
+        let mut total = 0.0;
+        each_dot(w, x, rows, |_, r, s| {
+            let e = b + s - *y.get_unchecked(r);
+            total += e * e;
+        });
+        total
+    }
+
+    /// `out[i] = b + w·x_rows[i]`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn predict(w: &[f64], b: f64, x: &[f64], rows: &[usize], out: &mut [f64]) {
+        each_dot(w, x, rows, |i, _, s| *out.get_unchecked_mut(i) = b + s);
     }
 
     /// Rows per pass: the errors of a chunk are computed first (independent dot products the
