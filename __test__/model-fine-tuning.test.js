@@ -276,3 +276,44 @@ test('npm run fine-tune: exit 0 with the report; exit 1 with a one-line reason',
   assert.match(bad.stderr, /cannot read/)
   fs.rmSync(dir, { recursive: true })
 })
+
+test('a worker terminated while its fine-tunes run does not crash the process', async () => {
+  // The runs read the worker's typed arrays on the addon's pool; terminating the worker
+  // disposes of its memory, so teardown must wait for the runs to let go of the arrays
+  // (src/js/finetune.rs, EnvHold). In a child process, so that a crash fails this test
+  // instead of the runner.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlops-ft-worker-'))
+  fs.writeFileSync(path.join(dir, 'base.json'), JSON.stringify({ weights: Array(8).fill(0), bias: 0 }))
+  const script = `
+    const { Worker } = require('node:worker_threads')
+    const src = \`
+      const { parentPort, workerData } = require('node:worker_threads')
+      const { ModelFineTuning } = require(${JSON.stringify(ROOT)})
+      const n = 20000, d = 8
+      const X = new Float64Array(n * d).map((_, i) => (i * 7919 % 1000) / 1000)
+      const y = new Float64Array(n).map((_, i) => X[i * d] - X[i * d + 1])
+      const ft = new ModelFineTuning({ modelsDir: workerData })
+      for (let i = 0; i < 3; i++) ft.fineTuneModel('base.json', { X, y, features: d }, { epochs: 30, save: false, onProgress() {} })
+      parentPort.postMessage('started')
+    \`
+    ;(async () => {
+      for (let i = 0; i < 20; i++) {
+        const w = new Worker(src, { eval: true, workerData: ${JSON.stringify(dir)} })
+        await new Promise((r) => w.once('message', r))
+        await new Promise((r) => setTimeout(r, i % 4))
+        await w.terminate()
+      }
+      console.log('ok')
+    })()`
+  try {
+    const out = await new Promise((resolve, reject) => {
+      execFile(process.execPath, ['-e', script], { timeout: 120_000 }, (err, stdout, stderr) => {
+        if (err) reject(new Error(`${err.message} (signal ${err.signal}) ${stderr}`))
+        else resolve(stdout)
+      })
+    })
+    assert.equal(out.trim(), 'ok')
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})

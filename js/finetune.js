@@ -422,7 +422,7 @@ class ModelFineTuning {
           const why = input.skipped.count > 0 ? `; ${input.skipped.count} skipped (${skippedSummary(input.skipped)}), first: ${input.skipped.first[0].message}` : ''
           throw new RangeError(`newData has ${input.y.length} usable rows of ${total}, fewer than minSamples (${run.native.minSamples})${why}`)
         }
-        return this.#core.fineTune(base, input.X, input.y, input.d, run.native, progress)
+        return this.#core.fineTune(base, input.X, input.y, input.d, run.native, progress).then(JSON.parse)
       }
       let result
       try {

@@ -668,7 +668,16 @@ fn fit_linear(
     };
     let mut p = sc.to_scaled(base);
     let mut history = Vec::new();
-    let mut best = (loss(&p, &sc, x, y, val, d), p.w.clone(), p.b, 0usize);
+    // The base's validation loss matters only to a run that can keep the base (ridge, or
+    // early stopping); plain runs keep their last epoch, and it would cost a pass over the
+    // validation rows on the critical path of every run.
+    let keeps_best = opts.optimizer == Optimizer::Ridge || opts.patience.is_some();
+    let base_loss = if keeps_best {
+        loss(&p, &sc, x, y, val, d)
+    } else {
+        f64::INFINITY
+    };
+    let mut best = (base_loss, p.w.clone(), p.b, 0usize);
 
     match opts.optimizer {
         Optimizer::Ridge => {
