@@ -120,6 +120,10 @@ fn main() {
         std::hint::black_box((&w, b));
     });
     stats("kernel, 10 epochs × 6000", kernel);
+    let sp = time(reps, || {
+        std::hint::black_box(mlops_native::core::finetune::split(ROWS, 0, &opts));
+    });
+    stats("split", sp);
     let check = time(reps, || {
         std::hint::black_box(check_data(&x, &y, D, &base, &opts).unwrap());
     });
