@@ -8,14 +8,15 @@
 // input, no napi crossing, no thread hop; the native figure includes all of those.
 // A linear fit uses two cores (src/core/finetune.rs, `threads`): the figure on one core
 // (MLOPS_TRAIN_THREADS=1, in a child process with its own old-JS baseline) and the CPU
-// time per run are printed too.
+// time per run are printed too. Native and old-JS rounds are interleaved (`interleaved`),
+// so that both medians come from the same stretch of this shared machine's time.
 
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { execFileSync } = require('node:child_process')
 const { ModelFineTuning } = require('../..')
-const { msPerRun, median, ROUNDS } = require('./harness.js')
+const { median, ROUNDS } = require('./harness.js')
 const { data, oldStyleSgd, ROWS, D, OPTS } = require('./finetune.js')
 
 // Medians over many rounds, so that neither side is at the mercy of a few slow rounds on
@@ -91,21 +92,42 @@ function cLoop(dir, X, y) {
   return { ms: Number(out[0]), loss: Number(out[1]) }
 }
 
+/**
+ * Median ms of `fast` and of `slow`, their rounds interleaved (a run of `slow`, then
+ * fastRounds/slowRounds runs of `fast`, and again): this shared machine drifts between a
+ * quick and a slow phase for seconds at a time, and measuring one side after the other
+ * put the two sides of a ratio in different phases (ratios from 14× to 30× in one hour).
+ */
+async function interleaved(fast, slow, fastRounds, slowRounds) {
+  await fast()
+  await slow()
+  const per = Math.ceil(fastRounds / slowRounds)
+  const f = []
+  const s = []
+  const time = async (fn, out) => {
+    const t0 = process.hrtime.bigint()
+    await fn()
+    out.push(Number(process.hrtime.bigint() - t0) / 1e6)
+  }
+  for (let i = 0; i < slowRounds; i++) {
+    await time(slow, s)
+    for (let k = 0; k < per; k++) await time(fast, f)
+  }
+  return { fast: median(f), slow: median(s) }
+}
+
 /** Native and old-JS medians in a child process limited to one training core. */
 function oneCore(dir) {
   const script = `
     const { ModelFineTuning } = require(${JSON.stringify(path.join(__dirname, '..', '..'))})
     const { data, oldStyleSgd, ROWS, D, OPTS } = require(${JSON.stringify(path.join(__dirname, 'finetune.js'))})
-    const { msPerRun } = require(${JSON.stringify(path.join(__dirname, 'harness.js'))})
-    const FAST_ROUNDS = ${FAST_ROUNDS}
-    const SLOW_ROUNDS = ${SLOW_ROUNDS}
+    const { interleaved } = require(${JSON.stringify(__filename)})
     const { X, y } = data()
     const rows = Array.from({ length: ROWS }, (_, i) => ({ features: Array.from(X.subarray(i * D, (i + 1) * D)), quality: y[i] }))
     const ft = new ModelFineTuning({ modelsDir: ${JSON.stringify(dir)} })
     ;(async () => {
-      const native = await msPerRun(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), FAST_ROUNDS)
-      const old = await msPerRun(() => oldStyleSgd(rows, Array(D).fill(0), 0, OPTS), SLOW_ROUNDS)
-      console.log(JSON.stringify({ native, old }))
+      const m = await interleaved(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), () => oldStyleSgd(rows, Array(D).fill(0), 0, OPTS), ${FAST_ROUNDS}, ${SLOW_ROUNDS})
+      console.log(JSON.stringify({ native: m.fast, old: m.slow }))
     })()`
   return JSON.parse(execFileSync(process.execPath, ['-e', script], { env: { ...process.env, MLOPS_TRAIN_THREADS: '1' } }).toString())
 }
@@ -142,8 +164,13 @@ async function run() {
     const ft = new ModelFineTuning({ modelsDir: dir })
     const { X, y } = data()
     const rows = Array.from({ length: ROWS }, (_, i) => ({ features: Array.from(X.subarray(i * D, (i + 1) * D)), quality: y[i] }))
-    const native = await msPerRun(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), FAST_ROUNDS)
-    const old = await msPerRun(() => oldStyleSgd(rows, Array(D).fill(0), 0, OPTS), SLOW_ROUNDS)
+    const m = await interleaved(
+      () => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS),
+      () => oldStyleSgd(rows, Array(D).fill(0), 0, OPTS),
+      FAST_ROUNDS,
+      SLOW_ROUNDS,
+    )
+    const { fast: native, slow: old } = m
     const cpu = await cpuPerRun(() => ft.fineTuneModel('base.json', { X, y, features: D }, OPTS), 50)
     const one = oneCore(dir)
     let c = null
@@ -174,5 +201,5 @@ async function run() {
   }
 }
 
-module.exports = { run }
+module.exports = { run, interleaved }
 if (require.main === module) run()
