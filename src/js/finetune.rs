@@ -306,8 +306,15 @@ impl ModelFineTuningCore {
         // Checked first, so that a runtime that cannot start throws here, on the JS thread,
         // with the arrays dropped where they belong.
         let rt = runtime::runtime().map_err(plain)?;
-        let (deferred, promise) = env.create_deferred::<String, _>()?;
         let hold = EnvHold::new(env)?;
+        let (deferred, promise) = match env.create_deferred::<String, _>() {
+            Ok(d) => d,
+            Err(e) => {
+                hold.finish();
+                hold.release(env);
+                return Err(e);
+            }
+        };
         let job_hold = hold.clone();
         rt.spawn_blocking(move || {
             let mut task = task;
