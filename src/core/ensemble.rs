@@ -1896,28 +1896,40 @@ thread_local! {
     static LOAD_BITS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The saved contexts, each converted as soon as it is parsed.
-struct ContextsIn(Vec<ContextState>);
-impl<'de> Deserialize<'de> for ContextsIn {
+/// Saved contexts, each converted to its compact form as soon as it is parsed. `E` is the
+/// layout of one context: version 2's readable one ([`CtxDirect`]) or version 3's packed
+/// one ([`PackedCtxIn`]).
+struct ContextsOf<E>(Vec<ContextState>, std::marker::PhantomData<E>);
+type ContextsIn = ContextsOf<CtxDirect>;
+type PackedContextsIn = ContextsOf<PackedCtxIn>;
+
+/// One saved context in some layout, parsed straight into its compact form.
+trait ContextIn: for<'de> Deserialize<'de> {
+    /// What a parse error says was expected.
+    const EXPECTING: &'static str;
+    fn into_state(self) -> ContextState;
+}
+
+impl<'de, E: ContextIn> Deserialize<'de> for ContextsOf<E> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = ContextsIn;
+        struct V<E>(std::marker::PhantomData<E>);
+        impl<'de, E: ContextIn> serde::de::Visitor<'de> for V<E> {
+            type Value = ContextsOf<E>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array of contexts")
+                f.write_str(E::EXPECTING)
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<ContextsIn, A::Error> {
+            ) -> Result<ContextsOf<E>, A::Error> {
                 let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-                while let Some(c) = seq.next_element::<CtxDirect>()? {
-                    out.push(c.0);
+                while let Some(c) = seq.next_element::<E>()? {
+                    out.push(c.into_state());
                 }
-                Ok(ContextsIn(out))
+                Ok(ContextsOf(out, std::marker::PhantomData))
             }
         }
-        d.deserialize_seq(V)
+        d.deserialize_seq(V(std::marker::PhantomData))
     }
 }
 
@@ -2403,42 +2415,24 @@ impl<'de> Deserialize<'de> for PackedCtxIn {
     }
 }
 
-/// Version 3's contexts, each converted as it is parsed.
-struct PackedContextsIn(Vec<ContextState>);
-impl<'de> Deserialize<'de> for PackedContextsIn {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = PackedContextsIn;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array of packed contexts")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<PackedContextsIn, A::Error> {
-                let mut out = Vec::new();
-                while let Some(c) = seq.next_element::<PackedCtxIn>()? {
-                    out.push(c.0);
-                }
-                Ok(PackedContextsIn(out))
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
 /// The contexts of a saved file, in either layout.
 trait SavedContexts: for<'de> Deserialize<'de> {
     fn into_vec(self) -> Vec<ContextState>;
 }
-impl SavedContexts for ContextsIn {
+impl<E: ContextIn> SavedContexts for ContextsOf<E> {
     fn into_vec(self) -> Vec<ContextState> {
         self.0
     }
 }
-impl SavedContexts for PackedContextsIn {
-    fn into_vec(self) -> Vec<ContextState> {
+impl ContextIn for CtxDirect {
+    const EXPECTING: &'static str = "an array of contexts";
+    fn into_state(self) -> ContextState {
+        self.0
+    }
+}
+impl ContextIn for PackedCtxIn {
+    const EXPECTING: &'static str = "an array of packed contexts";
+    fn into_state(self) -> ContextState {
         self.0
     }
 }

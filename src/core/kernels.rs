@@ -141,7 +141,13 @@ pub fn sgd_epoch(
     if k == Kernel::Avx512 && d <= 32 && kernel_available(Kernel::Avx512) {
         check_rows(d, x, y, rows);
         // SAFETY: AVX-512F is present, and every row is inside `x` and `y` (checked).
-        return unsafe { avx512::sgd_epoch(w, b, x, y, rows, batch, lr, l2) };
+        let epoch = match d.div_ceil(8) {
+            0 | 1 => avx512::epoch::<1>,
+            2 => avx512::epoch::<2>,
+            3 => avx512::epoch::<3>,
+            _ => avx512::epoch::<4>,
+        };
+        return unsafe { epoch(w, b, x, y, rows, batch, lr, l2) };
     }
     let mut gw = vec![0.0; d];
     let mut total = 0.0;
@@ -292,6 +298,30 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     s
 }
 
+/// `sse` and `predict` of a SIMD module, both over that module's `each_dot` (the loop that
+/// differs between AVX2 and AVX-512), compiled for its `target_feature`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! sse_and_predict {
+    ($features:literal) => {
+        /// `Σ (b + w·x_r − y_r)²`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn sse(w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
+            let mut total = 0.0;
+            each_dot(w, x, rows, |_, r, s| {
+                let e = b + s - *y.get_unchecked(r);
+                total += e * e;
+            });
+            total
+        }
+
+        /// `out[i] = b + w·x_rows[i]`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn predict(w: &[f64], b: f64, x: &[f64], rows: &[usize], out: &mut [f64]) {
+            each_dot(w, x, rows, |i, _, s| *out.get_unchecked_mut(i) = b + s);
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -355,22 +385,7 @@ mod avx2 {
         }
     }
 
-    /// `Σ (b + w·x_r − y_r)²`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn sse(w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
-        let mut total = 0.0;
-        each_dot(w, x, rows, |_, r, s| {
-            let e = b + s - *y.get_unchecked(r);
-            total += e * e;
-        });
-        total
-    }
-
-    /// `out[i] = b + w·x_rows[i]`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn predict(w: &[f64], b: f64, x: &[f64], rows: &[usize], out: &mut [f64]) {
-        each_dot(w, x, rows, |i, _, s| *out.get_unchecked_mut(i) = b + s);
-    }
+    sse_and_predict!("avx2,fma");
 
     /// Rows per pass: the errors of a chunk are computed first (independent dot products the
     /// CPU overlaps), then the gradient accumulates over the chunk with its running sums held
@@ -567,20 +582,7 @@ mod avx512 {
         }
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn sse(w: &[f64], b: f64, x: &[f64], y: &[f64], rows: &[usize]) -> f64 {
-        let mut total = 0.0;
-        each_dot(w, x, rows, |_, r, s| {
-            let e = b + s - *y.get_unchecked(r);
-            total += e * e;
-        });
-        total
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn predict(w: &[f64], b: f64, x: &[f64], rows: &[usize], out: &mut [f64]) {
-        each_dot(w, x, rows, |i, _, s| *out.get_unchecked_mut(i) = b + s);
-    }
+    sse_and_predict!("avx512f");
 
     /// Lane `k` of the result is the sum of the lanes of `a[k]`: eight horizontal sums in
     /// 14 shuffles and 7 additions, where eight `_mm512_reduce_add_pd` take 24 and 24.
@@ -621,33 +623,12 @@ mod avx512 {
         a
     }
 
-    /// [`super::sgd_epoch`] for `d ≤ 32`, dispatched on the number of eight-column blocks
-    /// so that each width gets straight-line code.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn sgd_epoch(
-        w: &mut [f64],
-        b: &mut f64,
-        x: &[f64],
-        y: &[f64],
-        rows: &[usize],
-        batch: usize,
-        lr: f64,
-        l2: f64,
-    ) -> f64 {
-        match w.len().div_ceil(8) {
-            0 | 1 => epoch::<1>(w, b, x, y, rows, batch, lr, l2),
-            2 => epoch::<2>(w, b, x, y, rows, batch, lr, l2),
-            3 => epoch::<3>(w, b, x, y, rows, batch, lr, l2),
-            _ => epoch::<4>(w, b, x, y, rows, batch, lr, l2),
-        }
-    }
-
-    /// One epoch, eight rows at a time. Per group: the eight dot products (each row's
-    /// lanes summed together by [`sum8`]), the eight errors as one vector (their squares
-    /// and sum accumulate as vectors, reduced once per batch and once per epoch), then
-    /// `g += err·x` for those rows, even and odd rows in separate sums. The batch's
-    /// gradient stays in registers and the update is done on whole registers.
+    /// [`super::sgd_epoch`] for `d ≤ 32` with `B` eight-column blocks (so that each width
+    /// gets straight-line code): one epoch, eight rows at a time. Per group: the eight dot
+    /// products (each row's lanes summed together by [`sum8`]), the eight errors as one
+    /// vector (their squares and sum accumulate as vectors, reduced once per batch and once
+    /// per epoch), then `g += err·x` for those rows, even and odd rows in separate sums. The
+    /// batch's gradient stays in registers and the update is done on whole registers.
     ///
     /// Why this shape: measured on the bench's 6,000 shuffled rows of 32 columns, it is
     /// about a quarter faster than four rows at a time with a reduction per row. The work
@@ -656,7 +637,7 @@ mod avx512 {
     /// and no scalar chain through the squared errors.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn epoch<const B: usize>(
+    pub unsafe fn epoch<const B: usize>(
         w: &mut [f64],
         b: &mut f64,
         x: &[f64],
